@@ -1,0 +1,81 @@
+"""Build (or fetch from the cache) one artifact of one part of a model: the entry point of all exporters."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgediff.artifacts import onnx_export, openvino_ir, tensorrt_plan, torchscript
+from edgediff.artifacts.cache import cached_build
+from edgediff.artifacts.modules import DecoderModule, PrecisionWrapper, UNetModule, example_inputs
+from edgediff.constants import UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP, UNET_OUTPUT, VQDEC_INPUT, VQDEC_OUTPUT
+from edgediff.models.weights import LDMComponents
+
+PARTS = ("unet", "vqdec")
+FORMATS = ("torchscript-fp32", "torchscript-fp16", "onnx-fp32", "onnx-fp16", "openvino", "tensorrt-fp16")
+IO_NAMES = {
+    "unet": ([UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP], [UNET_OUTPUT]),
+    "vqdec": ([VQDEC_INPUT], [VQDEC_OUTPUT]),
+}
+
+
+def part_module(components: LDMComponents, part: str) -> torch.nn.Module:
+    """The tensor-in, tensor-out fp32 CPU module of ``part`` (``unet`` or ``vqdec``)."""
+    if part == "unet":
+        return UNetModule(components.unet).eval()
+    if part == "vqdec":
+        return DecoderModule(components.vqvae).eval()
+    raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+
+
+def part_inputs(components: LDMComponents, part: str, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """Example inputs of ``part`` at ``batch``."""
+    return example_inputs(components.preset.latent_shape, batch)[part]
+
+
+def build_artifact(components: LDMComponents, part: str, fmt: str, *, root: Path | None = None) -> tuple[Path, dict]:
+    """Return ``(folder, report)`` of the artifact, exporting it only when the cache has no finished copy.
+
+    Args:
+        components: Model and weights (their fingerprint keys the cache).
+        part: ``unet`` or ``vqdec``.
+        fmt: One of ``FORMATS``.
+        root: Cache root override.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    kind = f"{components.preset.name}-{part}-{fmt}"
+    fingerprint = components.fingerprint()
+    inputs = part_inputs(components, part)
+    in_names, out_names = IO_NAMES[part]
+
+    def build(folder: Path) -> dict[str, Any]:
+        if fmt.startswith("torchscript"):
+            if fmt == "torchscript-fp32":
+                return torchscript.export_torchscript(part_module(components, part), inputs, folder)
+            module = PrecisionWrapper(copy.deepcopy(part_module(components, part)), torch.float16).cuda()
+            return torchscript.export_torchscript(module, tuple(t.cuda() for t in inputs), folder)
+        if fmt == "onnx-fp32":
+            return onnx_export.export_onnx(part_module(components, part), inputs, in_names, out_names, folder)
+        source, _ = build_artifact(components, part, "onnx-fp32", root=root)
+        if fmt == "onnx-fp16":
+            return _convert_fp16(source / onnx_export.FILENAME, folder)
+        if fmt == "openvino":
+            return openvino_ir.export_openvino(source / onnx_export.FILENAME, folder)
+        shapes = {name: tuple(t.shape) for name, t in zip(in_names, inputs, strict=True)}
+        return tensorrt_plan.build_plan(source / onnx_export.FILENAME, folder, shapes)
+
+    return cached_build(fingerprint, kind, build, extra={"opset": onnx_export.OPSET}, root=root)
+
+
+def _convert_fp16(onnx_path: Path, folder: Path) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True, disable_shape_infer=True)
+    path = folder / onnx_export.FILENAME
+    onnx.save_model(model, str(path))
+    return {"file": onnx_export.FILENAME, "size_bytes": path.stat().st_size, "ops_fp16": onnx_export.op_counts(model)}

@@ -1,0 +1,1 @@
+"""Subcommands of the core package (``generate``, ``variants``) and the argument helpers every command shares."""

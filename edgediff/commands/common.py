@@ -1,0 +1,54 @@
+"""Arguments and checks that several commands share (model, weights, variant, generation options)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgediff.errors import InvalidArgumentError
+from edgediff.models import LDMComponents, get_preset, list_presets, load_components
+from edgediff.models.weights import SYNTHETIC_WARNING
+from edgediff.pipeline import MAX_STEPS
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "celebahq-256") -> None:
+    """``--model`` and ``--weights``."""
+    parser.add_argument("--model", default=default_model, metavar="PRESET",
+                        help=f"model preset: {', '.join(list_presets())} (default: %(default)s)")
+    parser.add_argument("--weights", default=None, metavar="DIR",
+                        help="diffusers-format weights folder (unet/, vqvae/, scheduler/); default $EDGEDIFF_WEIGHTS, "
+                             "the preset's bundled weights, or seeded synthetic weights (clearly marked)")
+    parser.add_argument("--weights-seed", type=int, default=0, metavar="N",
+                        help="seed of the synthetic weights when no folder is given (default: %(default)s)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, steps: int | None = 20) -> None:
+    """``--steps``, ``--eta``, ``--seed``, ``--batch``."""
+    parser.add_argument("--steps", type=int, default=steps,
+                        help=f"DDIM steps, 1..{MAX_STEPS} (default: %(default)s, as in the study)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in 0..1 (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default: %(default)s)")
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--deepcache``."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: $EDGEDIFF_THREADS or the number of physical cores)")
+    parser.add_argument("--deepcache", type=int, default=1, metavar="N",
+                        help="DeepCache: recompute the UNet's deep features every N steps (1 = off, the default)")
+
+
+def check_positive(name: str, value: int | None, *, minimum: int = 1) -> None:
+    """Raise ``InvalidArgumentError`` naming ``--name`` when ``value < minimum``."""
+    if value is not None and value < minimum:
+        raise InvalidArgumentError(f"--{name} must be >= {minimum}, got {value}")
+
+
+def load_model(args: argparse.Namespace) -> LDMComponents:
+    """Load the preset and weights the arguments name; print the synthetic-weights warning on stderr."""
+    preset = get_preset(args.model)
+    components = load_components(preset, args.weights, seed=getattr(args, "weights_seed", 0), warn=False)
+    if components.weights.synthetic:
+        print(SYNTHETIC_WARNING.format(preset=preset.name), file=sys.stderr)
+    return components

@@ -1,0 +1,81 @@
+"""Names, ports and metric names shared by the code and the deployment files.
+
+This is the one place these values live. ``compose.yaml``, ``docker/prometheus/prometheus.yml`` and the Grafana
+dashboards are checked against this module by the tests, so a rename here that is not carried over there fails CI.
+"""
+
+from __future__ import annotations
+
+# --- network ports (defaults; every CLI command takes a flag to override them) ---------------------------------
+GATEWAY_GRPC_PORT = 50051
+"""gRPC ``edgediff.v1.Generator`` gateway."""
+GATEWAY_METRICS_PORT = 9401
+"""Prometheus metrics of the gateway process."""
+EXPORTER_PORT = 9400
+"""Prometheus telemetry exporter (power, energy, memory)."""
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+PROMETHEUS_PORT = 9090
+GRAFANA_PORT = 3000
+LOCUST_WEB_PORT = 8089
+LOCUST_MASTER_PORT = 5557
+
+DEFAULT_HOST = "127.0.0.1"
+"""Every server binds loopback unless told otherwise."""
+
+# --- Triton model names ------------------------------------------------------------------------------------------
+UNET_MODEL_PREFIX = "unet_"
+VQDEC_MODEL_PREFIX = "vqdec_"
+PIPELINE_MODEL_PREFIX = "ldm_"
+
+
+def triton_model_name(prefix: str, variant: str) -> str:
+    """Return the Triton model name for a variant, e.g. ``("ldm_", "onnx-fp32") -> "ldm_onnx_fp32"``.
+
+    Args:
+        prefix: One of ``UNET_MODEL_PREFIX``, ``VQDEC_MODEL_PREFIX``, ``PIPELINE_MODEL_PREFIX``.
+        variant: A variant name from the registry (``torch-fp32``, ``onnx-fp32``, ...).
+    """
+    return prefix + variant.replace("-", "_")
+
+
+# Tensor names of the Triton models (also the ONNX graph's input/output names).
+UNET_INPUT_SAMPLE = "sample"
+UNET_INPUT_TIMESTEP = "timestep"
+UNET_OUTPUT = "noise_pred"
+VQDEC_INPUT = "latents"
+VQDEC_OUTPUT = "image"
+LDM_INPUT_SEED = "SEED"
+LDM_INPUT_STEPS = "STEPS"
+LDM_INPUT_ETA = "ETA"
+LDM_INPUT_BATCH = "BATCH"
+LDM_OUTPUT_IMAGE = "IMAGE"
+LDM_OUTPUT_TIMINGS = "TIMINGS"
+LDM_TIMINGS_FIELDS = ("denoise_s", "decode_s", "total_s")
+"""Order of the values in the ``TIMINGS`` output of ``ldm_<variant>`` (seconds, FP64)."""
+
+# --- Prometheus metric names -------------------------------------------------------------------------------------
+METRIC_PREFIX = "edgediff_"
+# telemetry exporter
+METRIC_POWER_WATTS = "edgediff_power_watts"
+METRIC_ENERGY_JOULES_TOTAL = "edgediff_energy_joules_total"
+METRIC_IDLE_POWER_WATTS = "edgediff_idle_power_watts"
+METRIC_MEMORY_USED_BYTES = "edgediff_memory_used_bytes"
+METRIC_SENSOR_UP = "edgediff_sensor_up"
+METRIC_BUILD_INFO = "edgediff_build_info"
+# gateway
+METRIC_GATEWAY_REQUESTS_TOTAL = "edgediff_gateway_requests_total"
+METRIC_GATEWAY_REQUEST_SECONDS = "edgediff_gateway_request_duration_seconds"
+METRIC_GATEWAY_STAGE_SECONDS = "edgediff_gateway_stage_duration_seconds"
+METRIC_GATEWAY_IMAGES_TOTAL = "edgediff_gateway_images_total"
+METRIC_GATEWAY_IN_FLIGHT = "edgediff_gateway_in_flight_requests"
+METRIC_GATEWAY_QUEUE_DEPTH = "edgediff_gateway_queue_depth"
+
+# --- environment variables ---------------------------------------------------------------------------------------
+ENV_WEIGHTS = "EDGEDIFF_WEIGHTS"
+"""A diffusers-format weights folder used when ``--weights`` is not given."""
+ENV_CACHE_DIR = "EDGEDIFF_CACHE_DIR"
+"""Where exported artifacts are cached by content hash (default ``~/.cache/edgediff``)."""
+ENV_THREADS = "EDGEDIFF_THREADS"
+"""Intra-op threads for every backend (default: physical cores)."""

@@ -1,0 +1,163 @@
+"""The variant interface: "a UNet and a VQ decoder that run one way", and what building one returns."""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from edgediff.constants import ENV_THREADS
+from edgediff.models.weights import LDMComponents
+from edgediff.pipeline import DecoderRunner, LDMPipeline, UNetFn, UNetRunner
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a variant can run here, and if not, why (``trt-fp16: needs a CUDA device``)."""
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> Availability:
+        """Available."""
+        return cls(True, "")
+
+    @classmethod
+    def no(cls, reason: str) -> Availability:
+        """Unavailable, with the reason shown to the user."""
+        return cls(False, reason)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Options every variant understands.
+
+    Attributes:
+        threads: Intra-op threads; None means ``$EDGEDIFF_THREADS`` or the number of physical cores.
+        deepcache_interval: DeepCache: recompute the deep UNet features every N steps (1 = off).
+        progress: Show progress bars for long exports.
+    """
+
+    threads: int | None = None
+    deepcache_interval: int = 1
+    progress: bool = False
+
+    def resolved_threads(self) -> int:
+        """The thread count to use."""
+        return resolve_threads(self.threads)
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """``threads``, else ``$EDGEDIFF_THREADS``, else physical cores (psutil), else logical cores."""
+    if threads:
+        return int(threads)
+    env = os.environ.get(ENV_THREADS)
+    if env:
+        return int(env)
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class StatelessUNet:
+    """A ``UNetRunner`` over a plain function: every generation uses the same callable."""
+
+    def __init__(self, fn: UNetFn) -> None:
+        self.fn = fn
+
+    def sequence(self) -> UNetFn:
+        """The function itself (no per-generation state)."""
+        return self.fn
+
+
+@dataclass
+class BuiltVariant:
+    """A variant ready to run: its runners and what was built for it.
+
+    Attributes:
+        name: Variant name (``onnx-fp32``).
+        unet: The UNet runner.
+        decoder: The decoder runner.
+        info: Artifacts (paths, export reports), precision, device, threads: for reports and manifests.
+    """
+
+    name: str
+    unet: UNetRunner
+    decoder: DecoderRunner
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def pipeline(self, components: LDMComponents) -> LDMPipeline:
+        """An ``LDMPipeline`` over this variant's runners, with the metadata every output carries."""
+        metadata = {
+            "preset": components.preset.name,
+            "variant": self.name,
+            "weights": components.weights.kind,
+            "weights_sha256": components.weights.sha256,
+        }
+        return LDMPipeline(
+            unet=self.unet,
+            decoder=self.decoder,
+            scheduler_config=components.scheduler_config,
+            latent_shape=components.preset.latent_shape,
+            scaling_factor=components.scaling_factor,
+            metadata=metadata,
+        )
+
+
+class Variant(abc.ABC):
+    """One way of running the model.
+
+    Attributes:
+        name: Registry name, ``<backend>-<precision>`` (``torch-fp32``, ``openvino-bf16``...).
+        backend: Backend family (``torch``, ``jit``, ``onnx``, ``openvino``, ``trt``, ``compile``).
+        precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``.
+        device: ``cpu`` or ``cuda``.
+        description: One line for ``edgediff variants``.
+        tolerance: Largest relative L2 error of the final latents vs ``torch-fp32`` that this variant is allowed on
+            the same seed (checked by the tests; reduced precisions are looser).
+    """
+
+    name: str
+    backend: str
+    precision: str
+    device: str
+    description: str
+    tolerance: float = 1e-4
+    supports_deepcache: bool = False
+
+    @abc.abstractmethod
+    def availability(self) -> Availability:
+        """Whether this variant can run on this machine (cheap: no export, no model load)."""
+
+    @abc.abstractmethod
+    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:
+        """Export or wrap the components and return runners (artifacts come from the cache when present)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The registry's row for this variant (availability included)."""
+        avail = self.availability()
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "available": avail.ok,
+            "reason": avail.reason,
+            "description": self.description,
+        }
+
+
+def torch_fn(module: Callable[..., torch.Tensor], device: str) -> Callable[..., torch.Tensor]:
+    """Wrap a tensor-in, tensor-out module so inputs move to ``device`` and outputs come back as CPU fp32."""
+
+    def run(*args: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = module(*(a.to(device) for a in args))
+        return out.float().cpu()
+
+    return run

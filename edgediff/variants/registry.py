@@ -1,0 +1,104 @@
+"""The one registry of variants, used by generate, bench, export, the gateway and the Triton Python models alike."""
+
+from __future__ import annotations
+
+from edgediff.errors import InvalidArgumentError, UnknownVariantError, VariantUnavailableError
+from edgediff.models.weights import LDMComponents
+from edgediff.variants.base import BuildOptions, BuiltVariant, Variant
+from edgediff.variants.onnx_runtime import OnnxVariant
+from edgediff.variants.openvino_runtime import OpenVinoVariant
+from edgediff.variants.tensorrt_engine import TensorRTVariant
+from edgediff.variants.torch_eager import CompileVariant, TorchVariant
+from edgediff.variants.torchscript import JitVariant
+
+BASELINE = "torch-fp32"
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> Variant:
+    """Add a variant to the registry (names are unique)."""
+    if variant.name in _VARIANTS:
+        raise ValueError(f"variant {variant.name!r} is already registered")
+    _VARIANTS[variant.name] = variant
+    return variant
+
+
+for _variant in (
+    TorchVariant("torch-fp32", "fp32", "eager PyTorch, fp32: the study's baseline (CUDA when present, else CPU)", 0.0),
+    TorchVariant("torch-fp16", "fp16", "eager PyTorch, fp16 weights (CUDA)", 5e-2),
+    TorchVariant("torch-bf16", "bf16", "eager PyTorch with bf16 autocast on the CPU", 1e-1),
+    JitVariant("fp32"),
+    JitVariant("fp16"),
+    OnnxVariant("fp32"),
+    OnnxVariant("fp16"),
+    OpenVinoVariant("fp32"),
+    OpenVinoVariant("bf16"),
+    TensorRTVariant(),
+    CompileVariant(),
+):
+    register(_variant)
+
+
+def all_variants() -> list[Variant]:
+    """Every registered variant, in registry order."""
+    return list(_VARIANTS.values())
+
+
+def variant_names() -> list[str]:
+    """Names of every registered variant."""
+    return list(_VARIANTS)
+
+
+def get_variant(name: str) -> Variant:
+    """The variant called ``name``.
+
+    Raises:
+        UnknownVariantError: no such variant; the message lists the known ones.
+    """
+    if name not in _VARIANTS:
+        raise UnknownVariantError(f"--variant: unknown variant {name!r}; choose one of {', '.join(_VARIANTS)}")
+    return _VARIANTS[name]
+
+
+def available_variants() -> list[Variant]:
+    """The variants that can run on this machine."""
+    return [v for v in _VARIANTS.values() if v.availability().ok]
+
+
+def require_available(name: str) -> Variant:
+    """The variant called ``name`` if it can run here.
+
+    Raises:
+        UnknownVariantError: no such variant.
+        VariantUnavailableError: it cannot run here; the message says why.
+    """
+    variant = get_variant(name)
+    avail = variant.availability()
+    if not avail.ok:
+        raise VariantUnavailableError(f"variant {name} is unavailable here: {avail.reason}")
+    return variant
+
+
+def parse_variant_list(spec: str) -> list[str]:
+    """``"all"`` -> every registered name; ``"a,b"`` -> ``["a", "b"]`` (each checked to exist)."""
+    if spec.strip() == "all":
+        return variant_names()
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for name in names:
+        get_variant(name)
+    return names
+
+
+def build_variant(name: str, components: LDMComponents, options: BuildOptions | None = None) -> BuiltVariant:
+    """Check, then build the variant ``name`` for ``components``.
+
+    Raises:
+        UnknownVariantError, VariantUnavailableError: see ``require_available``.
+        InvalidArgumentError: DeepCache was asked of a variant that does not support it.
+    """
+    variant = require_available(name)
+    options = options or BuildOptions()
+    if options.deepcache_interval != 1 and not variant.supports_deepcache:
+        raise InvalidArgumentError(f"--deepcache: variant {name} does not support DeepCache; use --deepcache 1")
+    return variant.build(components, options)

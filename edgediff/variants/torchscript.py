@@ -1,0 +1,51 @@
+"""TorchScript variants: trace + freeze, fp32 (CPU or CUDA) and fp16 (CUDA); the same ``model.pt`` Triton serves."""
+
+from __future__ import annotations
+
+import torch
+
+from edgediff.artifacts.build import build_artifact, part_inputs, part_module
+from edgediff.artifacts.torchscript import FILENAME, trace_module
+from edgediff.availability import is_cuda_available
+from edgediff.models.weights import LDMComponents
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant, torch_fn
+from edgediff.variants.torch_eager import default_device
+
+
+class JitVariant(Variant):
+    """A traced and frozen TorchScript module.
+
+    Args:
+        precision: ``fp32`` or ``fp16`` (CUDA only).
+    """
+
+    backend = "jit"
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+        self.name = f"jit-{precision}"
+        self.device = "cuda" if precision == "fp16" else "auto"
+        self.description = f"TorchScript trace + freeze, {precision}" + (" (CUDA)" if precision == "fp16" else "")
+        self.tolerance = 1e-4 if precision == "fp32" else 5e-2
+
+    def availability(self) -> Availability:  # noqa: D102
+        if self.precision == "fp16" and not is_cuda_available():
+            return Availability.no("needs a CUDA device")
+        return Availability.yes()
+
+    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+        device = default_device() if self.device == "auto" else self.device
+        if device == "cpu":
+            torch.set_num_threads(options.resolved_threads())
+        runners = {}
+        info: dict = {"device": device, "precision": self.precision, "artifacts": {}}
+        for part in ("unet", "vqdec"):
+            if self.precision == "fp16" or device == "cpu":
+                folder, report = build_artifact(components, part, f"torchscript-{self.precision}")
+                module = torch.jit.load(str(folder / FILENAME), map_location=device)
+                info["artifacts"][part] = {"path": str(folder / FILENAME), **report}
+            else:  # fp32 on CUDA: trace on the device itself
+                module = trace_module(part_module(components, part).to(device),
+                                      tuple(t.to(device) for t in part_inputs(components, part)))
+            runners[part] = torch_fn(module, device)
+        return BuiltVariant(self.name, StatelessUNet(runners["unet"]), runners["vqdec"], info)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and the demo use for real: prometheus (+ promtool) and docker-compose v1.
+# Without root (or apt) it says what is missing and carries on: the tests that need them skip with that reason.
+set -u
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "note: ${missing[*]} not installed and cannot install them here (need root + apt); related tests will skip" >&2
+  exit 0
+fi
+echo "installing ${missing[*]} (Debian packages)" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null 2>&1 || true
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+  || echo "warning: apt-get install ${missing[*]} failed; related tests will skip" >&2
+# The Debian package starts a system Prometheus on :9090; the tests run their own, so stop that one.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus >/dev/null 2>&1 || true; fi
+pkill -x prometheus >/dev/null 2>&1 || true
+exit 0
