@@ -28,22 +28,28 @@ MAX_BATCH = 64
 class UNetFn(Protocol):
     """Predict the noise for ``sample`` (fp32 NCHW) at integer ``timestep`` (shape ``[batch]``); returns fp32 NCHW."""
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Run one UNet evaluation."""
+        ...
 
 
 class UNetRunner(Protocol):
-    """A UNet that runs one way. ``sequence()`` returns the callable for one generation (DeepCache keeps state there)."""
+    """A UNet that runs one way; ``sequence()`` gives the callable for one generation (DeepCache keeps state there)."""
 
-    def sequence(self) -> UNetFn: ...
+    def sequence(self) -> UNetFn:
+        """A callable for one generation (called once per pipeline call)."""
+        ...
 
 
 class DecoderRunner(Protocol):
     """Decode scaled latents (fp32 NCHW) to images in [-1, 1] (fp32 NCHW)."""
 
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode."""
+        ...
 
 
-class GenerationCancelled(Exception):  # noqa: N818 - reads as an event, like KeyboardInterrupt
+class GenerationCancelled(Exception):
     """Raised inside the loop when the caller's ``should_stop`` says so (e.g. a gRPC deadline passed)."""
 
 
@@ -86,14 +92,7 @@ class GenerationResult:
 
     def png_bytes(self, index: int = 0) -> bytes:
         """Encode image ``index`` as PNG with the metadata as text chunks (deterministic bytes)."""
-        from PIL import Image, PngImagePlugin
-
-        info = PngImagePlugin.PngInfo()
-        for key, value in self.metadata.items():
-            info.add_text(f"edgediff:{key}", value)
-        buf = io.BytesIO()
-        Image.fromarray(self.images[index]).save(buf, format="PNG", pnginfo=info)
-        return buf.getvalue()
+        return encode_png(self.images[index], self.metadata)
 
     def save(self, path: str | Path) -> list[Path]:
         """Write every image as PNG atomically; ``x.png`` with batch 3 gives ``x.png``, ``x-1.png``, ``x-2.png``."""
@@ -106,6 +105,22 @@ class GenerationResult:
             atomic_write_bytes(target, self.png_bytes(i))
             paths.append(target)
         return paths
+
+
+def encode_png(image: np.ndarray, metadata: dict[str, str]) -> bytes:
+    """Encode one uint8 ``[height, width, 3]`` image as PNG with ``metadata`` as ``edgediff:<key>`` text chunks.
+
+    The bytes are deterministic: the same pixels and metadata (in the same order) give the same file, whether the
+    image came from the in-process pipeline or from Triton (the gateway encodes Triton's ``IMAGE`` output with this).
+    """
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_text(f"edgediff:{key}", value)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
 
 
 def validate_request(*, steps: int, eta: float, batch: int, seed: int, max_batch: int = MAX_BATCH) -> None:

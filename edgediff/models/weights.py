@@ -164,7 +164,7 @@ def _load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> 
         raise WeightsError(f"--weights: {folder} is not a directory")
     config_path = sub_dir / "config.json"
     if not config_path.is_file():
-        raise WeightsError(f"--weights: missing {config_path} (expected the diffusers layout unet/, vqvae/, scheduler/)")
+        raise WeightsError(f"--weights: missing {config_path} (expected the diffusers layout unet/ vqvae/ scheduler/)")
     weight_file = next((sub_dir / name for name in WEIGHT_FILES if (sub_dir / name).is_file()), None)
     if weight_file is None:
         raise WeightsError(f"--weights: missing {sub_dir}/{WEIGHT_FILES[0]} (or .bin)")
@@ -182,7 +182,12 @@ def _load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> 
         module = cls.from_pretrained(sub_dir, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:  # diffusers raises many types; the user needs the message, not the type
         raise WeightsError(f"--weights: cannot load {sub_dir}: {exc}") from exc
-    return module.float(), _file_sha256(weight_file)
+    module = module.float()
+    # from_pretrained leaves tensors as views into the (mmap'ed) file, unaligned for SIMD kernels: results then differ
+    # in the last bits from a model built in memory. Own, aligned copies make loading exact and pages anonymous.
+    for tensor in (*module.parameters(), *module.buffers()):
+        tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+    return module, _file_sha256(weight_file)
 
 
 def _check_tensors(cls: Any, config: dict[str, Any], weight_file: Path) -> None:

@@ -19,8 +19,10 @@ _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
 
 
 def compile_ir(path: Path, *, precision: str, threads: int) -> Any:
-    """Compile an IR for the CPU with an explicit inference precision (OpenVINO picks bf16 by default on CPUs that
-    have it, so fp32 must be asked for)."""
+    """Compile an IR for the CPU with an explicit inference precision.
+
+    OpenVINO picks bf16 by default on CPUs that have it, so fp32 must be asked for.
+    """
     ov = require("openvino")
     config = {
         "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision],
