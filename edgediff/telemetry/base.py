@@ -18,7 +18,6 @@ A reader whose read fails raises ``ReaderError`` with the reason; the sampler ma
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +87,9 @@ class PowerSample:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.power_w) or self.power_w < 0:
-            raise ValueError(f"power_w must be a finite number >= 0, got {self.power_w!r} ({self.source}/{self.domain})")
+            raise ValueError(
+                f"power_w must be a finite number >= 0, got {self.power_w!r} ({self.source}/{self.domain})"
+            )
         if not self.valid and not self.reason:
             raise ValueError(f"an invalid sample needs a reason ({self.source}/{self.domain})")
 
@@ -183,8 +184,3 @@ def read_int(path: Path) -> int:
         return int(text)
     except ValueError as exc:
         raise ReaderError(f"{path} holds {text!r}, not an integer") from exc
-
-
-def replace_time(sample: PowerSample, t_s: float) -> PowerSample:
-    """Return ``sample`` re-stamped at ``t_s`` (used by replay readers)."""
-    return dataclasses.replace(sample, t_s=t_s)

@@ -3,8 +3,8 @@
 Two line formats exist. JetPack 4 (Nano, TX2, Xavier) prints rails as ``NAME cur/avg`` in milliwatts without a
 unit; JetPack 5 and 6 (Orin) print ``NAME curmW/avgmW`` and may prefix the line with a date::
 
-    RAM 2011/3956MB (lfb 150x4MB) SWAP 0/1978MB ... GR3D_FREQ 0%@921 ... POM_5V_IN 2170/2170 POM_5V_GPU 0/0 POM_5V_CPU 447/447
-    RAM 2472/7620MB ... GR3D_FREQ 0%@[305] ... VDD_IN 4437mW/4437mW VDD_CPU_GPU_CV 515mW/515mW VDD_SOC 1308mW/1308mW
+    RAM 2011/3956MB (lfb 150x4MB) SWAP 0/1978MB ... GR3D_FREQ 0%@921 ... POM_5V_IN 2170/2170 POM_5V_GPU 0/0 ...
+    RAM 2472/7620MB ... GR3D_FREQ 0%@[305] ... VDD_IN 4437mW/4437mW VDD_CPU_GPU_CV 515mW/515mW VDD_SOC ...
 
 The first number of a rail is the instantaneous reading (used here); the second is tegrastats' running average.
 
@@ -162,7 +162,7 @@ def parse_line(line: str) -> TegrastatsFrame:
         raise TegrastatsParseError(f"not a tegrastats report: {line.strip()[:120]!r}")
     names = {name for name, *_ in raw_rails}
     rails = []
-    for name, cur_mw, unit, avg_mw in raw_rails:
+    for name, cur_mw, _unit, avg_mw in raw_rails:
         domain, part_of = RAIL_DOMAINS.get(name, (name.lower().replace("_", "-"), None))
         if part_of is not None and not any(RAIL_DOMAINS.get(n, ("", None))[0] == part_of for n in names):
             part_of = None  # the whole is not on this line: do not claim a containment nobody can check
@@ -235,7 +235,10 @@ class TegrastatsReader(Reader):
             raise ReaderError(f"cannot run {self.command[0]!r}: {exc.strerror or exc}") from exc
         self._thread = threading.Thread(target=self._pump, name="edgediff-tegrastats", daemon=True)
         self._thread.start()
-        if not self._first.wait(self._timeout_s):
+        self._first.wait(self._timeout_s)
+        with self._lock:
+            started = self._latest is not None
+        if not started:
             reason = self._exit_reason or f"no report from {self.command[0]!r} within {self._timeout_s:g} s"
             self.stop()
             raise ReaderError(reason)
