@@ -79,3 +79,46 @@ ENV_CACHE_DIR = "EDGEDIFF_CACHE_DIR"
 """Where exported artifacts are cached by content hash (default ``~/.cache/edgediff``)."""
 ENV_THREADS = "EDGEDIFF_THREADS"
 """Intra-op threads for every backend (default: physical cores)."""
+
+# --- load test (loadtest/): the request mix and the run's plumbing, read by loadtest/locustfile.py ---------------
+ENV_LOADTEST_VARIANTS = "EDGEDIFF_LOADTEST_VARIANTS"
+"""Weighted variants, e.g. ``onnx-fp32:3,torch-fp32:1`` (``default`` = the server's default variant)."""
+ENV_LOADTEST_STEPS = "EDGEDIFF_LOADTEST_STEPS"
+"""Weighted DDIM steps, e.g. ``20`` or ``10:1,20:3``."""
+ENV_LOADTEST_BATCH = "EDGEDIFF_LOADTEST_BATCH"
+"""Weighted images per request, e.g. ``1`` or ``1:3,4:1``."""
+ENV_LOADTEST_ETA = "EDGEDIFF_LOADTEST_ETA"
+"""DDIM eta of every request, 0..1."""
+ENV_LOADTEST_SEEDS = "EDGEDIFF_LOADTEST_SEEDS"
+"""``random``, one seed ``N``, or a range ``A-B`` drawn uniformly."""
+ENV_LOADTEST_TOKEN = "EDGEDIFF_LOADTEST_TOKEN"
+"""Bearer token sent to a gateway that requires one."""
+ENV_LOADTEST_TIMEOUT = "EDGEDIFF_LOADTEST_TIMEOUT"
+"""Deadline of one Generate call, seconds."""
+ENV_LOADTEST_RECORD_DIR = "EDGEDIFF_LOADTEST_RECORD_DIR"
+"""Folder where each Locust process writes its per-request records and the master its window marks."""
+ENV_LOADTEST_EXPORTER_URL = "EDGEDIFF_LOADTEST_EXPORTER_URL"
+"""Telemetry exporter metrics URL scraped at the start and the end of the load."""
+ENV_LOADTEST_GATEWAY_METRICS_URL = "EDGEDIFF_LOADTEST_GATEWAY_METRICS_URL"
+"""Gateway metrics URL scraped at the same instants (images served)."""
+
+# --- performance: DeepCache, int8, low memory (issue 9) ---------------------------------------------------------
+UNET_FEATURE = "deep_feature"
+"""DeepCache: the cached deep feature, an output of the ``unet-full`` part and an input of ``unet-shallow``."""
+
+# --- deployment (docker/, compose.yaml, Grafana): Triton's own metrics the dashboards use -------------------------
+TRITON_METRICS = (
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+)
+"""Per-model metrics Triton serves on ``TRITON_METRICS_PORT`` (labels ``model``, ``version``; durations are
+cumulative microseconds). The allow-list the dashboard is checked against; a test scrapes the bundled Triton (2.51)
+to confirm each name."""

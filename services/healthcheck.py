@@ -1,0 +1,134 @@
+"""Container healthchecks without curl or grpc_health_probe: ``python -m services.healthcheck MODE TARGET``.
+
+Modes (exit status 0 when healthy, 1 otherwise, with one line on stderr saying why):
+
+* ``grpc HOST:PORT`` asks the standard ``grpc.health.v1.Health/Check`` service (the gateway) and wants ``SERVING``;
+* ``http URL`` wants a 2xx answer (Triton's ``/v2/health/ready``, an exporter's ``/metrics``, Locust's web UI);
+* ``tcp HOST:PORT`` wants a TCP connection to succeed (a Locust worker checking that its master listens).
+
+Only the standard library and grpcio (with grpcio-health-checking) are used, and grpc is imported only in the
+``grpc`` mode, so the check runs in every edgediff image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+DEFAULT_TIMEOUT_S = 3.0
+
+
+class Unhealthy(Exception):
+    """The target answered wrongly or not at all; the message says how."""
+
+
+def split_host_port(target: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:PORT`` for IPv6) into its parts.
+
+    Raises:
+        ValueError: ``target`` has no port, or the port is not an integer in 1..65535.
+    """
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"target must be HOST:PORT, got {target!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port of {target!r} must be an integer, got {port_text!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port of {target!r} must be in 1..65535, got {port}")
+    return host.strip("[]"), port
+
+
+def check_http(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Raise ``Unhealthy`` unless ``url`` answers with a 2xx status within ``timeout_s`` seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        raise Unhealthy(f"{url} answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise Unhealthy(f"{url} unreachable: {reason}") from None
+    if not 200 <= status < 300:
+        raise Unhealthy(f"{url} answered HTTP {status}")
+
+
+def check_tcp(target: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Raise ``Unhealthy`` unless a TCP connection to ``HOST:PORT`` opens within ``timeout_s`` seconds."""
+    host, port = split_host_port(target)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise Unhealthy(f"tcp {host}:{port} unreachable: {exc.strerror or exc}") from None
+
+
+def check_grpc(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Raise ``Unhealthy`` unless ``grpc.health.v1.Health/Check(service)`` at ``HOST:PORT`` says ``SERVING``.
+
+    Args:
+        target: ``HOST:PORT`` of a plaintext gRPC server.
+        service: The service name to ask about; ``""`` is the server as a whole.
+        timeout_s: Deadline of the call, seconds.
+    """
+    split_host_port(target)  # a clear error for a malformed target before grpc sees it
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() is not None else "UNKNOWN"
+            raise Unhealthy(f"grpc {target}: {code}: {exc.details()}") from None
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        raise Unhealthy(f"grpc {target}: service {service!r} is {status}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``python -m services.healthcheck``."""
+    parser = argparse.ArgumentParser(prog="python -m services.healthcheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help="give up after this many seconds (default: %(default)s)")
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+    grpc_mode = modes.add_parser("grpc", help="grpc.health.v1 Check must answer SERVING")
+    grpc_mode.add_argument("target", metavar="HOST:PORT")
+    grpc_mode.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    http_mode = modes.add_parser("http", help="GET must answer 2xx")
+    http_mode.add_argument("target", metavar="URL")
+    tcp_mode = modes.add_parser("tcp", help="a TCP connection must open")
+    tcp_mode.add_argument("target", metavar="HOST:PORT")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one check; return 0 when healthy, 1 when not, 2 for a malformed target."""
+    args = build_parser().parse_args(argv)
+    if not args.timeout > 0:
+        print(f"healthcheck: --timeout must be > 0 seconds, got {args.timeout!r}", file=sys.stderr)
+        return 2
+    try:
+        if args.mode == "grpc":
+            check_grpc(args.target, args.service, args.timeout)
+        elif args.mode == "http":
+            check_http(args.target, args.timeout)
+        else:
+            check_tcp(args.target, args.timeout)
+    except ValueError as exc:
+        print(f"healthcheck: {exc}", file=sys.stderr)
+        return 2
+    except Unhealthy as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

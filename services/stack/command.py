@@ -1,0 +1,169 @@
+"""``edgediff up``: start the serving stack (Triton, gateway, exporter, Prometheus) and supervise it."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgediff.errors import EdgediffError, InvalidArgumentError
+from services.stack.state import default_state_dir, pid_alive, read_state
+
+PROFILES = ("cpu", "rtx", "jetson")
+DEFAULT_VARIANTS = {"cpu": "onnx-fp32", "rtx": "trt-fp16", "jetson": "trt-fp16"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``edgediff up``."""
+    parser.add_argument("--profile", choices=PROFILES, default="cpu", help="device profile (default: %(default)s)")
+    parser.add_argument("--runtime", choices=("auto", "local", "docker"), default="auto",
+                        help="local processes, or Docker through the Engine API; auto = docker when an engine "
+                             "answers, else local (default: %(default)s)")
+    parser.add_argument("--model", default="celebahq-256", help="model preset (default: %(default)s)")
+    parser.add_argument("--weights", default=None, metavar="DIR", help="diffusers-format weights folder")
+    parser.add_argument("--variants", default=None,
+                        help="variants to export and serve, comma-separated; the first is the gateway's default "
+                             "(default: onnx-fp32 on cpu, trt-fp16 on rtx/jetson)")
+    parser.add_argument("--ports", default=None, metavar="NAME=PORT,...",
+                        help="override ports: gateway, gateway-metrics, exporter, triton-http, triton-grpc, "
+                             "triton-metrics, prometheus")
+    parser.add_argument("--repo", default="model_repository", help="Triton model repository (default: %(default)s)")
+    parser.add_argument("--state-dir", default=None,
+                        help="state file, logs, Prometheus data (default: $EDGEDIFF_STACK_DIR or "
+                             "~/.cache/edgediff/stack)")
+    parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    parser.add_argument("--exporter-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for 'edgediff exporter' (repeatable), e.g. "
+                             "--exporter-arg=--estimated-cpu-tdp-watts=15")
+    parser.add_argument("--detach", action="store_true", help="start in the background and return once healthy")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds to wait for the stack to be healthy with --detach (default: %(default)s)")
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:  # no SDK, no socket, no permission: all mean "no engine"
+        return False
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Start the stack."""
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    state = read_state(state_dir)
+    if state and pid_alive(state.get("supervisor_pid")):
+        raise EdgediffError(f"a stack already runs (supervisor pid {state['supervisor_pid']}, state {state_dir}); "
+                            "run 'edgediff down' first")
+    runtime = args.runtime
+    if runtime == "auto":
+        runtime = "docker" if _docker_engine_answers() else "local"
+    variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS[args.profile]).split(",") if v.strip()]
+    if not variants:
+        raise InvalidArgumentError("--variants: give at least one variant")
+    if runtime == "docker":
+        return _up_docker(args, variants, state_dir)
+    if args.detach:
+        return _detach(args, state_dir)
+    return _up_local(args, variants, state_dir)
+
+
+def _up_local(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:
+    from edgediff.variants import get_variant
+    from services.stack.local_runtime import LocalStackConfig, build_specs, ensure_repository, parse_ports, shm_prefix
+    from services.stack.supervisor import Supervisor
+
+    for name in variants:
+        get_variant(name)
+    config = LocalStackConfig(
+        profile=args.profile, model=args.model, variants=variants, repo=Path(args.repo).resolve(),
+        state_dir=state_dir, ports=parse_ports(args.ports), weights=args.weights,
+        exporter_args=list(args.exporter_arg), with_prometheus=not args.no_prometheus,
+    )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    print(ensure_repository(config), flush=True)
+    meta = {"profile": args.profile, "model": args.model, "variants": variants, "repo": str(config.repo),
+            "shm_prefix": shm_prefix(state_dir), "ports": config.ports}
+    supervisor = Supervisor(build_specs(config), state_dir, meta=meta)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        supervisor.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"starting the {args.profile} stack (local processes; state in {state_dir})", flush=True)
+    supervisor.start_all()
+    ports = config.ports
+    print(f"stack is up: gateway 127.0.0.1:{ports['gateway']} (gRPC edgediff.v1.Generator), "
+          f"metrics :{ports['gateway-metrics']} and :{ports['exporter']}, Triton :{ports['triton-grpc']}"
+          + (f", Prometheus http://127.0.0.1:{ports['prometheus']}" if "prometheus" in
+             [s.spec.name for s in supervisor.services] else "")
+          + "; Ctrl-C or 'edgediff down' stops it", flush=True)
+    try:
+        supervisor.run()
+    finally:
+        print("stopping the stack ...", flush=True)
+        supervisor.stop_all()
+        print("stack stopped", flush=True)
+    return 0
+
+
+def _detach(args: argparse.Namespace, state_dir: Path) -> int:
+    """Run ``edgediff up`` (without --detach) in a new session, logging to the state dir; wait until healthy."""
+    argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:2] == ["up"] else None
+    if argv is None:  # called in-process (tests): rebuild the command line from args
+        argv = ["up", "--profile", args.profile, "--runtime", "local", "--model", args.model, "--repo", args.repo,
+                "--state-dir", str(state_dir)]
+        for flag, value in (("--weights", args.weights), ("--variants", args.variants), ("--ports", args.ports)):
+            if value:
+                argv += [flag, value]
+        if args.no_prometheus:
+            argv.append("--no-prometheus")
+        argv += [f"--exporter-arg={a}" for a in args.exporter_arg]
+    if "--state-dir" not in argv:
+        argv += ["--state-dir", str(state_dir)]
+    if "--runtime" not in argv:
+        argv += ["--runtime", "local"]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "up.log"
+    with log_path.open("ab") as log:
+        child = subprocess.Popen([sys.executable, "-m", "edgediff.cli", *argv], stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        code = child.poll()
+        if code is not None:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-8:]
+            print("\n".join(tail), file=sys.stderr)
+            raise EdgediffError(f"the stack exited with code {code} while starting (log: {log_path})")
+        state = read_state(state_dir)
+        if state and state.get("services") and all(s["status"] == "healthy" for s in state["services"].values()):
+            from services.stack.status_command import print_status
+
+            print_status(state)
+            print(f"stack is up in the background (supervisor pid {child.pid}, log {log_path}); "
+                  "'edgediff status' shows it, 'edgediff down' stops it", flush=True)
+            return 0
+        time.sleep(1.0)
+    child.send_signal(signal.SIGTERM)
+    raise EdgediffError(f"the stack was not healthy after {args.timeout:.0f} s (log: {log_path})")
+
+
+def _up_docker(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:
+    from services.stack.docker_runtime import DockerRuntime
+
+    runtime = DockerRuntime(profile=args.profile,
+                            env={"EDGEDIFF_MODEL": args.model, "EDGEDIFF_VARIANTS": ",".join(variants),
+                                 "EDGEDIFF_VARIANT": variants[0]})
+    state = runtime.up()
+    from services.stack.state import write_state
+
+    write_state(state_dir, {**state, "runtime": "docker", "profile": args.profile})
+    print(f"stack is up in Docker (profile {args.profile}); 'edgediff down' stops it")
+    return 0

@@ -1,0 +1,60 @@
+"""``edgediff down``: stop the stack started by ``edgediff up`` (no orphans, no shared-memory leftovers)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from pathlib import Path
+
+from services.stack.state import default_state_dir, pid_alive, read_state, remove_state
+from services.stack.supervisor import signal_group
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``edgediff down``."""
+    parser.add_argument("--state-dir", default=None, help="state folder of the stack (default: as 'edgediff up')")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a clean stop")
+
+
+def stop_local(state: dict, state_dir: Path, timeout_s: float) -> None:
+    """Ask the supervisor to stop everything; if it is gone or stuck, stop the services' process groups directly."""
+    supervisor = state.get("supervisor_pid")
+    if pid_alive(supervisor):
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while pid_alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    for service in state.get("services", {}).values():
+        pid = service.get("pid")
+        if pid and pid_alive(pid):
+            signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        if pid:
+            signal_group(pid, signal.SIGKILL)
+    if state.get("shm_prefix"):
+        from services.stack.local_runtime import remove_shm_regions
+
+        remove_shm_regions(state["shm_prefix"])
+    remove_state(state_dir)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Stop the stack."""
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    state = read_state(state_dir)
+    if state is None:
+        print(f"no stack is running (no state in {state_dir})")
+        return 0
+    if state.get("runtime") == "docker":
+        from services.stack.docker_runtime import DockerRuntime
+
+        DockerRuntime(profile=state.get("profile", "cpu")).down()
+        remove_state(state_dir)
+    else:
+        stop_local(state, state_dir, args.timeout)
+    print("stack stopped")
+    return 0

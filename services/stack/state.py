@@ -1,0 +1,62 @@
+"""The stack's state file: which supervisor runs, and each service's PID, port, health check and restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from edgediff.io import atomic_write_json
+
+ENV_STACK_DIR = "EDGEDIFF_STACK_DIR"
+STATE_FILE = "stack.json"
+
+
+def default_state_dir() -> Path:
+    """``$EDGEDIFF_STACK_DIR``, else ``~/.cache/edgediff/stack``."""
+    env = os.environ.get(ENV_STACK_DIR)
+    return Path(env) if env else Path.home() / ".cache" / "edgediff" / "stack"
+
+
+def state_path(state_dir: Path) -> Path:
+    """The state file inside ``state_dir``."""
+    return state_dir / STATE_FILE
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    """The state, or None when no stack is recorded there."""
+    path = state_path(state_dir)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    """Replace the state file atomically."""
+    atomic_write_json(state_path(state_dir), state)
+
+
+def remove_state(state_dir: Path) -> None:
+    """Delete the state file (no error when it is gone)."""
+    state_path(state_dir).unlink(missing_ok=True)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when a process with ``pid`` exists (and is not a zombie)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
