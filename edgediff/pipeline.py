@@ -123,6 +123,15 @@ def encode_png(image: np.ndarray, metadata: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+def run_metadata(base: dict[str, str], *, steps: int, eta: float, seed: int, batch: int) -> dict[str, str]:
+    """The metadata of one generation: ``base`` (preset, variant, weights...), then the run's arguments.
+
+    The order is the order of the PNG text chunks; the gateway builds the PNGs of Triton's images with this, so they
+    equal the in-process ones byte for byte.
+    """
+    return {**base, "steps": str(steps), "eta": str(eta), "seed": str(seed), "batch": str(batch)}
+
+
 def validate_request(*, steps: int, eta: float, batch: int, seed: int, max_batch: int = MAX_BATCH) -> None:
     """Check generation arguments before any work; messages name the argument, the value and the range.
 
@@ -256,5 +265,5 @@ class LDMPipeline:
         timings = StageTimings(
             denoise_s=t_denoised - t_start, decode_s=t_end - t_denoised, total_s=t_end - t_start, step_s=step_s
         )
-        metadata = {**self.metadata, "steps": str(steps), "eta": str(eta), "seed": str(seed), "batch": str(batch)}
+        metadata = run_metadata(self.metadata, steps=steps, eta=eta, seed=seed, batch=batch)
         return GenerationResult(images=images, latents=latents, timings=timings, metadata=metadata)

@@ -1,0 +1,1 @@
+"""Long-running processes: the gRPC gateway (``gateway``) and the Prometheus telemetry exporter (``exporter``)."""

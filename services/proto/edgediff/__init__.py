@@ -1,0 +1,1 @@
+"""The ``edgediff`` proto package (imported as ``services.proto.edgediff`` so it never shadows the core)."""

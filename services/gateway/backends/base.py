@@ -1,0 +1,170 @@
+"""The interface every gateway backend implements, and what a generation returns.
+
+A backend knows which variants it can run and runs one validated request at a time per call; the gateway around it
+does validation, admission (concurrency + queue), deadlines, auth and metrics. Errors a backend raises map to gRPC
+status codes in the servicer: ``BackendUnavailableError`` -> UNAVAILABLE, ``VariantUnavailableError`` ->
+FAILED_PRECONDITION, ``GenerationCancelled`` -> DEADLINE_EXCEEDED or CANCELLED.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgediff.errors import EdgediffError
+
+
+class BackendUnavailableError(EdgediffError):
+    """The backend cannot be reached right now (Triton down); the request may succeed later."""
+
+
+@dataclass(frozen=True)
+class VariantStatus:
+    """One variant as a backend sees it.
+
+    Attributes:
+        name: Registry name (``torch-fp32``).
+        available: Whether this backend can run it now.
+        reason: Why not, when unavailable.
+        backend: The variant's backend family (``torch``, ``onnx``...).
+        precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``.
+    """
+
+    name: str
+    available: bool
+    reason: str = ""
+    backend: str = ""
+    precision: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateArgs:
+    """A validated generation request (defaults already applied).
+
+    Attributes:
+        seed: Seed of the initial noise, 0..2^63-1.
+        steps: DDIM steps, 1..1000.
+        eta: DDIM eta, 0..1 (the float32 wire value turned back into the decimal the client sent).
+        variant: A registry variant this backend can run.
+        batch: Images per request, 1..the server's max batch.
+        format: Image encoding; only ``png``.
+    """
+
+    seed: int
+    steps: int
+    eta: float
+    variant: str
+    batch: int
+    format: str = "png"
+
+
+@dataclass
+class BackendResult:
+    """What a backend produced for one request.
+
+    Attributes:
+        images: One PNG (with edgediff metadata text chunks) per image.
+        denoise_s: The DDIM loop, seconds.
+        decode_s: The VQ decoder, seconds.
+        total_s: The backend's own total (noise to uint8 images), seconds.
+        weights_origin: The weights' label (``synthetic (seed 0)``, ``directory /w (sha256 ...)``).
+        model: The model preset name.
+    """
+
+    images: list[bytes]
+    denoise_s: float
+    decode_s: float
+    total_s: float
+    weights_origin: str
+    model: str
+
+
+HealthListener = Callable[[bool], None]
+
+
+class Backend(abc.ABC):
+    """Runs validated requests for the gateway.
+
+    Attributes:
+        name: ``local`` or ``triton`` (shown in ``ListVariants``).
+    """
+
+    name: str
+
+    def __init__(self) -> None:
+        self._listeners: list[HealthListener] = []
+        self._listeners_lock = threading.Lock()
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Load models, connect, start watchers (called once before serving)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop watchers and release resources."""
+
+    @abc.abstractmethod
+    def model_name(self) -> str:
+        """The model preset served (``celebahq-256``, ``tiny``)."""
+
+    @abc.abstractmethod
+    def known_variants(self) -> list[str]:
+        """Every variant name this backend knows (the registry's names); others are INVALID_ARGUMENT."""
+
+    @abc.abstractmethod
+    def variant_status(self, name: str) -> VariantStatus:
+        """Status of one known variant.
+
+        Raises:
+            BackendUnavailableError: the backend cannot be asked right now.
+        """
+
+    def variants(self) -> list[VariantStatus]:
+        """Status of every known variant (never raises: unreachable backends report unavailable rows)."""
+        rows = []
+        for name in self.known_variants():
+            try:
+                rows.append(self.variant_status(name))
+            except BackendUnavailableError as exc:
+                rows.append(VariantStatus(name=name, available=False, reason=str(exc)))
+        return rows
+
+    @abc.abstractmethod
+    def default_variant(self) -> str:
+        """The variant used when a request leaves ``variant`` empty.
+
+        Raises:
+            BackendUnavailableError: it cannot be determined right now.
+            VariantUnavailableError: no variant can run.
+        """
+
+    @abc.abstractmethod
+    def generate(self, args: GenerateArgs, should_stop: Callable[[], bool], timeout_s: float | None = None
+                 ) -> BackendResult:
+        """Run one request.
+
+        Args:
+            args: The validated request.
+            should_stop: Polled while working; True means the client is gone or its deadline passed.
+            timeout_s: Seconds left before the client's deadline, or None.
+
+        Raises:
+            GenerationCancelled: ``should_stop`` became true (work was cancelled where possible).
+            BackendUnavailableError: the backend went away.
+            VariantUnavailableError: the variant cannot run.
+        """
+
+    @abc.abstractmethod
+    def healthy(self) -> bool:
+        """Whether the backend can serve now."""
+
+    def add_health_listener(self, listener: HealthListener) -> None:
+        """Call ``listener(healthy)`` whenever the backend's health changes (from the backend's threads)."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def _notify_health(self, healthy: bool) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(healthy)

@@ -1,0 +1,119 @@
+"""The ``local`` backend: the pipeline in-process with the core registry (the phone service: CPU, plain PyTorch).
+
+Variants are built lazily on first use and cached; only the chosen variant's runtime is imported, so a phone with
+torch alone serves ``torch-fp32`` while ``onnx-*``/``openvino-*`` report why they are unavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from edgediff.models import LDMComponents, get_preset, load_components
+from edgediff.pipeline import LDMPipeline
+from edgediff.variants import BASELINE, BuildOptions, build_variant, get_variant, require_available, variant_names
+from services.gateway.backends.base import Backend, BackendResult, GenerateArgs, VariantStatus
+
+logger = logging.getLogger(__name__)
+
+
+class LocalBackend(Backend):
+    """Generates in this process.
+
+    Args:
+        model: Preset name (``celebahq-256``, ``tiny``).
+        weights: Diffusers-format weights folder; None means ``$EDGEDIFF_WEIGHTS``, bundled, or synthetic.
+        weights_seed: Seed of synthetic weights.
+        default_variant: Variant for requests that leave it empty (checked available at ``start``).
+        threads: Intra-op threads (None: ``$EDGEDIFF_THREADS`` or physical cores).
+        preload: Build the default variant at ``start`` and run one 1-step warm-up, so the first request
+            does not pay for either.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model: str = "celebahq-256",
+        *,
+        weights: str | None = None,
+        weights_seed: int = 0,
+        default_variant: str | None = None,
+        threads: int | None = None,
+        preload: bool = True,
+    ) -> None:
+        super().__init__()
+        self._preset = get_preset(model)
+        self._weights = weights
+        self._weights_seed = weights_seed
+        self._default = default_variant or BASELINE
+        self._options = BuildOptions(threads=threads)
+        self._preload = preload
+        self._components: LDMComponents | None = None
+        self._pipelines: dict[str, LDMPipeline] = {}
+        self._build_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Check the default variant, load the weights, and build and warm up the default variant when preloading."""
+        require_available(self._default)
+        self._components = load_components(self._preset, self._weights, seed=self._weights_seed, warn=True)
+        if self._preload:
+            self._pipeline(self._default)(seed=0, steps=1, batch=1)  # warm-up: first-call allocations, lazy init
+
+    @property
+    def components(self) -> LDMComponents:
+        """The loaded model (after ``start``)."""
+        if self._components is None:
+            raise RuntimeError("LocalBackend.start() was not called")
+        return self._components
+
+    def model_name(self) -> str:  # noqa: D102
+        return self._preset.name
+
+    def known_variants(self) -> list[str]:  # noqa: D102
+        return variant_names()
+
+    def variant_status(self, name: str) -> VariantStatus:  # noqa: D102
+        variant = get_variant(name)
+        avail = variant.availability()
+        return VariantStatus(name=name, available=avail.ok, reason=avail.reason, backend=variant.backend,
+                             precision=variant.precision)
+
+    def default_variant(self) -> str:  # noqa: D102
+        return self._default
+
+    def healthy(self) -> bool:  # noqa: D102
+        return self._components is not None
+
+    def _pipeline(self, name: str) -> LDMPipeline:
+        """The cached pipeline of ``name``, built once even when several requests ask at the same time."""
+        with self._lock:
+            if name in self._pipelines:
+                return self._pipelines[name]
+            build_lock = self._build_locks.setdefault(name, threading.Lock())
+        with build_lock:
+            with self._lock:
+                if name in self._pipelines:
+                    return self._pipelines[name]
+            logger.info("building variant %s for %s", name, self._preset.name)
+            pipeline = build_variant(name, self.components, self._options).pipeline(self.components)
+            with self._lock:
+                self._pipelines[name] = pipeline
+            return pipeline
+
+    def generate(self, args: GenerateArgs, should_stop: Callable[[], bool], timeout_s: float | None = None
+                 ) -> BackendResult:
+        """Run the pipeline; ``should_stop`` is polled before every DDIM step and before decoding."""
+        pipeline = self._pipeline(args.variant)
+        result = pipeline(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch, should_stop=should_stop)
+        t = result.timings
+        return BackendResult(
+            images=[result.png_bytes(i) for i in range(args.batch)],
+            denoise_s=t.denoise_s,
+            decode_s=t.decode_s,
+            total_s=t.total_s,
+            weights_origin=self.components.weights.label(),
+            model=self._preset.name,
+        )

@@ -1,0 +1,76 @@
+"""``edgediff serve``: the gRPC Generator gateway over Triton (``--backend triton``) or local PyTorch (``local``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from edgediff.commands.common import add_model_arguments
+from edgediff.constants import DEFAULT_HOST, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, TRITON_GRPC_PORT
+from edgediff.pipeline import MAX_BATCH
+
+if TYPE_CHECKING:
+    from services.gateway.server import GatewayConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``edgediff serve``."""
+    parser.add_argument("--backend", required=True, choices=("triton", "local"),
+                        help="triton: forward to Triton's ldm_<variant> models; local: run the pipeline in-process "
+                             "with plain PyTorch (phones; needs no Triton, ONNX Runtime or OpenVINO)")
+    add_model_arguments(parser)
+    parser.add_argument("--variant", default=None,
+                        help="default variant for requests that name none (local: torch-fp32; triton: the first "
+                             "ready ldm_* model in registry order)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s, loopback only)")
+    parser.add_argument("--port", type=int, default=GATEWAY_GRPC_PORT,
+                        help="gRPC port, 0 for any free one (default: %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=GATEWAY_METRICS_PORT,
+                        help="Prometheus metrics port on the same host, 0 disables (default: %(default)s)")
+    parser.add_argument("--triton-url", default=f"{DEFAULT_HOST}:{TRITON_GRPC_PORT}",
+                        help="Triton's gRPC address for --backend triton (default: %(default)s)")
+    parser.add_argument("--max-concurrency", type=int, default=1, metavar="N",
+                        help="generations at once (default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=8, metavar="N",
+                        help="requests waiting for a slot; more are refused with RESOURCE_EXHAUSTED "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=4, metavar="N",
+                        help=f"largest batch_size accepted, 1..{MAX_BATCH} (default: %(default)s)")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain (with --tls-key)")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key (with --tls-cert)")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="require metadata 'authorization: Bearer <token>' with the token in FILE")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="local backend: intra-op threads (default: $EDGEDIFF_THREADS or physical cores)")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="local backend: build the default variant on the first request instead of at start")
+    parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S",
+                        help="on SIGTERM, seconds in-flight requests get to finish (default: %(default)s)")
+    parser.add_argument("--health-interval", type=float, default=1.0, metavar="S",
+                        help="triton backend: seconds between Triton health probes (default: %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    """The ``GatewayConfig`` the arguments describe (the token file is read here; its content is never printed)."""
+    from edgediff.commands.common import check_positive
+    from services.gateway.auth import read_token_file
+    from services.gateway.server import GatewayConfig
+
+    check_positive("threads", args.threads)
+    token = read_token_file(args.token_file) if args.token_file else None
+    config = GatewayConfig(
+        backend=args.backend, model=args.model, weights=args.weights, weights_seed=args.weights_seed,
+        variant=args.variant, host=args.host, port=args.port, metrics_port=args.metrics_port,
+        triton_url=args.triton_url, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+        max_batch=args.max_batch, tls_cert=args.tls_cert, tls_key=args.tls_key, token=token, threads=args.threads,
+        preload=not args.no_preload, shutdown_grace_s=args.shutdown_grace, health_interval_s=args.health_interval,
+    )
+    config.check()
+    return config
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; exit 0 after a graceful shutdown."""
+    from services.gateway.server import serve
+
+    return serve(config_from_args(args))

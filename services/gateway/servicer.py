@@ -1,0 +1,118 @@
+"""The ``edgediff.v1.Generator`` servicer: validate, admit, run on the backend, answer with PNGs and timings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from edgediff.errors import EdgediffError, InvalidArgumentError, VariantUnavailableError
+from edgediff.pipeline import GenerationCancelled
+from services.gateway.admission import Admission, QueueFullError
+from services.gateway.backends.base import Backend, BackendResult, BackendUnavailableError
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.validation import validate_generate
+from services.proto.edgediff.v1 import generator_pb2, generator_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+NO_DEADLINE_S = 1e7
+"""``time_remaining()`` beyond this means the client set no deadline (gRPC reports a far-future one)."""
+
+
+def remaining_s(context: grpc.ServicerContext) -> float | None:
+    """Seconds before the client's deadline, or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > NO_DEADLINE_S else max(0.0, float(remaining))
+
+
+def _cancel_status(context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
+    remaining = remaining_s(context)
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed; the generation was cancelled"
+    return grpc.StatusCode.CANCELLED, "the client cancelled; the generation was stopped"
+
+
+def status_of(exc: BaseException, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for an exception raised while serving a request."""
+    if isinstance(exc, InvalidArgumentError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, VariantUnavailableError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, QueueFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, BackendUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, GenerationCancelled):
+        return _cancel_status(context)
+    if isinstance(exc, EdgediffError):
+        return grpc.StatusCode.INTERNAL, str(exc)
+    return grpc.StatusCode.INTERNAL, f"generation failed: {exc.__class__.__name__}: {exc}"
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
+    """Serves ``Generate`` and ``ListVariants`` over a backend.
+
+    Args:
+        backend: Runs validated requests.
+        admission: Concurrency slots and the bounded queue.
+        metrics: Where stage timings and image counts go.
+        max_batch: The largest ``batch_size`` accepted.
+    """
+
+    def __init__(self, backend: Backend, admission: Admission, metrics: GatewayMetrics, *, max_batch: int) -> None:
+        self.backend = backend
+        self.admission = admission
+        self.metrics = metrics
+        self.max_batch = max_batch
+
+    def Generate(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Generate ``batch_size`` PNGs; see the proto for the status codes."""
+        t_arrival = time.perf_counter()
+
+        def should_stop() -> bool:
+            remaining = remaining_s(context)
+            return not context.is_active() or (remaining is not None and remaining <= 0)
+
+        result: BackendResult | None = None
+        failure: tuple[grpc.StatusCode, str] | None = None
+        try:
+            args = validate_generate(request, self.backend, max_batch=self.max_batch)
+            queue_s = self.admission.acquire(should_stop)
+            try:
+                result = self.backend.generate(args, should_stop, timeout_s=remaining_s(context))
+            finally:
+                self.admission.release()
+        except Exception as exc:  # every failure becomes a status; unexpected ones are logged with the traceback
+            failure = status_of(exc, context)
+            if failure[0] == grpc.StatusCode.INTERNAL:
+                logger.exception("Generate failed")
+        if failure is not None:
+            context.abort(*failure)
+        assert result is not None
+        total_s = time.perf_counter() - t_arrival
+        self.metrics.observe_generation(args.variant, len(result.images), {
+            "queue": queue_s, "denoise": result.denoise_s, "decode": result.decode_s, "total": total_s,
+        })
+        timings = generator_pb2.Timings(queue_ms=queue_s * 1e3, denoise_ms=result.denoise_s * 1e3,
+                                        decode_ms=result.decode_s * 1e3, total_ms=total_s * 1e3)
+        return generator_pb2.GenerateResponse(images=result.images, seed=args.seed, variant=args.variant,
+                                              timings=timings, weights_origin=result.weights_origin,
+                                              model=result.model, steps=args.steps)
+
+    def ListVariants(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Every variant the server knows, whether it can run, and why not."""
+        try:
+            default = self.backend.default_variant()
+        except EdgediffError:
+            default = ""
+        rows = [
+            generator_pb2.VariantInfo(name=v.name, available=v.available, reason=v.reason, backend=v.backend,
+                                      precision=v.precision, is_default=v.name == default)
+            for v in self.backend.variants()
+        ]
+        return generator_pb2.ListVariantsResponse(variants=rows, model=self.backend.model_name(),
+                                                  backend=self.backend.name)
