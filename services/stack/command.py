@@ -156,14 +156,19 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def _up_docker(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:
-    from services.stack.docker_runtime import DockerRuntime
+    from services.stack.docker_runtime import DockerRuntime, compose_environment
+    from services.stack.local_runtime import DEFAULT_PORTS, REPO_ROOT, parse_ports
 
-    runtime = DockerRuntime(profile=args.profile,
-                            env={"EDGEDIFF_MODEL": args.model, "EDGEDIFF_VARIANTS": ",".join(variants),
-                                 "EDGEDIFF_VARIANT": variants[0]})
-    state = runtime.up()
-    from services.stack.state import write_state
-
-    write_state(state_dir, {**state, "runtime": "docker", "profile": args.profile})
-    print(f"stack is up in Docker (profile {args.profile}); 'edgediff down' stops it")
+    ports = parse_ports(args.ports)
+    runtime = DockerRuntime(
+        profile=args.profile,
+        compose_file=REPO_ROOT / "compose.yaml",
+        env=compose_environment(model=args.model, variants=variants,
+                                weights_dir=Path(args.weights) if args.weights else None),
+        state_dir=state_dir,
+        host_port_remap={DEFAULT_PORTS[k]: v for k, v in ports.items() if v != DEFAULT_PORTS[k]},
+        meta={"model": args.model, "variants": variants},
+    )
+    runtime.up(wait_timeout_s=args.timeout)  # writes the state file
+    print(f"stack is up in Docker (profile {args.profile}); 'edgediff status' shows it, 'edgediff down' stops it")
     return 0

@@ -50,10 +50,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"no stack is running (no state in {state_dir})")
         return 0
     if state.get("runtime") == "docker":
-        from services.stack.docker_runtime import DockerRuntime
+        from services.stack.docker_runtime import runtime_from_state
 
-        DockerRuntime(profile=state.get("profile", "cpu")).down()
-        remove_state(state_dir)
+        runtime_from_state(state, state_dir=state_dir).down()  # removes the state file too
     else:
         stop_local(state, state_dir, args.timeout)
     print("stack stopped")

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def service_health(service: dict[str, Any]) -> str:
-    """``healthy``, ``unhealthy`` or ``down``, checked now."""
+    """``healthy``, ``completed`` (a finished one-shot), ``unhealthy`` or ``down``, checked now."""
     if service.get("pid") is not None and not pid_alive(service["pid"]):
         return "down"
     health = service.get("health")
@@ -31,7 +31,7 @@ def print_status(state: dict[str, Any]) -> bool:
     all_ok = True
     for name, service in state.get("services", {}).items():
         health = service_health(service)
-        all_ok &= health == "healthy"
+        all_ok &= health in ("healthy", "completed")
         print(f"{name:<12}{service.get('pid') or '-':>8}  {service.get('port') or '-':>6}  {health:<10} "
               f"{service.get('restarts', 0):>8}  {service.get('log', '')}")
     return all_ok
@@ -45,9 +45,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"no stack is running (no state in {state_dir})")
         return 1
     if state.get("runtime") == "docker":
-        from services.stack.docker_runtime import DockerRuntime
+        from services.stack.docker_runtime import runtime_from_state
 
-        state = {**state, **DockerRuntime(profile=state.get("profile", "cpu")).status()}
+        state = {**state, "services": runtime_from_state(state, state_dir=state_dir, echo=None).status()}
     elif not pid_alive(state.get("supervisor_pid")):
         print(f"the supervisor (pid {state.get('supervisor_pid')}) is gone; 'edgediff down' cleans up")
     print(f"stack: runtime {state.get('runtime')}, profile {state.get('profile')}, model {state.get('model')}, "
