@@ -1,0 +1,110 @@
+"""``edgediff bench``: latency per stage, peak memory, energy per image and fidelity per variant, as a report.
+
+Writes ``report.json`` (versioned schema), ``report.csv``, ``report.md`` (the study's Table 1 plus fidelity), PNG
+plots and one sample image per variant into ``--out``, and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from edgediff.commands.common import add_build_arguments, add_model_arguments, add_sampling_arguments
+from edgediff.errors import InvalidArgumentError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``edgediff bench``."""
+    add_model_arguments(parser)
+    parser.add_argument("--variants", default="all", metavar="all|V,...",
+                        help="variants to measure (default: all; unavailable ones are listed with the reason). "
+                             "torch-fp32 always runs too: it is the reference for speedup and fidelity")
+    add_sampling_arguments(parser)
+    add_build_arguments(parser)
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up runs per variant, not counted (default: 2)")
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per variant (default: %(default)s)")
+    parser.add_argument("--through", nargs="+", default=["local"], metavar="WHERE",
+                        help="'local' (the default: in this process) or 'gateway HOST:PORT' (through the gRPC "
+                             "gateway: total latency on the client, stages from the response's timings)")
+    parser.add_argument("--token", default=None, help="bearer token for --through gateway")
+    parser.add_argument("--tls-ca", default=None, metavar="PEM", help="CA certificate of a TLS gateway")
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure each variant in a fresh subprocess so its peak memory (VmHWM) is its own "
+                             "(default: on; --no-isolate runs all variants in this process: faster, but peak "
+                             "memory then includes what earlier variants left behind)")
+    parser.add_argument("--energy", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure energy with the sensors this machine has (default: on)")
+    parser.add_argument("--idle-s", type=float, default=5.0, metavar="S",
+                        help="idle baseline before loading the model, for net energy (0: none; default: %(default)s)")
+    parser.add_argument("--estimated-cpu-tdp", type=float, default=None, metavar="W",
+                        help="where no CPU power sensor exists, ESTIMATE CPU power as utilization x W "
+                             "(labelled 'estimated' everywhere)")
+    parser.add_argument("--fixture-power-watts", type=float, default=None, metavar="W", help=argparse.SUPPRESS)
+    parser.add_argument("--label", default=None,
+                        help="this device's name in 'edgediff compare' tables (default: the GPU, Jetson or CPU model)")
+    parser.add_argument("--out", default="reports", metavar="DIR", help="output folder (default: %(default)s)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def _through(values: list[str]) -> tuple[str, str | None]:
+    if values == ["local"]:
+        return "local", None
+    if len(values) == 2 and values[0] == "gateway":
+        return "gateway", values[1]
+    raise InvalidArgumentError(f"--through must be 'local' or 'gateway HOST:PORT', got {' '.join(values)!r}")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the bench, write the report, print the table and where the report lives."""
+    from edgediff.bench.report_writers import results_table, write_outputs
+    from edgediff.bench.runner import TelemetryOptions
+    from edgediff.bench.suite import BenchConfig, run_bench
+    from edgediff.variants import parse_variant_list
+
+    through, gateway = _through(args.through)
+    if args.fixture_power_watts is not None:
+        print(f"WARNING: --fixture-power-watts {args.fixture_power_watts}: energy is a made-up fixture number "
+              "(tests only), labelled 'fixture'", file=sys.stderr)
+    out = Path(args.out)
+    config = BenchConfig(
+        model=args.model,
+        variants=parse_variant_list(args.variants),
+        weights=args.weights,
+        weights_seed=args.weights_seed,
+        steps=args.steps,
+        eta=args.eta,
+        batch=args.batch,
+        seed=args.seed,
+        warmup=args.warmup,
+        runs=args.runs,
+        threads=args.threads,
+        deepcache=args.deepcache,
+        isolate=args.isolate,
+        through=through,
+        gateway=gateway,
+        token=args.token,
+        tls_ca=args.tls_ca,
+        telemetry=TelemetryOptions(enabled=args.energy, idle_s=args.idle_s,
+                                   estimated_cpu_tdp_w=args.estimated_cpu_tdp,
+                                   fixture_power_w=args.fixture_power_watts),
+        label=args.label,
+        out=out,
+        command=shlex.join(["edgediff", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "edgediff bench",
+    )
+    report, _runs = run_bench(config)
+    write_outputs(report, out, plots=not args.no_plots)
+    weights = report["weights"] or {}
+    print()
+    if weights.get("synthetic"):
+        print(f"WARNING: weights: {weights['label']}: latency, memory and energy are real; the images are noise.")
+    print(results_table(report))
+    for entry in report["variants"]:
+        if entry["status"] != "ok":
+            print(f"- {entry['name']}: {entry['status']}: {entry['reason']}")
+    for warning in report["warnings"]:
+        if not warning.startswith("weights: synthetic"):
+            print(f"WARNING: {warning}")
+    print(f"\nreport: {out / 'report.md'} (also report.json, report.csv, plots, samples/)")
+    return 0
