@@ -1,0 +1,408 @@
+"""Energy per image over a load test's window, from the exporter's ``edgediff_energy_joules_total`` counter.
+
+Two ways to read the counter's increase over the window ``[start, end]``:
+
+* ``exporter``: scrape the exporter's ``/metrics`` at the start and at the end of the load (the Locust master does
+  it, in ``records.py``); the increase is the difference of the two scrapes, per ``{domain, source}``;
+* ``prometheus``: ask a Prometheus server that scrapes the exporter for
+  ``increase(edgediff_energy_joules_total[<window>ms] @ <end>)``, after waiting for a scrape past the window's end.
+
+Gross energy per image = increase / images served in the window. Net energy per image subtracts the idle baseline
+(``edgediff_idle_power_watts`` x window) when the exporter measured one. Estimated sources (``source="estimated"``)
+and fixture sources (tests) are labelled as such. Without a power sensor the result is "unavailable", with the
+reason from ``edgediff_sensor_up``: never a made-up number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgediff.constants import METRIC_ENERGY_JOULES_TOTAL, METRIC_IDLE_POWER_WATTS, METRIC_SENSOR_UP
+
+SOURCE_ESTIMATED = "estimated"
+SOURCE_FIXTURE = "fixture"
+METHOD_EXPORTER = "exporter"
+METHOD_PROMETHEUS = "prometheus"
+DEFAULT_SCRAPE_TIMEOUT_S = 5.0
+
+DomainKey = tuple[str, str]
+"""``(domain, source)`` of one energy series."""
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape of a ``/metrics`` endpoint.
+
+    Attributes:
+        url: The URL scraped.
+        t_unix_s: When, in seconds since the epoch (midpoint of the HTTP exchange).
+        text: The exposition text, or ``None`` when the scrape failed.
+        error: Why it failed, or ``None``.
+    """
+
+    url: str
+    t_unix_s: float
+    text: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scrape:
+        """Inverse of ``to_dict``."""
+        return cls(str(data["url"]), float(data["t_unix_s"]), data.get("text"), data.get("error"))
+
+
+def scrape(url: str, timeout_s: float = DEFAULT_SCRAPE_TIMEOUT_S) -> Scrape:
+    """GET ``url`` and return the text with the time it was taken; failures are returned, never raised."""
+    before_s = time.time()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            text = response.read().decode("utf-8")
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        return Scrape(url, time.time(), None, f"cannot scrape {url}: {getattr(exc, 'reason', None) or exc}")
+    return Scrape(url, (before_s + time.time()) / 2.0, text, None)
+
+
+@dataclass(frozen=True)
+class ExporterState:
+    """What one exporter scrape says about energy.
+
+    Attributes:
+        energy_j: ``edgediff_energy_joules_total`` per ``(domain, source)``.
+        idle_power_w: ``edgediff_idle_power_watts`` per ``(domain, source)`` (empty without an idle baseline).
+        sensor_up: ``edgediff_sensor_up`` per reader.
+    """
+
+    energy_j: dict[DomainKey, float] = field(default_factory=dict)
+    idle_power_w: dict[DomainKey, float] = field(default_factory=dict)
+    sensor_up: dict[str, float] = field(default_factory=dict)
+
+
+def parse_exporter(text: str) -> ExporterState:
+    """Parse the exporter's exposition text (``prometheus_client``'s parser)."""
+    state = ExporterState()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == METRIC_ENERGY_JOULES_TOTAL:
+                state.energy_j[_key(sample.labels)] = float(sample.value)
+            elif sample.name == METRIC_IDLE_POWER_WATTS:
+                state.idle_power_w[_key(sample.labels)] = float(sample.value)
+            elif sample.name == METRIC_SENSOR_UP:
+                state.sensor_up[sample.labels.get("reader", "")] = float(sample.value)
+    return state
+
+
+def sum_counter(text: str, name: str) -> float | None:
+    """Sum every series of the counter ``name`` (its sample name, ``..._total``).
+
+    Returns 0 when the counter is declared without series yet (a labelled counter before its first increment), and
+    ``None`` when it is absent.
+    """
+    declared, total = False, 0.0
+    for family in text_string_to_metric_families(text):
+        if family.type == "counter" and family.name == name.removesuffix("_total"):
+            declared = True
+        for sample in family.samples:
+            if sample.name == name:
+                declared, total = True, total + float(sample.value)
+    return total if declared else None
+
+
+def _key(labels: Mapping[str, str]) -> DomainKey:
+    return labels.get("domain", ""), labels.get("source", "")
+
+
+@dataclass(frozen=True)
+class DomainEnergy:
+    """Energy of one domain over the window, and per image.
+
+    Attributes:
+        domain: The power domain (``gpu-board``, ``soc-total``, ``cpu-package``, ``battery``, ``fixture``...).
+        source: The sensor (``nvml:0``, ``rapl``, ``tegrastats``, ``estimated``, ``fixture``...).
+        label: ``measured``, ``estimated`` or ``fixture (made-up, tests only)``.
+        gross_j: Counter increase over the window, joules.
+        mean_power_w: ``gross_j / window_s``, watts.
+        gross_j_per_image: ``gross_j / images``; ``None`` when no image was served.
+        idle_power_w: The exporter's idle baseline, watts; ``None`` when none was measured.
+        net_j: ``gross_j - idle_power_w * window_s``; ``None`` without a baseline.
+        net_j_per_image: ``net_j / images``; ``None`` without a baseline or images.
+        net_note: Why net is missing, or ``None``.
+    """
+
+    domain: str
+    source: str
+    label: str
+    gross_j: float
+    mean_power_w: float
+    gross_j_per_image: float | None
+    idle_power_w: float | None
+    net_j: float | None
+    net_j_per_image: float | None
+    net_note: str | None
+
+
+@dataclass(frozen=True)
+class EnergyResult:
+    """Energy per image over a window, or why it is unavailable.
+
+    Attributes:
+        available: False when no energy could be attributed (no sensor, no exporter, a failed scrape...).
+        reason: Why unavailable (``None`` when available).
+        method: ``exporter`` (two scrapes), ``prometheus`` (an ``increase()`` query) or ``none``.
+        url: The exporter or Prometheus URL.
+        start_unix_s: Window start, seconds since the epoch.
+        end_unix_s: Window end.
+        window_s: ``end - start``, seconds.
+        images: Images served in the window (the denominator).
+        images_source: Where ``images`` comes from (``locust`` or ``gateway``).
+        domains: One entry per ``(domain, source)``.
+        notes: Caveats (domains that appeared mid-window, extrapolation...).
+    """
+
+    available: bool
+    reason: str | None
+    method: str
+    url: str | None
+    start_unix_s: float | None
+    end_unix_s: float | None
+    window_s: float | None
+    images: int
+    images_source: str
+    domains: list[DomainEnergy] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def source_label(source: str) -> str:
+    """``measured``, ``estimated`` or ``fixture (made-up, tests only)`` for a ``source`` label."""
+    if source == SOURCE_ESTIMATED or source.startswith(SOURCE_ESTIMATED + ":"):
+        return "estimated"
+    if source == SOURCE_FIXTURE:
+        return "fixture (made-up, tests only)"
+    return "measured"
+
+
+def per_domain(
+    increase_j: Mapping[DomainKey, float],
+    idle_power_w: Mapping[DomainKey, float],
+    window_s: float,
+    images: int,
+) -> list[DomainEnergy]:
+    """Gross and net energy per image of each domain.
+
+    Args:
+        increase_j: Counter increase over the window per ``(domain, source)``, joules.
+        idle_power_w: Idle baseline per ``(domain, source)``, watts (missing: no net for that domain).
+        window_s: Window length, seconds (> 0).
+        images: Images served in the window (0: no per-image numbers).
+    """
+    rows = []
+    for (domain, source), gross_j in sorted(increase_j.items()):
+        idle_w = idle_power_w.get((domain, source))
+        net_j = gross_j - idle_w * window_s if idle_w is not None else None
+        rows.append(
+            DomainEnergy(
+                domain=domain,
+                source=source,
+                label=source_label(source),
+                gross_j=gross_j,
+                mean_power_w=gross_j / window_s,
+                gross_j_per_image=gross_j / images if images > 0 else None,
+                idle_power_w=idle_w,
+                net_j=net_j,
+                net_j_per_image=net_j / images if net_j is not None and images > 0 else None,
+                net_note=None if idle_w is not None else "net unavailable: no idle baseline (exporter --idle-seconds)",
+            )
+        )
+    return rows
+
+
+def _unavailable(reason: str, method: str, url: str | None, start: float | None, end: float | None, images: int,
+                 images_source: str) -> EnergyResult:
+    window_s = end - start if start is not None and end is not None else None
+    return EnergyResult(False, reason, method, url, start, end, window_s, images, images_source)
+
+
+def no_sensor_reason(sensor_up: Mapping[str, float]) -> str:
+    """The "unavailable" reason when the exporter exports no energy series."""
+    down = sorted(reader for reader, up in sensor_up.items() if up == 0)
+    if down:
+        return f"no power sensor: edgediff_sensor_up is 0 for {', '.join(down)} (see the exporter's log for why)"
+    return f"no power sensor: the exporter exports no {METRIC_ENERGY_JOULES_TOTAL} series"
+
+
+def energy_from_scrapes(start: Scrape, end: Scrape, images: int, images_source: str) -> EnergyResult:
+    """Energy per image from exporter scrapes at the window's start and end.
+
+    Args:
+        start: The exporter scrape at load start.
+        end: The exporter scrape at load end.
+        images: Images served in the window.
+        images_source: ``locust`` or ``gateway``.
+    """
+    args = (METHOD_EXPORTER, start.url, start.t_unix_s, end.t_unix_s, images, images_source)
+    for scraped in (start, end):
+        if scraped.text is None:
+            return _unavailable(f"exporter unreachable: {scraped.error}", *args)
+    window_s = end.t_unix_s - start.t_unix_s
+    if not window_s > 0:
+        return _unavailable(f"empty window ({window_s:.3f} s)", *args)
+    first, last = parse_exporter(start.text or ""), parse_exporter(end.text or "")
+    if not last.energy_j:
+        return _unavailable(no_sensor_reason(last.sensor_up), *args)
+    notes = []
+    increase: dict[DomainKey, float] = {}
+    for key, value_j in sorted(last.energy_j.items()):
+        if key not in first.energy_j:
+            notes.append(f"{key[0]}/{key[1]} appeared during the window: left out")
+            continue
+        delta_j = value_j - first.energy_j[key]
+        if delta_j < 0:
+            notes.append(f"{key[0]}/{key[1]} went backwards ({delta_j:.3f} J; exporter restarted?): left out")
+            continue
+        increase[key] = delta_j
+    if not increase:
+        return _unavailable("; ".join(notes) or no_sensor_reason(last.sensor_up), *args)
+    return EnergyResult(
+        True,
+        None,
+        METHOD_EXPORTER,
+        start.url,
+        start.t_unix_s,
+        end.t_unix_s,
+        window_s,
+        images,
+        images_source,
+        per_domain(increase, last.idle_power_w, window_s, images),
+        notes,
+    )
+
+
+# --- Prometheus -----------------------------------------------------------------------------------------------------
+class PrometheusError(RuntimeError):
+    """A Prometheus query failed; the message says which and why."""
+
+
+def prometheus_query(base_url: str, query: str, at_unix_s: float, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Run an instant query through ``/api/v1/query`` and return its vector's samples.
+
+    Raises:
+        PrometheusError: Unreachable server, an HTTP error or a query error.
+    """
+    params = urllib.parse.urlencode({"query": query, "time": f"{at_unix_s:.3f}"})
+    url = f"{base_url.rstrip('/')}/api/v1/query?{params}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            body = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:300]
+        raise PrometheusError(f"query {query!r} failed: HTTP {exc.code}: {detail}") from exc
+    except (OSError, ValueError) as exc:
+        raise PrometheusError(f"cannot query Prometheus at {base_url}: {getattr(exc, 'reason', None) or exc}") from exc
+    if body.get("status") != "success":
+        raise PrometheusError(f"query {query!r} failed: {body.get('error', body)}")
+    data = body.get("data", {})
+    if data.get("resultType") != "vector":
+        raise PrometheusError(f"query {query!r} returned {data.get('resultType')!r}, expected a vector")
+    return list(data.get("result", []))
+
+
+def _vector(samples: list[dict[str, Any]], key_labels: tuple[str, ...]) -> dict[Any, float]:
+    out = {}
+    for sample in samples:
+        value = float(sample["value"][1])
+        if math.isfinite(value):
+            key = tuple(sample["metric"].get(label, "") for label in key_labels)
+            out[key if len(key) > 1 else key[0]] = value
+    return out
+
+
+def increase_query(start_unix_s: float, end_unix_s: float) -> str:
+    """The PromQL of the counter's increase over exactly ``[start, end]`` (millisecond range, ``@`` the end)."""
+    window_ms = max(1, round((end_unix_s - start_unix_s) * 1000.0))
+    return f"sum by (domain, source) (increase({METRIC_ENERGY_JOULES_TOTAL}[{window_ms}ms] @ {end_unix_s:.3f}))"
+
+
+def wait_for_scrape_after(base_url: str, end_unix_s: float, wait_s: float, poll_s: float = 1.0) -> bool:
+    """Wait until Prometheus holds a sample of the energy counter taken at or after ``end``; False on timeout."""
+    deadline = time.monotonic() + wait_s
+    query = f"max(timestamp({METRIC_ENERGY_JOULES_TOTAL}))"
+    while True:
+        samples = prometheus_query(base_url, query, time.time())
+        if samples and float(samples[0]["value"][1]) >= end_unix_s:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def energy_from_prometheus(
+    base_url: str,
+    start_unix_s: float,
+    end_unix_s: float,
+    images: int,
+    images_source: str,
+    *,
+    wait_s: float = 30.0,
+) -> EnergyResult:
+    """Energy per image from a Prometheus that scrapes the exporter.
+
+    Args:
+        base_url: Prometheus' base URL, e.g. ``http://127.0.0.1:9090``.
+        start_unix_s: Window start, seconds since the epoch.
+        end_unix_s: Window end.
+        images: Images served in the window.
+        images_source: ``locust`` or ``gateway``.
+        wait_s: How long to wait for Prometheus to scrape past the window's end.
+    """
+    args = (METHOD_PROMETHEUS, base_url, start_unix_s, end_unix_s, images, images_source)
+    window_s = end_unix_s - start_unix_s
+    if not window_s > 0:
+        return _unavailable(f"empty window ({window_s:.3f} s)", *args)
+    notes = [
+        "increase() over the window from Prometheus' scrapes: extrapolated to the window's edges, so its precision "
+        "is about one scrape interval of power at each edge"
+    ]
+    try:
+        if not wait_for_scrape_after(base_url, end_unix_s, wait_s):
+            notes.append(f"Prometheus had no scrape after the window's end within {wait_s:.0f} s")
+        increase = _vector(prometheus_query(base_url, increase_query(start_unix_s, end_unix_s), end_unix_s),
+                           ("domain", "source"))
+        if increase and not prometheus_query(base_url, f"timestamp({METRIC_ENERGY_JOULES_TOTAL} @ {start_unix_s:.3f})",
+                                             end_unix_s):
+            return _unavailable(
+                f"Prometheus holds no sample of {METRIC_ENERGY_JOULES_TOTAL} taken before the window's start (the "
+                "exporter was not scraped yet, or over 5 minutes earlier): increase() would cover part of the window",
+                *args,
+            )
+        idle = _vector(
+            prometheus_query(base_url, f"max by (domain, source) ({METRIC_IDLE_POWER_WATTS} @ {end_unix_s:.3f})",
+                             end_unix_s),
+            ("domain", "source"),
+        )
+        if not increase:
+            up = _vector(prometheus_query(base_url, f"min by (reader) ({METRIC_SENSOR_UP} @ {end_unix_s:.3f})",
+                                          end_unix_s), ("reader",))
+            return _unavailable(no_sensor_reason(up) + " (as seen by Prometheus)", *args)
+    except PrometheusError as exc:
+        return _unavailable(str(exc), *args)
+    return EnergyResult(
+        True, None, METHOD_PROMETHEUS, base_url, start_unix_s, end_unix_s, window_s, images, images_source,
+        per_domain(increase, idle, window_s, images), notes,
+    )

@@ -1,0 +1,217 @@
+"""The load test's report: ``loadtest.json`` (machine-readable), ``loadtest.md`` (for people) and a timeline PNG.
+
+Every file is written atomically. Energy that is estimated, or comes from a fixture, is labelled so in both files;
+energy that could not be measured is "unavailable" with its reason, never a number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edgediff.availability import require
+from edgediff.io import atomic_write_json, atomic_write_text
+from loadtest.energy import EnergyResult
+from loadtest.records import Window
+from loadtest.summary import LocustTotals, Summary, TimelineBin
+
+SCHEMA = "edgediff.loadtest/1"
+JSON_NAME = "loadtest.json"
+MARKDOWN_NAME = "loadtest.md"
+TIMELINE_PNG = "loadtest_timeline.png"
+
+
+def iso(t_unix_s: float | None) -> str | None:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-01-02T03:04:05.678Z``."""
+    if t_unix_s is None:
+        return None
+    return dt.datetime.fromtimestamp(t_unix_s, tz=dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ms(value_s: float | None) -> str:
+    return "-" if value_s is None else f"{value_s * 1000.0:.1f}"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def build_report(
+    *,
+    config: dict[str, Any],
+    summary: Summary,
+    energy: EnergyResult,
+    window: Window,
+    verdict: dict[str, Any],
+    locust: LocustTotals | None,
+    files: dict[str, str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """Assemble the JSON report.
+
+    Args:
+        config: What ran (target, users, spawn rate, run time, workers, mix...).
+        summary: Counts, latency and throughput.
+        energy: Energy per image, or why unavailable.
+        window: The measurement window.
+        verdict: ``{"status": "ok"|"failed", "reasons": [...]}``.
+        locust: Locust's own aggregated totals (cross-check), if its CSV exists.
+        files: Output files by role, relative to the report's folder.
+        notes: Caveats to show.
+    """
+    locust_part = None
+    if locust is not None:
+        locust_part = {
+            **asdict(locust),
+            "matches_records": locust.requests == summary.requests and locust.failures == summary.failed,
+        }
+    return {
+        "schema": SCHEMA,
+        "created": iso(time.time()),
+        "client_host": platform.node(),
+        "config": config,
+        "window": {
+            "start_unix_s": window.start_unix_s,
+            "end_unix_s": window.end_unix_s,
+            "start_iso": iso(window.start_unix_s),
+            "end_iso": iso(window.end_unix_s),
+            "duration_s": window.duration_s,
+        },
+        "verdict": verdict,
+        "requests": summary.to_dict(),
+        "energy": energy.to_dict(),
+        "locust": locust_part,
+        "notes": notes,
+        "files": files,
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report for people: what ran, requests and failures, latency, throughput, energy per image, files."""
+    cfg, window, req = report["config"], report["window"], report["requests"]
+    processes = f"Locust master + {cfg['workers']} workers" if cfg["workers"] else "one Locust process"
+    lines = [
+        f"# Load test of {cfg['target']}",
+        "",
+        f"- verdict: **{report['verdict']['status']}**"
+        + "".join(f"\n  - {reason}" for reason in report["verdict"]["reasons"]),
+        f"- window: {window['start_iso']} to {window['end_iso']} ({window['duration_s']:.3f} s)",
+        f"- load: {cfg['users']} users (spawn rate {cfg['spawn_rate']:g}/s) for {cfg['run_time_s']} s, "
+        f"{processes}{', smoke profile' if cfg.get('smoke') else ''}",
+        f"- mix: variants {cfg['mix']['variants']}, steps {cfg['mix']['steps']}, batch {cfg['mix']['batch']}, "
+        f"eta {cfg['mix']['eta']}, seeds {cfg['mix']['seeds']}",
+        "",
+        "## Requests",
+        "",
+        "| requests | succeeded | failed | cancelled at stop | images | requests/s | images/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {req['requests']} | {req['succeeded']} | {req['failed']} | {req['cancelled_at_stop']} | {req['images']} "
+        f"| {req['requests_per_s']:.2f} | {req['images_per_s']:.2f} |",
+        "",
+        "Throughput counts the calls completed inside the window. Calls cancelled at stop were in flight when Locust "
+        "stopped its users: not failures of the server.",
+    ]
+    if req["failures_by_status"]:
+        lines += ["", "### Failures by gRPC status", "", "| status | count |", "|---|---:|"]
+        lines += [f"| {status} | {count} |" for status, count in req["failures_by_status"].items()]
+        lines += ["", "| message | count |", "|---|---:|"]
+        lines += [f"| {msg.replace('|', '/')} | {count} |" for msg, count in req["failure_messages"].items()]
+    lines += [
+        "",
+        "## Latency of successful calls (ms, exact percentiles)",
+        "",
+        "| name | calls | failures | images | p50 | p90 | p95 | p99 | max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [*req["by_name"], {"name": "**all**", "requests": req["requests"], "failures": req["failed"],
+                              "images": req["images"], "latency": req["latency"]}]
+    for row in rows:
+        lat = row["latency"] or {}
+        lines.append(
+            f"| {row['name']} | {row['requests']} | {row['failures']} | {row['images']} | {_ms(lat.get('p50_s'))} "
+            f"| {_ms(lat.get('p90_s'))} | {_ms(lat.get('p95_s'))} | {_ms(lat.get('p99_s'))} | {_ms(lat.get('max_s'))} |"
+        )
+    lines += ["", "## Energy per image", ""]
+    energy = report["energy"]
+    if not energy["available"]:
+        lines.append(f"unavailable: {energy['reason']}")
+    else:
+        lines += [
+            f"- method: {energy['method']} ({energy['url']})",
+            f"- images: {energy['images']} ({energy['images_source']}) over {energy['window_s']:.3f} s",
+            "",
+            "| domain | source | label | gross J | mean W | gross J/image | idle W | net J/image |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for d in energy["domains"]:
+            net = _num(d["net_j_per_image"], 4) if d["net_j"] is not None else "unavailable: no idle baseline"
+            lines.append(
+                f"| {d['domain']} | {d['source']} | {d['label']} | {_num(d['gross_j'])} | {_num(d['mean_power_w'])} "
+                f"| {_num(d['gross_j_per_image'], 4)} | {_num(d['idle_power_w'])} | {net} |"
+            )
+        lines.append("")
+        lines.append("Domains are not additive when one is part of another (a Jetson's GPU rail is inside its input "
+                     "rail). Net = gross - idle power x window.")
+    for note in energy.get("notes", []) + report.get("notes", []):
+        lines.append(f"- note: {note}")
+    locust = report.get("locust")
+    if locust:
+        same = "the same counts as the records" if locust["matches_records"] else "NOT the same counts as the records"
+        lines += ["", "## Locust's own totals", "",
+                  f"{locust['requests']} requests, {locust['failures']} failures in `locust_final.json`: {same}. "
+                  "Locust's CSVs are snapshots taken every second (the last up to 1 s before the end); its "
+                  "percentiles are rounded to histogram buckets."]
+    lines += ["", "## Files", ""]
+    lines += [f"- `{name}`: {path}" for name, path in report["files"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_timeline(bins: list[TimelineBin], title: str, path: Path) -> Path:
+    """Latency (p50, p95) and throughput (requests/s, images/s, failures/s) per bin over the window."""
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from edgediff.bench.plots import save_figure
+
+    t = [b.t_s for b in bins]
+    edges = [*t, bins[-1].t_s + bins[-1].width_s]  # step plots need the last bin's end too
+
+    def steps(values: list[float]) -> list[float]:
+        return [*values, values[-1]]
+
+    fig, (ax_lat, ax_tp) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    middles = [b.t_s + b.width_s / 2 for b in bins]
+    for attr, label in (("p50_s", "p50"), ("p95_s", "p95")):
+        ax_lat.plot(middles, [float("nan") if getattr(b, attr) is None else getattr(b, attr) * 1000.0 for b in bins],
+                    marker=".", label=label)
+    ax_lat.set_ylabel("latency of successful calls (ms)")
+    ax_lat.set_ylim(bottom=0)
+    ax_lat.legend(loc="best")
+    ax_lat.set_title(title)
+    ax_tp.step(edges, steps([b.images_per_s for b in bins]), where="post", label="images/s")
+    ax_tp.step(edges, steps([b.requests_per_s for b in bins]), where="post", label="requests/s", linestyle="--")
+    if any(b.failures_per_s for b in bins):
+        ax_tp.step(edges, steps([b.failures_per_s for b in bins]), where="post", label="failures/s", color="tab:red")
+    ax_tp.set_ylabel("per second (completed)")
+    ax_tp.set_xlabel("seconds since the window start")
+    ax_tp.set_ylim(bottom=0)
+    ax_tp.legend(loc="best")
+    for ax in (ax_lat, ax_tp):
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def write_report(report: dict[str, Any], bins: list[TimelineBin], out_dir: Path) -> dict[str, Path]:
+    """Write the JSON, the Markdown and the timeline PNG into ``out_dir``; returns their paths."""
+    paths = {"json": out_dir / JSON_NAME, "markdown": out_dir / MARKDOWN_NAME, "timeline": out_dir / TIMELINE_PNG}
+    cfg = report["config"]
+    title = f"{cfg['target']}: {cfg['users']} users, {report['requests']['images']} images"
+    plot_timeline(bins, title, paths["timeline"])
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["markdown"], render_markdown(report))
+    return paths

@@ -1,0 +1,205 @@
+"""Run Locust headless over ``locustfile.py``: one process, or Locust's own master and K worker processes.
+
+Every process is started with the same environment (the request mix and the record folder as ``EDGEDIFF_LOADTEST_*``
+variables), logs to its own file, and is stopped within bounded timeouts: SIGTERM (Locust then writes its CSVs and
+our records) and SIGKILL after a grace period. No process outlives ``run_locust``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgediff.constants import DEFAULT_HOST, ENV_LOADTEST_RECORD_DIR
+
+logger = logging.getLogger(__name__)
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CSV_PREFIX = "locust"
+FINAL_STATS = "locust_final"
+"""Locust's ``--json-file``: its final stats, written at exit (its CSVs are snapshots taken every second)."""
+RECORD_DIR = "records"
+LOG_DIR = "logs"
+TERM_GRACE_S = 15.0
+
+
+@dataclass(frozen=True)
+class LocustPlan:
+    """What to run.
+
+    Attributes:
+        target: The gateway, ``HOST:PORT``.
+        users: Concurrent users (each sends its next request when the previous one returns).
+        spawn_rate: Users started per second.
+        run_time_s: Load duration, whole seconds (Locust's ``-t``).
+        out_dir: Where Locust's CSVs, the records and the logs go.
+        workers: 0 for one local process, K for a master and K worker processes.
+        env: Extra environment variables for every Locust process (the request mix).
+        start_timeout_s: How long the master waits for its workers to connect.
+        stop_timeout_s: How long after ``run_time_s`` (and start-up) a process may take to exit before SIGTERM.
+    """
+
+    target: str
+    users: int
+    spawn_rate: float
+    run_time_s: int
+    out_dir: Path
+    workers: int = 0
+    env: Mapping[str, str] = field(default_factory=dict)
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 60.0
+
+    @property
+    def csv_prefix(self) -> Path:
+        """Locust's ``--csv`` prefix (``<prefix>_stats.csv``, ``_stats_history.csv``, ``_failures.csv``...)."""
+        return self.out_dir / CSV_PREFIX
+
+    @property
+    def final_stats(self) -> Path:
+        """Locust's final stats as JSON (``--json-file``)."""
+        return self.out_dir / f"{FINAL_STATS}.json"
+
+    @property
+    def record_dir(self) -> Path:
+        """Where the locustfile writes its records and window marks."""
+        return self.out_dir / RECORD_DIR
+
+    @property
+    def log_dir(self) -> Path:
+        """One log file per Locust process."""
+        return self.out_dir / LOG_DIR
+
+
+@dataclass(frozen=True)
+class LocustRun:
+    """How the Locust processes ended.
+
+    Attributes:
+        returncode: Exit code of the local or master process (Locust exits 1 when any request failed).
+        worker_returncodes: Exit codes of the workers (empty for a local run).
+        timed_out: True when a process had to be stopped by a signal.
+        wall_s: From the first start to the last exit, seconds.
+        logs: The log files.
+    """
+
+    returncode: int
+    worker_returncodes: list[int]
+    timed_out: bool
+    wall_s: float
+    logs: list[Path]
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def locust_command(plan: LocustPlan, role: str, master_port: int | None = None) -> list[str]:
+    """The command line of one Locust process; ``role`` is ``local``, ``master`` or ``worker``."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "INFO"]
+    if role == "worker":
+        return [*command, "--worker", "--master-host", DEFAULT_HOST, "--master-port", str(master_port)]
+    command += [
+        "--headless", "--host", plan.target, "--users", str(plan.users), "--spawn-rate", f"{plan.spawn_rate:g}",
+        "--run-time", f"{plan.run_time_s}s", "--csv", str(plan.csv_prefix), "--csv-full-history", "--only-summary",
+        "--exit-code-on-error", "1", "--json-file", str(plan.final_stats.with_suffix("")),
+    ]  # fmt: skip
+    if role == "master":
+        command += [
+            "--master", "--master-bind-host", DEFAULT_HOST, "--master-bind-port", str(master_port),
+            "--expect-workers", str(plan.workers), "--expect-workers-max-wait", f"{plan.start_timeout_s:g}",
+        ]  # fmt: skip
+    return command
+
+
+def locust_environment(plan: LocustPlan) -> dict[str, str]:
+    """The environment of every Locust process: ours, the plan's variables, and the repository on the path."""
+    env = dict(os.environ)
+    env.update(plan.env)
+    env[ENV_LOADTEST_RECORD_DIR] = str(plan.record_dir)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _stop(process: subprocess.Popen[bytes], name: str) -> bool:
+    """SIGTERM, then SIGKILL after ``TERM_GRACE_S``; True when a signal was needed."""
+    if process.poll() is not None:
+        return False
+    logger.warning("stopping %s (pid %d)", name, process.pid)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s (pid %d) ignored SIGTERM; killing it", name, process.pid)
+        process.kill()
+        process.wait(timeout=TERM_GRACE_S)
+    return True
+
+
+def run_locust(plan: LocustPlan) -> LocustRun:
+    """Run Locust to completion (or to its time limit) and return how each process ended."""
+    if not plan.out_dir.is_absolute():  # the processes run inside out_dir
+        plan = dataclasses.replace(plan, out_dir=plan.out_dir.resolve())
+    for folder in (plan.out_dir, plan.record_dir, plan.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for stale in plan.record_dir.glob("*.json"):
+        stale.unlink()
+    env = locust_environment(plan)
+    roles = ["master"] + [f"worker-{i}" for i in range(plan.workers)] if plan.workers else ["local"]
+    master_port = free_port() if plan.workers else None
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    logs: list[Path] = []
+    timed_out = False
+    started_s = time.monotonic()
+    try:
+        for role in roles:
+            log_path = plan.log_dir / f"locust-{role}.log"
+            logs.append(log_path)
+            command = locust_command(plan, role.split("-")[0], master_port)
+            with log_path.open("wb") as log:
+                processes[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                   cwd=plan.out_dir, stdin=subprocess.DEVNULL)
+            logger.info("started locust %s (pid %d)", role, processes[role].pid)
+        driver = processes[roles[0]]
+        limit_s = plan.run_time_s + plan.stop_timeout_s + (plan.start_timeout_s if plan.workers else 0.0)
+        try:
+            driver.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            logger.error("locust %s still running %.0f s after start; stopping it", roles[0], limit_s)
+            timed_out = _stop(driver, f"locust {roles[0]}") or timed_out
+        for role in roles[1:]:  # workers quit when the master tells them; give them the grace period
+            try:
+                processes[role].wait(timeout=TERM_GRACE_S)
+            except subprocess.TimeoutExpired:
+                timed_out = _stop(processes[role], f"locust {role}") or timed_out
+    finally:
+        for role, process in processes.items():
+            timed_out = _stop(process, f"locust {role}") or timed_out
+    return LocustRun(
+        returncode=int(processes[roles[0]].returncode),
+        worker_returncodes=[int(processes[r].returncode) for r in roles[1:]],
+        timed_out=timed_out,
+        wall_s=time.monotonic() - started_s,
+        logs=logs,
+    )
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file (for error messages)."""
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,217 @@
+"""Counts, latency percentiles, throughput and a per-second timeline from the per-request records.
+
+Percentiles are exact over every successful call (numpy's linear interpolation between order statistics), not
+Locust's rounded histogram buckets. Throughput counts the calls that completed inside the measurement window, so it
+shares its denominator with the energy per image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.records import RequestRecord
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of successful calls, seconds.
+
+    Attributes:
+        count: Calls measured.
+        mean_s: Mean.
+        min_s: Fastest.
+        p50_s: Median.
+        p90_s: 90th percentile.
+        p95_s: 95th percentile.
+        p99_s: 99th percentile.
+        max_s: Slowest.
+    """
+
+    count: int
+    mean_s: float
+    min_s: float
+    p50_s: float
+    p90_s: float
+    p95_s: float
+    p99_s: float
+    max_s: float
+
+
+def latency_stats(latencies_s: Sequence[float]) -> LatencyStats | None:
+    """Exact percentiles of ``latencies_s``; ``None`` when empty."""
+    if not latencies_s:
+        return None
+    values = np.asarray(latencies_s, dtype=np.float64)
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(values, PERCENTILES))
+    return LatencyStats(len(values), float(values.mean()), float(values.min()), p50, p90, p95, p99, float(values.max()))
+
+
+@dataclass(frozen=True)
+class TimelineBin:
+    """One bin of the timeline: calls that completed in ``[t_s, t_s + width_s)`` after the window start."""
+
+    t_s: float
+    width_s: float
+    requests_per_s: float
+    images_per_s: float
+    failures_per_s: float
+    p50_s: float | None
+    p95_s: float | None
+
+
+def timeline(records: Iterable[RequestRecord], start_unix_s: float, end_unix_s: float,
+             bin_s: float = 1.0) -> list[TimelineBin]:
+    """Per-bin throughput and latency over ``[start, end]``, binned by completion time.
+
+    Bins are ``bin_s`` wide; the last one also takes the window's remainder (so no bin is shorter than ``bin_s``
+    unless the window is), and rates are divided by each bin's real width.
+    """
+    window_s = end_unix_s - start_unix_s
+    n_bins = max(1, math.floor(window_s / bin_s))
+    done: dict[int, list[RequestRecord]] = defaultdict(list)
+    for record in records:
+        offset_s = record.end_unix_s - start_unix_s
+        if 0 <= offset_s <= window_s:
+            done[min(math.floor(offset_s / bin_s), n_bins - 1)].append(record)
+    bins = []
+    for index in range(n_bins):
+        in_bin = done.get(index, [])
+        width_s = bin_s if index < n_bins - 1 else max(window_s - index * bin_s, 1e-9)
+        ok = [r.latency_s for r in in_bin if r.ok]
+        p50, p95 = (float(v) for v in np.percentile(ok, (50, 95))) if ok else (None, None)
+        bins.append(
+            TimelineBin(
+                t_s=index * bin_s,
+                width_s=width_s,
+                requests_per_s=len(in_bin) / width_s,
+                images_per_s=sum(r.images for r in in_bin) / width_s,
+                failures_per_s=sum(1 for r in in_bin if not r.ok) / width_s,
+                p50_s=p50,
+                p95_s=p95,
+            )
+        )
+    return bins
+
+
+@dataclass(frozen=True)
+class NameSummary:
+    """Counts and latency of one request name (``Generate <variant>``)."""
+
+    name: str
+    requests: int
+    failures: int
+    images: int
+    latency: LatencyStats | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the load test did.
+
+    Attributes:
+        requests: Calls that completed (success or failure), all processes.
+        succeeded: Calls with status OK.
+        failed: Calls with any other status.
+        failures_by_status: Failed calls per gRPC status name.
+        failure_messages: Distinct failure messages with their counts (the first few).
+        cancelled_at_stop: Calls in flight when Locust stopped its users (cancelled, not failures).
+        images: Images received, all calls.
+        window_s: The measurement window, seconds.
+        requests_in_window: Calls that completed inside the window.
+        images_in_window: Images of the successful calls that completed inside the window.
+        requests_per_s: ``requests_in_window / window_s``.
+        images_per_s: ``images_in_window / window_s``.
+        latency: Latency of every successful call.
+        by_name: The same per request name.
+    """
+
+    requests: int
+    succeeded: int
+    failed: int
+    failures_by_status: dict[str, int]
+    failure_messages: dict[str, int]
+    cancelled_at_stop: int
+    images: int
+    window_s: float
+    requests_in_window: int
+    images_in_window: int
+    requests_per_s: float
+    images_per_s: float
+    latency: LatencyStats | None
+    by_name: list[NameSummary] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    start_unix_s: float,
+    end_unix_s: float,
+    cancelled: dict[str, int] | None = None,
+    max_messages: int = 10,
+) -> Summary:
+    """Summarize the records of a run whose window is ``[start, end]`` (seconds since the epoch)."""
+    window_s = end_unix_s - start_unix_s
+    failures = [r for r in records if not r.ok]
+    in_window = [r for r in records if start_unix_s <= r.end_unix_s <= end_unix_s]
+    images_in_window = sum(r.images for r in in_window if r.ok)
+    messages = Counter(f"{r.status}: {r.error}" if r.error and not r.error.startswith(r.status) else str(r.error)
+                       for r in failures)
+    by_name = []
+    for name in sorted({r.name for r in records}):
+        mine = [r for r in records if r.name == name]
+        by_name.append(
+            NameSummary(
+                name=name,
+                requests=len(mine),
+                failures=sum(1 for r in mine if not r.ok),
+                images=sum(r.images for r in mine if r.ok),
+                latency=latency_stats([r.latency_s for r in mine if r.ok]),
+            )
+        )
+    return Summary(
+        requests=len(records),
+        succeeded=len(records) - len(failures),
+        failed=len(failures),
+        failures_by_status=dict(sorted(Counter(r.status for r in failures).items())),
+        failure_messages=dict(messages.most_common(max_messages)),
+        cancelled_at_stop=sum((cancelled or {}).values()),
+        images=sum(r.images for r in records if r.ok),
+        window_s=window_s,
+        requests_in_window=len(in_window),
+        images_in_window=images_in_window,
+        requests_per_s=len(in_window) / window_s if window_s > 0 else 0.0,
+        images_per_s=images_in_window / window_s if window_s > 0 else 0.0,
+        latency=latency_stats([r.latency_s for r in records if r.ok]),
+        by_name=by_name,
+    )
+
+
+@dataclass(frozen=True)
+class LocustTotals:
+    """Locust's own final counts (its ``--json-file``), to cross-check the records."""
+
+    requests: int
+    failures: int
+
+
+def read_locust_totals(final_json: Path) -> LocustTotals | None:
+    """Sum the entries of Locust's final stats JSON; ``None`` when it is missing or unreadable."""
+    try:
+        entries = json.loads(final_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return LocustTotals(sum(int(e.get("num_requests", 0)) for e in entries),
+                        sum(int(e.get("num_failures", 0)) for e in entries))
