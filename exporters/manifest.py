@@ -1,0 +1,108 @@
+"""``manifest.json`` of a model repository: what was exported, from which weights, with which tools.
+
+The manifest is written last and atomically. While an export moves its models into place it says
+``"state": "exporting"``; a repository whose manifest says so (or that holds a staging folder) is a half-finished
+export, and ``edgediff triton`` refuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
+from edgediff import __version__
+from edgediff.errors import EdgediffError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+STATE_EXPORTING = "exporting"
+STATE_COMPLETE = "complete"
+STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+
+_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "diffusers": ("diffusers",),
+    "onnx": ("onnx",),
+    "onnxsim": ("onnxsim",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "openvino": ("openvino",),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt_cu12"),
+    "nvidia-pytriton": ("nvidia-pytriton",),
+}
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Installed versions of the export and serving tools (None when missing), read without importing them."""
+    versions: dict[str, str | None] = {"edgediff": __version__}
+    for key, distributions in _DISTRIBUTIONS.items():
+        versions[key] = None
+        for dist in distributions:
+            try:
+                versions[key] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_files(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """The files under ``path`` (sorted; names in ``exclude`` left out), or ``[path]`` for a file."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name not in exclude and "__pycache__" not in p.parts)
+
+
+def tree_sha256(path: Path, exclude: tuple[str, ...] = ()) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and bytes, in sorted order)."""
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in tree_files(path, exclude):
+        digest.update(str(item.relative_to(path)).encode())
+        digest.update(file_sha256(item).encode())
+    return digest.hexdigest()
+
+
+def tree_size(path: Path, exclude: tuple[str, ...] = ()) -> int:
+    """Bytes of a file, or of the files under a folder."""
+    return sum(p.stat().st_size for p in tree_files(path, exclude))
+
+
+def read_manifest(repo: Path | str) -> dict[str, Any] | None:
+    """The repository's manifest, or None when it has none.
+
+    Raises:
+        EdgediffError: the manifest exists but is not valid JSON.
+    """
+    path = Path(repo) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EdgediffError(f"{path} is not a valid manifest ({exc}); re-run 'edgediff export'") from exc
+
+
+def unfinished_export(repo: Path | str) -> str | None:
+    """Why ``repo`` is a half-finished export (a staging folder, or a manifest still saying exporting), else None."""
+    root = Path(repo)
+    staging = sorted(p.name for p in root.glob(STAGING_PREFIX + "*")) if root.is_dir() else []
+    if staging:
+        return f"{root} holds {staging[0]}: an export is running or was interrupted; re-run 'edgediff export'"
+    manifest = read_manifest(root)
+    if manifest is not None and manifest.get("state") != STATE_COMPLETE:
+        return f"{root / MANIFEST_NAME} says state={manifest.get('state')!r}: the export did not finish; re-run it"
+    return None

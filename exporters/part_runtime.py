@@ -1,0 +1,133 @@
+"""One part (UNet or VQ decoder) of a variant, loaded from a repository model folder and run on the CPU.
+
+This is what the CPU target's Python-backend part model (``python_models/part_model.py``) calls. Loading and running
+reuse the core's variant code (``ort_session``/``session_fn``, ``compile_ir``/``compiled_fn``, ``torch.jit.load`` +
+``torch_fn``, the eager wrappers of ``edgediff.artifacts.modules``), so a part served by Triton computes exactly what
+the same variant computes in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgediff.artifacts.build import IO_NAMES
+from edgediff.constants import UNET_INPUT_TIMESTEP
+from edgediff.errors import EdgediffError
+from edgediff.models import get_preset
+from edgediff.variants import get_variant
+from edgediff.variants.base import resolve_threads, torch_fn
+
+PART_SUBFOLDER = {"unet": "unet", "vqdec": "vqvae"}
+"""Sub-folder of the diffusers weights layout that holds each part (eager-PyTorch variants)."""
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """What a part model loads: written into ``config.pbtxt`` ``parameters`` by the exporter.
+
+    Attributes:
+        variant: Registry name (``onnx-fp32``).
+        part: ``unet`` or ``vqdec``.
+        preset: Model preset name (architecture of eager-PyTorch weights).
+        artifact: Path of the artifact relative to the model folder (``1/model.onnx``, ``1/weights``).
+        threads: Intra-op threads; 0 means ``$EDGEDIFF_THREADS`` or the physical cores of the serving machine.
+    """
+
+    variant: str
+    part: str
+    preset: str
+    artifact: str
+    threads: int = 0
+
+    def to_parameters(self) -> dict[str, str]:
+        """The ``parameters`` entries (all strings, as Triton stores them)."""
+        return {"variant": self.variant, "part": self.part, "preset": self.preset, "artifact": self.artifact,
+                "threads": str(self.threads)}
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> PartSpec:
+        """Read the spec back from a model config's ``parameters`` (Triton's JSON form or plain strings)."""
+        values = {k: (v["string_value"] if isinstance(v, Mapping) else str(v)) for k, v in parameters.items()}
+        missing = [k for k in ("variant", "part", "preset", "artifact") if k not in values]
+        if missing:
+            raise EdgediffError(f"config.pbtxt parameters lack {', '.join(missing)}; re-run 'edgediff export'")
+        return cls(variant=values["variant"], part=values["part"], preset=values["preset"],
+                   artifact=values["artifact"], threads=int(values.get("threads", "0") or 0))
+
+
+def _eager_module(spec: PartSpec, folder: Path) -> torch.nn.Module:
+    from diffusers import UNet2DModel, VQModel
+
+    from edgediff.artifacts.modules import DecoderModule, UNetModule
+    from edgediff.models.weights import _load_module
+
+    preset = get_preset(spec.preset)
+    if spec.part == "unet":
+        unet, _ = _load_module(UNet2DModel, folder, PART_SUBFOLDER["unet"], preset.unet_config)
+        return UNetModule(unet.eval().requires_grad_(False)).eval()
+    vqvae, _ = _load_module(VQModel, folder, PART_SUBFOLDER["vqdec"], preset.vqvae_config)
+    return DecoderModule(vqvae.eval().requires_grad_(False)).eval()
+
+
+def load_part(spec: PartSpec, model_dir: Path | str) -> Callable[..., torch.Tensor]:
+    """Load the artifact of ``spec`` from ``model_dir`` (a repository model folder) as a tensor-in, tensor-out fn.
+
+    Raises:
+        EdgediffError: the artifact is missing or the variant is not a CPU variant.
+    """
+    path = Path(model_dir) / spec.artifact
+    if not path.exists():
+        raise EdgediffError(f"artifact {path} is missing; re-run 'edgediff export'")
+    variant = get_variant(spec.variant)
+    threads = resolve_threads(spec.threads or None)
+    input_names = IO_NAMES[spec.part][0]
+    if variant.backend == "onnx":
+        from edgediff.variants.onnx_runtime import ort_session, session_fn
+
+        return session_fn(ort_session(path, threads=threads, cuda=False), input_names)
+    if variant.backend == "openvino":
+        from edgediff.variants.openvino_runtime import compile_ir, compiled_fn
+
+        return compiled_fn(compile_ir(path, precision=variant.precision, threads=threads))
+    torch.set_num_threads(threads)
+    if variant.backend == "jit":
+        return torch_fn(torch.jit.load(str(path), map_location="cpu"), "cpu")
+    if variant.backend == "torch":
+        module = _eager_module(spec, path)
+        if variant.precision == "bf16":
+            from edgediff.variants.torch_eager import _autocast_fn
+
+            return _autocast_fn(module, "cpu", torch.bfloat16)
+        return torch_fn(module, "cpu")
+    raise EdgediffError(f"variant {spec.variant} has no CPU part runtime (backend {variant.backend})")
+
+
+class PartRunner:
+    """A loaded part that takes and returns numpy arrays keyed by the Triton tensor names.
+
+    Args:
+        spec: What to load.
+        model_dir: The repository model folder (``<repo>/unet_onnx_fp32``).
+    """
+
+    def __init__(self, spec: PartSpec, model_dir: Path | str) -> None:
+        self.spec = spec
+        self.input_names = list(IO_NAMES[spec.part][0])
+        self.output_name = IO_NAMES[spec.part][1][0]
+        self._fn = load_part(spec, model_dir)
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run on a (possibly merged) batch; the timestep may arrive as ``[batch, 1]`` (Triton dims) or ``[batch]``."""
+        args = []
+        for name in self.input_names:
+            array = np.asarray(inputs[name])
+            if name == UNET_INPUT_TIMESTEP:
+                array = array.reshape(-1).astype(np.int64, copy=False)
+            args.append(torch.from_numpy(np.ascontiguousarray(array)))
+        return self._fn(*args).numpy()

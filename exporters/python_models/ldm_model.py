@@ -1,0 +1,177 @@
+"""Triton Python-backend model ``ldm_<variant>``: DDIM over BLS calls to ``unet_<variant>`` and ``vqdec_<variant>``.
+
+Copied by ``edgediff export`` into ``<repo>/ldm_<variant>/1/model.py``. The loop is the core's
+``edgediff.pipeline.LDMPipeline`` (the same code as in-process generation); only its UNet and decoder runners differ:
+each UNet evaluation is one ``pb_utils.InferenceRequest(...).exec()`` to ``unet_<variant>`` (split into chunks of the
+part's ``max_batch_size``), and decoding is one call to ``vqdec_<variant>``. Every BLS response is checked right after
+``exec()``; an inner model's error is returned as this request's Triton error (model name, message and code kept),
+never swallowed. Constants (scheduler config, latent shape, scaling factor, inner model names) come from
+``config.pbtxt`` ``parameters``.
+
+Inputs: ``SEED`` INT64 [1], ``STEPS`` INT32 [1], ``ETA`` FP32 [1] (optional, 0), ``BATCH`` INT32 [1] (optional, 1).
+Outputs: ``IMAGE`` UINT8 [batch, H, W, 3] and ``TIMINGS`` FP64 [3] = denoise_s, decode_s, total_s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+
+class InnerModelError(Exception):
+    """A BLS call to a part model failed; carries the inner model's name, message and Triton error code."""
+
+    def __init__(self, model: str, message: str, code: int) -> None:
+        super().__init__(f"{model}: {message}")
+        self.code = code
+
+
+def _to_numpy(tensor: pb_utils.Tensor) -> np.ndarray:
+    """An owned CPU copy of a BLS output (GPU outputs of native backends come through DLPack)."""
+    if tensor.is_cpu():
+        return np.array(tensor.as_numpy(), copy=True)
+    return torch.from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+
+def bls_call(model: str, inputs: list[tuple[str, np.ndarray]], output: str) -> np.ndarray:
+    """One synchronous BLS inference; raises ``InnerModelError`` when the response carries an error."""
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=[output],
+        inputs=[pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs],
+    )
+    response = request.exec()
+    if response.has_error():
+        error = response.error()
+        code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
+        raise InnerModelError(model, error.message(), code)
+    tensor = pb_utils.get_output_tensor_by_name(response, output)
+    if tensor is None:
+        raise InnerModelError(model, f"response has no output {output!r}", pb_utils.TritonError.INTERNAL)
+    return _to_numpy(tensor)
+
+
+class BlsUNet:
+    """``UNetRunner`` whose evaluations are BLS calls to the ``unet_<variant>`` model."""
+
+    def __init__(self, model: str, max_batch: int, names: tuple[str, str, str]) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.sample_name, self.timestep_name, self.output_name = names
+
+    def _run(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        sample_np = sample.detach().cpu().float().numpy()
+        timestep_np = timestep.detach().cpu().numpy().astype(np.int64).reshape(-1, 1)
+        chunks = []
+        for start in range(0, sample_np.shape[0], self.max_batch):
+            stop = start + self.max_batch
+            chunks.append(bls_call(self.model, [(self.sample_name, sample_np[start:stop]),
+                                                (self.timestep_name, timestep_np[start:stop])], self.output_name))
+        return torch.from_numpy(np.concatenate(chunks))
+
+    def sequence(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The callable for one generation (stateless)."""
+        return self._run
+
+
+class BlsDecoder:
+    """``DecoderRunner`` whose decoding is a BLS call to the ``vqdec_<variant>`` model."""
+
+    def __init__(self, model: str, max_batch: int, names: tuple[str, str]) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.input_name, self.output_name = names
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode (chunked to the part's ``max_batch_size``)."""
+        array = latents.detach().cpu().float().numpy()
+        chunks = [bls_call(self.model, [(self.input_name, array[start:start + self.max_batch])], self.output_name)
+                  for start in range(0, array.shape[0], self.max_batch)]
+        return torch.from_numpy(np.concatenate(chunks))
+
+
+def _scalar(request: pb_utils.InferenceRequest, name: str, default: object = None) -> object:
+    from edgediff.errors import InvalidArgumentError
+
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        if default is None:
+            raise InvalidArgumentError(f"{name} is required")
+        return default
+    array = tensor.as_numpy()
+    if array.size != 1:
+        raise InvalidArgumentError(f"{name} must hold exactly one value, got shape {list(array.shape)}")
+    return array.reshape(-1)[0].item()
+
+
+class TritonPythonModel:
+    """The pipeline model: validates the request, runs ``LDMPipeline`` over BLS runners, returns images + timings."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Build the pipeline from the config's parameters (no artifact is loaded here)."""
+        from edgediff import constants as c
+        from edgediff.pipeline import LDMPipeline
+
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.c = c
+        part_max_batch = int(params["part_max_batch"])
+        self.max_batch = int(params["max_batch"])
+        torch.set_num_threads(1)  # the scheduler's arithmetic is tiny; the parts own the cores
+        self.pipeline = LDMPipeline(
+            unet=BlsUNet(params["unet_model"], part_max_batch,
+                         (c.UNET_INPUT_SAMPLE, c.UNET_INPUT_TIMESTEP, c.UNET_OUTPUT)),
+            decoder=BlsDecoder(params["vqdec_model"], part_max_batch, (c.VQDEC_INPUT, c.VQDEC_OUTPUT)),
+            scheduler_config=json.loads(params["scheduler_config"]),
+            latent_shape=tuple(json.loads(params["latent_shape"])),
+            scaling_factor=float(params["scaling_factor"]),
+            metadata={"preset": params["preset"], "variant": params["variant"], "weights": params["weights"],
+                      "weights_sha256": params["weights_sha256"]},
+        )
+        pb_utils.Logger.log_info(f"{args['model_name']}: DDIM over {params['unet_model']} + {params['vqdec_model']}")
+
+    def _generate(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
+        from edgediff.pipeline import validate_request
+
+        c = self.c
+        seed = int(_scalar(request, c.LDM_INPUT_SEED))
+        steps = int(_scalar(request, c.LDM_INPUT_STEPS))
+        eta = float(_scalar(request, c.LDM_INPUT_ETA, 0.0))
+        batch = int(_scalar(request, c.LDM_INPUT_BATCH, 1))
+        validate_request(steps=steps, eta=eta, batch=batch, seed=seed, max_batch=self.max_batch)
+        is_cancelled = getattr(request, "is_cancelled", None)
+        result = self.pipeline(seed=seed, steps=steps, eta=eta, batch=batch, should_stop=is_cancelled)
+        timings = np.array([getattr(result.timings, f) for f in c.LDM_TIMINGS_FIELDS], dtype=np.float64)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(c.LDM_OUTPUT_IMAGE, np.ascontiguousarray(result.images, dtype=np.uint8)),
+            pb_utils.Tensor(c.LDM_OUTPUT_TIMINGS, timings),
+        ])
+
+    def execute(self, requests: list[pb_utils.InferenceRequest]) -> list[pb_utils.InferenceResponse]:
+        """One generation per request; every failure becomes that request's Triton error."""
+        from edgediff.errors import InvalidArgumentError
+        from edgediff.pipeline import GenerationCancelled
+
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._generate(request))
+                continue
+            except InvalidArgumentError as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            except InnerModelError as exc:
+                error = pb_utils.TritonError(str(exc), exc.code)
+            except GenerationCancelled as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
+            except Exception as exc:  # reported to the caller, with its type, never swallowed
+                error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+        return responses
+
+    def finalize(self) -> None:
+        """Nothing to release (the parts own the artifacts)."""
+        self.pipeline = None

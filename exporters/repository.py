@@ -1,0 +1,323 @@
+"""Write a Triton model repository for one model preset, one target and a list of variants.
+
+Layout (``<v>`` is the variant with ``-`` replaced by ``_``)::
+
+    <repo>/manifest.json                 what was exported (written last; see exporters.manifest)
+    <repo>/unet_<v>/config.pbtxt         + 1/<artifact> (+ 1/model.py on cpu) + export_report.json
+    <repo>/vqdec_<v>/config.pbtxt        the same for the VQ decoder
+    <repo>/ldm_<v>/config.pbtxt          + 1/model.py: the DDIM pipeline, BLS calls to unet_<v> and vqdec_<v>
+
+Every model folder is assembled in a staging folder inside the repository and renamed into place only when all of
+them are complete, under a lock, with the manifest saying ``exporting`` meanwhile: an interrupted export is never
+taken for a finished one. Artifacts come from the core's content-hash cache and are hard-linked (or copied).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgediff.artifacts.build import build_artifact
+from edgediff.constants import PIPELINE_MODEL_PREFIX, UNET_MODEL_PREFIX, VQDEC_MODEL_PREFIX, triton_model_name
+from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
+from edgediff.io import atomic_write_json, atomic_write_text
+from edgediff.models import LDMComponents, get_preset, load_components
+from edgediff.pipeline import MAX_BATCH
+from edgediff.variants import get_variant
+from exporters.configs import json_parameter, ldm_config, part_config, part_io, render_config
+from exporters.manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    STAGING_PREFIX,
+    STATE_COMPLETE,
+    STATE_EXPORTING,
+    TRASH_PREFIX,
+    file_sha256,
+    read_manifest,
+    tool_versions,
+    tree_files,
+    tree_sha256,
+    tree_size,
+)
+from exporters.part_runtime import PART_SUBFOLDER, PartSpec
+from exporters.targets import PYTHON_BACKEND, WEIGHTS_FORMAT, Placement, Target, build_blocker, get_target
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("unet", "vqdec")
+PART_PREFIX = {"unet": UNET_MODEL_PREFIX, "vqdec": VQDEC_MODEL_PREFIX}
+VERSION = "1"
+REPORT_NAME = "export_report.json"
+LOCK_NAME = ".export.lock"
+PYTHON_MODELS = Path(__file__).parent / "python_models"
+PART_MODEL_SOURCE = PYTHON_MODELS / "part_model.py"
+LDM_MODEL_SOURCE = PYTHON_MODELS / "ldm_model.py"
+_NOT_ARTIFACT = ("model.py",)
+"""Files of a version folder that are code, not artifact (left out of the artifact's sha256 and size)."""
+CONFIGS_ONLY_REASON = "configs only (--configs-only): no artifact was built"
+
+
+def model_names(variant: str) -> dict[str, str]:
+    """Triton model names of a variant: ``{"unet": "unet_onnx_fp32", "vqdec": ..., "ldm": "ldm_onnx_fp32"}``."""
+    return {
+        "unet": triton_model_name(UNET_MODEL_PREFIX, variant),
+        "vqdec": triton_model_name(VQDEC_MODEL_PREFIX, variant),
+        "ldm": triton_model_name(PIPELINE_MODEL_PREFIX, variant),
+    }
+
+
+def resolve_variants(target: Target, variants: Sequence[str]) -> list[str]:
+    """The variants to export (the target's defaults when empty), each checked against the registry and target."""
+    names = list(dict.fromkeys(v.strip() for v in variants if v.strip())) or list(target.default_variants)
+    for name in names:
+        get_variant(name)
+        target.placement(name)
+    return names
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed: copy
+        shutil.copy2(src, dst)
+
+
+def _io_shapes(part: str, components: LDMComponents) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Artifact I/O shapes with the batch axis as -1 (the timestep is ``[batch]`` in every artifact)."""
+    inputs, outputs = part_io(part, components.preset.latent_shape, components.preset.image_size)
+
+    def shape(t: dict) -> list[int]:
+        return [-1, *t.get("reshape", {}).get("shape", t["dims"])]
+
+    return {t["name"]: shape(t) for t in inputs}, {t["name"]: shape(t) for t in outputs}
+
+
+def _place_artifact(components: LDMComponents, part: str, placement: Placement, version_dir: Path) -> dict[str, Any]:
+    """Put the part's artifact into ``version_dir``; return its export report (times, sizes, op counts)."""
+    fmt = placement.artifact_format
+    if fmt == WEIGHTS_FORMAT:
+        t0 = time.perf_counter()
+        module = components.unet if part == "unet" else components.vqvae
+        module.save_pretrained(version_dir / placement.filename / PART_SUBFOLDER[part], safe_serialization=True)
+        return {"file": placement.filename, "export_s": time.perf_counter() - t0, "cached": False}
+    folder, report = build_artifact(components, part, fmt)
+    for src in folder.iterdir():
+        if src.is_file() and src.name != "artifact.json":
+            _link_or_copy(src, version_dir / src.name)
+    report = dict(report)
+    if fmt != "onnx-fp32" and fmt.startswith(("onnx", "openvino", "tensorrt")):
+        _, source = build_artifact(components, part, "onnx-fp32")  # cached: the graph these were converted from
+        report["source_onnx"] = {k: source.get(k) for k in ("ops_before", "ops_after", "size_before_bytes",
+                                                            "size_bytes", "export_s", "simplify_s")}
+    return report
+
+
+def _write_part_model(
+    components: LDMComponents, part: str, placement: Placement, target: Target, model_dir: Path, skipped: str | None
+) -> dict[str, Any]:
+    name = model_dir.name
+    version_dir = model_dir / VERSION
+    version_dir.mkdir(parents=True)
+    artifact_rel = f"{VERSION}/{placement.filename}"
+    spec = PartSpec(variant=placement.variant, part=part, preset=components.preset.name, artifact=artifact_rel)
+    config = part_config(name=name, part=part, placement=placement, latent_shape=components.preset.latent_shape,
+                         image_size=components.preset.image_size, max_batch_size=target.max_batch_size,
+                         parameters=spec.to_parameters())
+    atomic_write_text(model_dir / "config.pbtxt", render_config(config))
+    if placement.backend == PYTHON_BACKEND:
+        shutil.copyfile(PART_MODEL_SOURCE, version_dir / "model.py")
+    inputs, outputs = _io_shapes(part, components)
+    entry: dict[str, Any] = {"model": name, "format": placement.artifact_format, "backend": placement.backend_label,
+                             "instance_kind": placement.instance_kind, "inputs": inputs, "outputs": outputs}
+    if skipped:
+        return {**entry, "artifact": None, "skipped": skipped}
+    report = _place_artifact(components, part, placement, version_dir)
+    files = tree_files(version_dir, exclude=_NOT_ARTIFACT)
+    size = tree_size(version_dir, exclude=_NOT_ARTIFACT)
+    report.update(model=name, part=part, variant=placement.variant, format=placement.artifact_format,
+                  artifact=artifact_rel, size_bytes=size)
+    atomic_write_json(model_dir / REPORT_NAME, report)
+    hashes = {str(f.relative_to(model_dir)): file_sha256(f) for f in files}
+    digest = next(iter(hashes.values())) if len(hashes) == 1 else tree_sha256(version_dir, exclude=_NOT_ARTIFACT)
+    return {**entry, "artifact": f"{name}/{artifact_rel}", "files": hashes, "sha256": digest, "size_bytes": size,
+            "report": f"{name}/{REPORT_NAME}", "export_s": report.get("build_s", report.get("export_s")),
+            "cached": bool(report.get("cached")), "skipped": None}
+
+
+def _write_ldm_model(components: LDMComponents, variant: str, target: Target, model_dir: Path) -> dict[str, Any]:
+    names = model_names(variant)
+    preset = components.preset
+    parameters = {
+        "preset": preset.name,
+        "variant": variant,
+        "target": target.name,
+        "unet_model": names["unet"],
+        "vqdec_model": names["vqdec"],
+        "scheduler_config": json_parameter(components.scheduler_config),
+        "scaling_factor": repr(components.scaling_factor),
+        "latent_shape": json_parameter(list(preset.latent_shape)),
+        "image_size": str(preset.image_size),
+        "part_max_batch": str(target.max_batch_size),
+        "max_batch": str(MAX_BATCH),
+        "weights": components.weights.kind,
+        "weights_sha256": components.weights.sha256,
+    }
+    (model_dir / VERSION).mkdir(parents=True)
+    atomic_write_text(model_dir / "config.pbtxt",
+                      render_config(ldm_config(name=model_dir.name, image_size=preset.image_size,
+                                               parameters=parameters)))
+    shutil.copyfile(LDM_MODEL_SOURCE, model_dir / VERSION / "model.py")
+    return {"model": model_dir.name, "backend": PYTHON_BACKEND, "instance_kind": "KIND_CPU"}
+
+
+@contextlib.contextmanager
+def _export_lock(repo: Path) -> Iterator[None]:
+    with open(repo / LOCK_NAME, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise EdgediffError(f"another 'edgediff export' is writing {repo}; wait for it to finish") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _same_model(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    if not old:
+        return False
+    return (old.get("preset") == new["preset"] and old.get("target", {}).get("name") == new["target"]["name"]
+            and old.get("weights", {}).get("sha256") == new["weights"]["sha256"])
+
+
+def _owned_models(manifest: dict[str, Any]) -> set[str]:
+    return {name for entry in manifest.get("variants", {}).values() for name in entry.get("models", {}).values()}
+
+
+def export_repository(
+    *,
+    model: str,
+    target: str,
+    variants: Sequence[str],
+    repo: Path | str,
+    weights: str | None = None,
+    configs_only: bool = False,
+    weights_seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Export ``variants`` of preset ``model`` for ``target`` into the Triton repository ``repo``.
+
+    Variants already in ``repo`` for the same preset, target and weights are kept (the export adds or replaces);
+    a repository of another preset, target or weights has its models replaced. Files in ``repo`` that no manifest
+    names (its README, models of your own) are left alone.
+
+    Args:
+        model: Preset name (``celebahq-256``, ``tiny``).
+        target: ``cpu``, ``rtx`` or ``jetson``.
+        variants: Variant names; empty means the target's defaults.
+        repo: Repository folder (created if missing).
+        weights: A diffusers-format weights folder; None means ``$EDGEDIFF_WEIGHTS``, bundled or synthetic weights.
+        configs_only: Write configs and the manifest without building any artifact (``artifact: null``).
+        weights_seed: Seed of synthetic weights.
+        progress: Called with one line per step (the CLI prints them).
+
+    Returns:
+        The manifest dict (also written to ``<repo>/manifest.json``).
+
+    Raises:
+        InvalidArgumentError: unknown target, preset or variant, or a variant the target cannot serve.
+        BackendMissingError: a CPU-target artifact needs a package that is not installed.
+    """
+    say = progress or (lambda line: logger.info("%s", line))
+    tgt = get_target(target)
+    preset = get_preset(model)
+    names = resolve_variants(tgt, variants)
+    blockers = {v: (CONFIGS_ONLY_REASON if configs_only else build_blocker(tgt.placement(v).artifact_format))
+                for v in names}
+    if not tgt.gpu:
+        for v, reason in blockers.items():
+            if reason and not configs_only:
+                raise BackendMissingError(f"--variants: cannot export {v} for target {tgt.name}: {reason}")
+    if not tgt.gpu:
+        for v in names:
+            avail = get_variant(v).availability()
+            if not avail.ok:
+                say(f"note: {v} cannot run on this machine ({avail.reason}); its models load only where it can")
+    components = load_components(preset, weights, seed=weights_seed, warn=False)
+    root = Path(repo)
+    if root.exists() and not root.is_dir():
+        raise InvalidArgumentError(f"--repo: {root} exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "state": STATE_EXPORTING,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "preset": preset.name,
+        "model": preset.to_dict(),
+        "target": {"name": tgt.name, "description": tgt.description, "max_batch_size": tgt.max_batch_size},
+        "weights": {**components.weights.to_dict(), "label": components.weights.label()},
+        "versions": tool_versions(),
+        "variants": {},
+    }
+    with _export_lock(root):
+        for stale in [*root.glob(STAGING_PREFIX + "*"), *root.glob(TRASH_PREFIX + "*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = root / f"{STAGING_PREFIX}{os.getpid()}"
+        staging.mkdir()
+        try:
+            for variant in names:
+                placement = tgt.placement(variant)
+                models = model_names(variant)
+                entry: dict[str, Any] = {"variant": variant, "backend": placement.backend_label,
+                                         "instance_kind": placement.instance_kind, "models": models, "parts": {}}
+                for part in PARTS:
+                    say(f"{variant}: {part} ({placement.artifact_format}) ...")
+                    entry["parts"][part] = _write_part_model(components, part, placement, tgt,
+                                                             staging / models[part], blockers[variant])
+                    if blockers[variant]:
+                        say(f"{variant}: {part}: skipped: {blockers[variant]}")
+                entry["ldm"] = _write_ldm_model(components, variant, tgt, staging / models["ldm"])
+                entry["skipped"] = blockers[variant]
+                manifest["variants"][variant] = entry
+            _install(root, staging, manifest, say)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _install(root: Path, staging: Path, manifest: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Move the staged models into ``root`` and write the manifest (``exporting`` first, ``complete`` last)."""
+    old = read_manifest(root)
+    obsolete: set[str] = set()
+    if _same_model(old, manifest):
+        kept = {v: e for v, e in old["variants"].items()
+                if v not in manifest["variants"] and all((root / m).is_dir() for m in e.get("models", {}).values())}
+        manifest["variants"] = {**kept, **manifest["variants"]}
+    elif old:
+        obsolete = _owned_models(old)
+        say(f"replacing the {old.get('preset')}/{old.get('target', {}).get('name')} models of {root}")
+    atomic_write_json(root / MANIFEST_NAME, manifest)  # state: exporting
+    trash = root / f"{TRASH_PREFIX}{os.getpid()}"
+    trash.mkdir()
+    try:
+        for staged in sorted(staging.iterdir()):
+            final = root / staged.name
+            if final.exists():
+                final.rename(trash / staged.name)
+            staged.rename(final)
+        for name in sorted(obsolete - _owned_models(manifest)):
+            if (root / name).is_dir():
+                (root / name).rename(trash / name)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+    manifest["state"] = STATE_COMPLETE
+    atomic_write_json(root / MANIFEST_NAME, manifest)

@@ -1,0 +1,173 @@
+"""Deployment targets: which variants each serves, through which Triton backend, on which kind of instance.
+
+On ``cpu`` every part runs inside a Python-backend model (``KIND_CPU``) that calls the core's variant code; on
+``rtx`` and ``jetson`` the parts use Triton's native backends (``onnxruntime_onnx``, ``tensorrt_plan``,
+``pytorch_libtorch``) with ``KIND_GPU``. The ``ldm_<variant>`` pipeline is a Python-backend model on every target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgediff.availability import (
+    is_cuda_available,
+    is_onnxruntime_available,
+    is_openvino_available,
+    is_tensorrt_available,
+)
+from edgediff.errors import InvalidArgumentError
+
+KIND_CPU = "KIND_CPU"
+KIND_GPU = "KIND_GPU"
+PYTHON_BACKEND = "python"
+WEIGHTS_FORMAT = "weights"
+"""Eager-PyTorch variants carry their part's weights (diffusers layout) instead of a traced artifact."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one variant's parts are served on one target.
+
+    Attributes:
+        variant: Registry name (``onnx-fp32``).
+        artifact_format: ``edgediff.artifacts.build`` format of both parts, or ``WEIGHTS_FORMAT``.
+        filename: What goes into ``<model>/1/`` (a file, or the ``weights`` folder).
+        backend: Triton ``backend`` (``python``) or None when ``platform`` names a native backend.
+        platform: Triton ``platform`` (``onnxruntime_onnx``, ``tensorrt_plan``, ``pytorch_libtorch``) or None.
+        instance_kind: ``KIND_CPU`` or ``KIND_GPU``.
+    """
+
+    variant: str
+    artifact_format: str
+    filename: str
+    backend: str | None
+    platform: str | None
+    instance_kind: str
+
+    @property
+    def backend_label(self) -> str:
+        """``python`` or the native platform, for tables and the manifest."""
+        return self.platform or self.backend or ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment target.
+
+    Attributes:
+        name: ``cpu``, ``rtx`` or ``jetson``.
+        description: One line for ``--help`` and the README.
+        placements: Variant name -> placement, for every variant this target can serve.
+        default_variants: What ``edgediff export`` builds without ``--variants``.
+        max_batch_size: ``max_batch_size`` of the part models (the TensorRT profile's largest batch is 4).
+    """
+
+    name: str
+    description: str
+    placements: dict[str, Placement]
+    default_variants: tuple[str, ...]
+    max_batch_size: int = 4
+
+    @property
+    def gpu(self) -> bool:
+        """True when the parts run on GPU instances."""
+        return any(p.instance_kind == KIND_GPU for p in self.placements.values())
+
+    def placement(self, variant: str) -> Placement:
+        """The placement of ``variant``.
+
+        Raises:
+            InvalidArgumentError: the target does not serve it; the message lists what it serves.
+        """
+        if variant not in self.placements:
+            raise InvalidArgumentError(
+                f"--variants: variant {variant!r} cannot be served on target {self.name}; "
+                f"choose from {', '.join(self.placements)}"
+            )
+        return self.placements[variant]
+
+
+def _cpu(variant: str, fmt: str, filename: str) -> Placement:
+    return Placement(variant, fmt, filename, PYTHON_BACKEND, None, KIND_CPU)
+
+
+def _gpu(variant: str, fmt: str, filename: str, platform: str) -> Placement:
+    return Placement(variant, fmt, filename, None, platform, KIND_GPU)
+
+
+def _gpu_placements() -> dict[str, Placement]:
+    placements = (
+        _gpu("onnx-fp32", "onnx-fp32", "model.onnx", "onnxruntime_onnx"),
+        _gpu("onnx-fp16", "onnx-fp16", "model.onnx", "onnxruntime_onnx"),
+        _gpu("jit-fp16", "torchscript-fp16", "model.pt", "pytorch_libtorch"),
+        _gpu("trt-fp16", "tensorrt-fp16", "model.plan", "tensorrt_plan"),
+    )
+    return {p.variant: p for p in placements}
+
+
+_CPU_PLACEMENTS = (
+    _cpu("torch-fp32", WEIGHTS_FORMAT, "weights"),
+    _cpu("torch-bf16", WEIGHTS_FORMAT, "weights"),
+    _cpu("jit-fp32", "torchscript-fp32", "model.pt"),
+    _cpu("onnx-fp32", "onnx-fp32", "model.onnx"),
+    _cpu("openvino-fp32", "openvino", "model.xml"),
+    _cpu("openvino-bf16", "openvino", "model.xml"),
+)
+
+TARGETS: dict[str, Target] = {
+    "cpu": Target(
+        name="cpu",
+        description="x86/Arm CPU: every part in a Python-backend model (KIND_CPU) running the core's variant code",
+        placements={p.variant: p for p in _CPU_PLACEMENTS},
+        default_variants=("torch-fp32", "jit-fp32", "onnx-fp32", "openvino-fp32"),
+    ),
+    "rtx": Target(
+        name="rtx",
+        description="desktop NVIDIA GPU: native onnxruntime_onnx / tensorrt_plan / pytorch_libtorch models (KIND_GPU)",
+        placements=_gpu_placements(),
+        default_variants=("onnx-fp32", "onnx-fp16", "jit-fp16", "trt-fp16"),
+    ),
+    "jetson": Target(
+        name="jetson",
+        description="NVIDIA Jetson (JetPack Triton): the same native GPU backends, smaller batches",
+        placements=_gpu_placements(),
+        default_variants=("onnx-fp16", "trt-fp16"),
+        max_batch_size=2,
+    ),
+}
+
+
+def target_names() -> list[str]:
+    """Names of the targets."""
+    return list(TARGETS)
+
+
+def get_target(name: str) -> Target:
+    """The target called ``name``.
+
+    Raises:
+        InvalidArgumentError: unknown target; the message lists the known ones.
+    """
+    if name not in TARGETS:
+        raise InvalidArgumentError(f"--target: unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def build_blocker(artifact_format: str) -> str | None:
+    """Why ``artifact_format`` cannot be built on this machine, or None when it can."""
+    if artifact_format == WEIGHTS_FORMAT:
+        return None
+    if artifact_format.startswith("onnx") and not is_onnxruntime_available():
+        return "needs onnx, onnxsim and onnxruntime: pip install 'edgediff[onnx]'"
+    if artifact_format == "openvino" and not (is_openvino_available() and is_onnxruntime_available()):
+        return "needs openvino and the ONNX export: pip install 'edgediff[openvino,onnx]'"
+    if artifact_format == "torchscript-fp16" and not is_cuda_available():
+        return "a TorchScript fp16 module is traced on a CUDA device; run the export on the GPU machine"
+    if artifact_format == "tensorrt-fp16":
+        if not is_cuda_available():
+            return "a TensorRT plan is built on the GPU that serves it; no CUDA device here"
+        if not is_tensorrt_available():
+            return "needs the tensorrt Python package: pip install 'edgediff[gpu]'"
+        if not is_onnxruntime_available():
+            return "the plan is built from the ONNX export: pip install 'edgediff[onnx]'"
+    return None

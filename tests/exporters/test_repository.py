@@ -1,0 +1,148 @@
+"""The repository writer: artifacts, reports and manifest; merging; an interrupted export is never taken as done."""
+
+import importlib.metadata
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgediff.errors import EdgediffError
+from exporters import repository
+from exporters.manifest import MANIFEST_NAME, file_sha256, unfinished_export
+from exporters.part_runtime import PartRunner, PartSpec
+from exporters.repository import export_repository, model_names
+from exporters.triton_server import TritonServer, TritonStartError
+
+
+@pytest.fixture(scope="module")
+def onnx_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo") / "model_repository"
+    manifest = export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo)
+    return repo, manifest
+
+
+def test_manifest_records_weights_versions_hashes_and_shapes(onnx_repo):
+    repo, manifest = onnx_repo
+    assert json.loads((repo / MANIFEST_NAME).read_text()) == manifest
+    assert manifest["state"] == "complete"
+    assert manifest["preset"] == "tiny" and manifest["target"]["name"] == "cpu"
+    assert manifest["weights"]["kind"] == "synthetic" and len(manifest["weights"]["sha256"]) == 64
+    for tool in ("torch", "onnx", "onnxruntime", "tensorrt", "openvino"):
+        assert tool in manifest["versions"]
+    assert manifest["versions"]["torch"] == importlib.metadata.version("torch")
+    assert manifest["versions"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    unet = manifest["variants"]["onnx-fp32"]["parts"]["unet"]
+    assert unet["artifact"] == "unet_onnx_fp32/1/model.onnx"
+    assert unet["sha256"] == file_sha256(repo / unet["artifact"])
+    assert unet["size_bytes"] == (repo / unet["artifact"]).stat().st_size
+    assert unet["inputs"] == {"sample": [-1, 3, 16, 16], "timestep": [-1]}
+    assert unet["outputs"] == {"noise_pred": [-1, 3, 16, 16]}
+    assert manifest["variants"]["onnx-fp32"]["parts"]["vqdec"]["outputs"] == {"image": [-1, 3, 64, 64]}
+
+
+def test_export_report_has_time_size_and_op_counts_before_and_after_onnxsim(onnx_repo):
+    repo, manifest = onnx_repo
+    report = json.loads((repo / manifest["variants"]["onnx-fp32"]["parts"]["unet"]["report"]).read_text())
+    assert report["export_s"] > 0 and report["size_bytes"] > 0
+    before, after = report["ops_before"], report["ops_after"]
+    # onnxsim folds the shape arithmetic of the traced graph (the study's Figure 3)
+    assert before["Constant"] > after.get("Constant", 0)
+    assert before["Shape"] > after.get("Shape", 0)
+    assert sum(before.values()) > sum(after.values())
+    assert before["Conv"] == after["Conv"]
+
+
+def test_part_runner_matches_the_in_process_variant(onnx_repo, tiny_components):
+    from edgediff.variants import build_variant
+
+    repo, _ = onnx_repo
+    built = build_variant("onnx-fp32", tiny_components)
+    spec = PartSpec(variant="onnx-fp32", part="unet", preset="tiny", artifact="1/model.onnx")
+    runner = PartRunner(spec, repo / model_names("onnx-fp32")["unet"])
+    sample = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(3))
+    timestep = torch.tensor([900, 20], dtype=torch.int64)
+    expected = built.unet.sequence()(sample, timestep).numpy()
+    got = runner({"sample": sample.numpy(), "timestep": timestep.numpy().reshape(2, 1)})  # Triton's [batch, 1]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_second_export_adds_variants_and_another_target_replaces_them(tmp_path):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    (repo / "README.md").write_text("kept\n")
+    export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo)
+    manifest = export_repository(model="tiny", target="cpu", variants=["torch-fp32"], repo=repo)
+    assert set(manifest["variants"]) == {"onnx-fp32", "torch-fp32"}
+    assert (repo / "unet_onnx_fp32" / "1" / "model.onnx").is_file()
+    assert (repo / "unet_torch_fp32" / "1" / "weights" / "unet" / "config.json").is_file()
+    manifest = export_repository(model="tiny", target="rtx", variants=["onnx-fp16"], repo=repo, configs_only=True)
+    assert set(manifest["variants"]) == {"onnx-fp16"}
+    assert not (repo / "unet_onnx_fp32").exists() and not (repo / "ldm_torch_fp32").exists()
+    assert (repo / "README.md").read_text() == "kept\n"
+    assert unfinished_export(repo) is None
+
+
+def test_an_interrupted_export_leaves_the_previous_repository(tmp_path, monkeypatch):
+    repo = tmp_path / "r"
+    before = export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)
+    real = repository.build_artifact
+
+    def failing(components, part, fmt, **kwargs):
+        if part == "vqdec":
+            raise RuntimeError("disk full")
+        return real(components, part, fmt, **kwargs)
+
+    monkeypatch.setattr(repository, "build_artifact", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo)
+    assert json.loads((repo / MANIFEST_NAME).read_text()) == before
+    assert not (repo / "unet_onnx_fp32" / "1" / "model.onnx").exists()
+    assert not list(repo.glob(".staging-*")) and unfinished_export(repo) is None
+
+
+def test_a_half_finished_repository_is_refused_before_starting_triton(tmp_path, ports):
+    repo = tmp_path / "r"
+    export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)
+    (repo / ".staging-4242").mkdir()
+    with pytest.raises(TritonStartError, match="interrupted"):
+        TritonServer(repo, **ports).start()
+    (repo / ".staging-4242").rmdir()
+    manifest = json.loads((repo / MANIFEST_NAME).read_text())
+    (repo / MANIFEST_NAME).write_text(json.dumps({**manifest, "state": "exporting"}))
+    with pytest.raises(TritonStartError, match="did not finish"):
+        TritonServer(repo, **ports).start()
+
+
+def test_part_spec_needs_its_parameters():
+    with pytest.raises(EdgediffError, match="lack artifact"):
+        PartSpec.from_parameters({"variant": {"string_value": "onnx-fp32"}, "part": "unet", "preset": "tiny"})
+
+
+def test_a_taken_port_is_refused_before_starting_triton(tmp_path, ports):
+    import socket
+
+    repo = tmp_path / "r"
+    export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", ports["grpc_port"]))
+        listener.listen()
+        with pytest.raises(TritonStartError, match=f"--grpc-port {ports['grpc_port']} on 127.0.0.1 is not free"):
+            TritonServer(repo, **ports).start()
+
+
+def test_a_weights_folder_is_recorded_with_its_sha256(tmp_path, tiny_components):
+    from edgediff.models import save_components
+
+    weights = save_components(tiny_components, tmp_path / "weights")
+    manifest = export_repository(model="tiny", target="cpu", variants=["torch-fp32"], repo=tmp_path / "r",
+                                 weights=str(weights))
+    assert manifest["weights"]["kind"] == "directory"
+    assert manifest["weights"]["path"] == str(weights)
+    assert len(manifest["weights"]["sha256"]) == 64 and manifest["weights"]["sha256"] != tiny_components.weights.sha256
+    spec = PartSpec(variant="torch-fp32", part="vqdec", preset="tiny", artifact="1/weights")
+    runner = PartRunner(spec, tmp_path / "r" / model_names("torch-fp32")["vqdec"])
+    latents = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = tiny_components.vqvae.decode(latents, return_dict=False)[0].numpy()
+    np.testing.assert_array_equal(runner({"latents": latents.numpy()}), expected)
