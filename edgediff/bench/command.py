@@ -93,7 +93,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         out=out,
         command=shlex.join(["edgediff", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "edgediff bench",
     )
-    report, _runs = run_bench(config)
+    from edgediff.quality.bench_hook import make_quality_hook, quality_failed
+
+    report, _runs = run_bench(config, quality_fn=make_quality_hook(config))  # digits: quality gate per variant
     write_outputs(report, out, plots=not args.no_plots)
     weights = report["weights"] or {}
     print()
@@ -103,6 +105,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     for entry in report["variants"]:
         if entry["status"] != "ok":
             print(f"- {entry['name']}: {entry['status']}: {entry['reason']}")
+        elif quality_failed(entry):
+            print(f"- {entry['name']}: quality {entry['quality']['summary']}")
     for warning in report["warnings"]:
         if not warning.startswith("weights: synthetic"):
             print(f"WARNING: {warning}")
