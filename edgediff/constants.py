@@ -106,6 +106,13 @@ ENV_LOADTEST_GATEWAY_METRICS_URL = "EDGEDIFF_LOADTEST_GATEWAY_METRICS_URL"
 UNET_FEATURE = "deep_feature"
 """DeepCache: the cached deep feature, an output of the ``unet-full`` part and an input of ``unet-shallow``."""
 
+# --- exporters: DeepCache variants served by Triton (two UNet part models per variant) ----------------------------
+UNET_FULL_MODEL_PREFIX = "unet_full_"
+"""``unet_full_<variant>``: the full UNet of a DeepCache variant, outputs ``noise_pred`` and ``deep_feature``."""
+UNET_SHALLOW_MODEL_PREFIX = "unet_shallow_"
+"""``unet_shallow_<variant>``: the shallow branch of a DeepCache variant, inputs ``sample``, ``timestep``,
+``deep_feature``."""
+
 # --- deployment (docker/, compose.yaml, Grafana): Triton's own metrics the dashboards use -------------------------
 TRITON_METRICS = (
     "nv_inference_request_success",

@@ -20,6 +20,7 @@ from edgediff.constants import (
     LDM_OUTPUT_IMAGE,
     LDM_OUTPUT_TIMINGS,
     LDM_TIMINGS_FIELDS,
+    UNET_FEATURE,
     UNET_INPUT_SAMPLE,
     UNET_INPUT_TIMESTEP,
     UNET_OUTPUT,
@@ -98,23 +99,32 @@ def _tensor(name: str, data_type: str, dims: list[int], **extra: Any) -> dict[st
     return {"name": name, "data_type": Enum(data_type), "dims": list(dims), **extra}
 
 
-def part_io(part: str, latent_shape: tuple[int, int, int], image_size: int) -> tuple[list[dict], list[dict]]:
+def part_io(
+    part: str, latent_shape: tuple[int, int, int], image_size: int, feature_dims: tuple[int, ...] | None = None
+) -> tuple[list[dict], list[dict]]:
     """Inputs and outputs of a part model (batch axis implicit: ``max_batch_size > 0``).
 
     The timestep is ``[batch]`` in the artifact; Triton batching needs at least one dim per item, so it is declared
-    ``dims: [1]`` and reshaped to ``[]`` for the native backends.
+    ``dims: [1]`` and reshaped to ``[]`` for the native backends. The DeepCache parts (``unet-full``,
+    ``unet-shallow``) also output or take the deep feature, whose per-item dims ``feature_dims`` must be given.
     """
     latent = list(latent_shape)
-    if part == "unet":
+    if part in ("unet", "unet-full", "unet-shallow"):
         inputs = [
             _tensor(UNET_INPUT_SAMPLE, "TYPE_FP32", latent),
             _tensor(UNET_INPUT_TIMESTEP, "TYPE_INT64", [1], reshape={"shape": []}),
         ]
-        return inputs, [_tensor(UNET_OUTPUT, "TYPE_FP32", latent)]
+        outputs = [_tensor(UNET_OUTPUT, "TYPE_FP32", latent)]
+        if part != "unet":
+            if feature_dims is None:
+                raise ValueError(f"part {part!r} needs feature_dims (the deep feature's per-item shape)")
+            feature = _tensor(UNET_FEATURE, "TYPE_FP32", list(feature_dims))
+            (outputs if part == "unet-full" else inputs).append(feature)
+        return inputs, outputs
     if part == "vqdec":
         return [_tensor(VQDEC_INPUT, "TYPE_FP32", latent)], [_tensor(VQDEC_OUTPUT, "TYPE_FP32", [3, image_size,
                                                                                                  image_size])]
-    raise ValueError(f"part must be unet or vqdec, got {part!r}")
+    raise ValueError(f"part must be unet, unet-full, unet-shallow or vqdec, got {part!r}")
 
 
 def part_config(
@@ -126,19 +136,21 @@ def part_config(
     image_size: int,
     max_batch_size: int,
     parameters: Mapping[str, str],
+    feature_dims: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    """The config of ``unet_<variant>`` or ``vqdec_<variant>``.
+    """The config of ``unet_<variant>``, ``vqdec_<variant>`` or a DeepCache ``unet_full_``/``unet_shallow_`` model.
 
     Args:
         name: Model name (``unet_onnx_fp32``).
-        part: ``unet`` or ``vqdec``.
+        part: ``unet``, ``vqdec``, ``unet-full`` or ``unet-shallow``.
         placement: How the target serves the variant (backend/platform, instance kind, artifact file).
         latent_shape: (C, h, w) of the latents.
         image_size: Side of the decoded image.
         max_batch_size: Largest batch one execution takes (dynamic batching merges concurrent requests up to it).
         parameters: Constants for the Python model (ignored by native backends, kept for readers).
+        feature_dims: Per-item dims of the DeepCache deep feature (DeepCache parts only).
     """
-    inputs, outputs = part_io(part, latent_shape, image_size)
+    inputs, outputs = part_io(part, latent_shape, image_size, feature_dims)
     config: dict[str, Any] = {"name": name}
     if placement.platform:
         config["platform"] = placement.platform

@@ -33,7 +33,7 @@ class PartSpec:
 
     Attributes:
         variant: Registry name (``onnx-fp32``).
-        part: ``unet`` or ``vqdec``.
+        part: ``unet``, ``vqdec``, or a DeepCache part (``unet-full``, ``unet-shallow``).
         preset: Model preset name (architecture of eager-PyTorch weights).
         artifact: Path of the artifact relative to the model folder (``1/model.onnx``, ``1/weights``).
         threads: Intra-op threads; 0 means ``$EDGEDIFF_THREADS`` or the physical cores of the serving machine.
@@ -94,7 +94,9 @@ def load_part(spec: PartSpec, model_dir: Path | str) -> Callable[..., torch.Tens
     if variant.backend == "openvino":
         from edgediff.variants.openvino_runtime import compile_ir, compiled_fn
 
-        return compiled_fn(compile_ir(path, precision=variant.precision, threads=threads))
+        base = getattr(variant, "base", variant)  # a DeepCache combination compiles like its base variant
+        precision = base.compile_precision() if hasattr(base, "compile_precision") else variant.precision
+        return compiled_fn(compile_ir(path, precision=precision, threads=threads))
     torch.set_num_threads(threads)
     if variant.backend == "jit":
         return torch_fn(torch.jit.load(str(path), map_location="cpu"), "cpu")
@@ -117,17 +119,31 @@ class PartRunner:
     """
 
     def __init__(self, spec: PartSpec, model_dir: Path | str) -> None:
+        if spec.part not in IO_NAMES:
+            raise EdgediffError(f"config.pbtxt names part {spec.part!r}; expected one of {', '.join(IO_NAMES)}")
         self.spec = spec
         self.input_names = list(IO_NAMES[spec.part][0])
-        self.output_name = IO_NAMES[spec.part][1][0]
+        self.output_names = list(IO_NAMES[spec.part][1])
+        self.output_name = self.output_names[0]
         self._fn = load_part(spec, model_dir)
 
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Run on a (possibly merged) batch; the timestep may arrive as ``[batch, 1]`` (Triton dims) or ``[batch]``."""
+    def outputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on a (possibly merged) batch; every output by name (the DeepCache full UNet has two).
+
+        The timestep may arrive as ``[batch, 1]`` (Triton dims) or ``[batch]``.
+        """
         args = []
         for name in self.input_names:
             array = np.asarray(inputs[name])
             if name == UNET_INPUT_TIMESTEP:
                 array = array.reshape(-1).astype(np.int64, copy=False)
             args.append(torch.from_numpy(np.ascontiguousarray(array)))
-        return self._fn(*args).numpy()
+        result = self._fn(*args)
+        tensors = result if isinstance(result, tuple | list) else (result,)
+        if len(tensors) != len(self.output_names):
+            raise EdgediffError(f"part {self.spec.part} gave {len(tensors)} outputs, expected {self.output_names}")
+        return {name: t.numpy() for name, t in zip(self.output_names, tensors, strict=True)}
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run and return the first output (the only one of every part but ``unet-full``)."""
+        return self.outputs(inputs)[self.output_name]

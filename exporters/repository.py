@@ -7,6 +7,10 @@ Layout (``<v>`` is the variant with ``-`` replaced by ``_``)::
     <repo>/vqdec_<v>/config.pbtxt        the same for the VQ decoder
     <repo>/ldm_<v>/config.pbtxt          + 1/model.py: the DDIM pipeline, BLS calls to unet_<v> and vqdec_<v>
 
+A DeepCache variant (``openvino-bf16-dc3``) has ``unet_full_<v>`` (noise and deep feature) and ``unet_shallow_<v>``
+(noise from a cached feature) instead of ``unet_<v>``; its ``ldm_<v>`` runs the core's ``DeepCacheUNet`` over BLS
+calls to both, with the interval from its ``parameters`` (also in the manifest's ``deepcache`` entry).
+
 Every model folder is assembled in a staging folder inside the repository and renamed into place only when all of
 them are complete, under a lock, with the manifest saying ``exporting`` meanwhile: an interrupted export is never
 taken for a finished one. Artifacts come from the core's content-hash cache and are hard-linked (or copied).
@@ -25,8 +29,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgediff.artifacts.build import build_artifact
-from edgediff.constants import PIPELINE_MODEL_PREFIX, UNET_MODEL_PREFIX, VQDEC_MODEL_PREFIX, triton_model_name
+from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact
+from edgediff.artifacts.deepcache_modules import feature_shape
+from edgediff.constants import (
+    PIPELINE_MODEL_PREFIX,
+    UNET_FULL_MODEL_PREFIX,
+    UNET_MODEL_PREFIX,
+    UNET_SHALLOW_MODEL_PREFIX,
+    VQDEC_MODEL_PREFIX,
+    triton_model_name,
+)
 from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
 from edgediff.io import atomic_write_json, atomic_write_text
 from edgediff.models import LDMComponents, get_preset, load_components
@@ -48,12 +60,22 @@ from exporters.manifest import (
     tree_size,
 )
 from exporters.part_runtime import PART_SUBFOLDER, PartSpec
-from exporters.targets import PYTHON_BACKEND, WEIGHTS_FORMAT, Placement, Target, build_blocker, get_target
+from exporters.targets import (
+    PYTHON_BACKEND,
+    WEIGHTS_FORMAT,
+    Placement,
+    Target,
+    build_blocker,
+    deepcache_interval,
+    get_target,
+    unet_parts,
+)
 
 logger = logging.getLogger(__name__)
 
 PARTS = ("unet", "vqdec")
-PART_PREFIX = {"unet": UNET_MODEL_PREFIX, "vqdec": VQDEC_MODEL_PREFIX}
+PART_PREFIX = {"unet": UNET_MODEL_PREFIX, "vqdec": VQDEC_MODEL_PREFIX, UNET_FULL: UNET_FULL_MODEL_PREFIX,
+               UNET_SHALLOW: UNET_SHALLOW_MODEL_PREFIX}
 VERSION = "1"
 REPORT_NAME = "export_report.json"
 LOCK_NAME = ".export.lock"
@@ -65,13 +87,29 @@ _NOT_ARTIFACT = ("model.py",)
 CONFIGS_ONLY_REASON = "configs only (--configs-only): no artifact was built"
 
 
+def variant_parts(variant: str) -> tuple[str, ...]:
+    """The part models of a variant: ``("unet", "vqdec")``, or ``("unet-full", "unet-shallow", "vqdec")``."""
+    return (*unet_parts(variant), "vqdec")
+
+
 def model_names(variant: str) -> dict[str, str]:
-    """Triton model names of a variant: ``{"unet": "unet_onnx_fp32", "vqdec": ..., "ldm": "ldm_onnx_fp32"}``."""
-    return {
-        "unet": triton_model_name(UNET_MODEL_PREFIX, variant),
-        "vqdec": triton_model_name(VQDEC_MODEL_PREFIX, variant),
-        "ldm": triton_model_name(PIPELINE_MODEL_PREFIX, variant),
-    }
+    """Triton model names of a variant, keyed by part and ``ldm``.
+
+    ``{"unet": "unet_onnx_fp32", "vqdec": ..., "ldm": "ldm_onnx_fp32"}``; a DeepCache variant has ``unet-full``
+    (``unet_full_openvino_bf16_dc3``) and ``unet-shallow`` (``unet_shallow_openvino_bf16_dc3``) instead of ``unet``.
+    """
+    names = {part: triton_model_name(PART_PREFIX[part], variant) for part in variant_parts(variant)}
+    return {**names, "ldm": triton_model_name(PIPELINE_MODEL_PREFIX, variant)}
+
+
+def unet_full_model_name(variant: str) -> str:
+    """``unet_full_<variant>``: the full UNet model of a DeepCache variant."""
+    return triton_model_name(UNET_FULL_MODEL_PREFIX, variant)
+
+
+def unet_shallow_model_name(variant: str) -> str:
+    """``unet_shallow_<variant>``: the shallow-branch model of a DeepCache variant."""
+    return triton_model_name(UNET_SHALLOW_MODEL_PREFIX, variant)
 
 
 def resolve_variants(target: Target, variants: Sequence[str]) -> list[str]:
@@ -91,9 +129,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _feature_dims(components: LDMComponents) -> tuple[int, ...]:
+    """Per-item dims of the DeepCache deep feature of this model."""
+    return feature_shape(components.preset.unet_config)[1:]
+
+
 def _io_shapes(part: str, components: LDMComponents) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Artifact I/O shapes with the batch axis as -1 (the timestep is ``[batch]`` in every artifact)."""
-    inputs, outputs = part_io(part, components.preset.latent_shape, components.preset.image_size)
+    inputs, outputs = part_io(part, components.preset.latent_shape, components.preset.image_size,
+                              _feature_dims(components))
 
     def shape(t: dict) -> list[int]:
         return [-1, *t.get("reshape", {}).get("shape", t["dims"])]
@@ -131,7 +175,7 @@ def _write_part_model(
     spec = PartSpec(variant=placement.variant, part=part, preset=components.preset.name, artifact=artifact_rel)
     config = part_config(name=name, part=part, placement=placement, latent_shape=components.preset.latent_shape,
                          image_size=components.preset.image_size, max_batch_size=target.max_batch_size,
-                         parameters=spec.to_parameters())
+                         parameters=spec.to_parameters(), feature_dims=_feature_dims(components))
     atomic_write_text(model_dir / "config.pbtxt", render_config(config))
     if placement.backend == PYTHON_BACKEND:
         shutil.copyfile(PART_MODEL_SOURCE, version_dir / "model.py")
@@ -156,11 +200,15 @@ def _write_part_model(
 def _write_ldm_model(components: LDMComponents, variant: str, target: Target, model_dir: Path) -> dict[str, Any]:
     names = model_names(variant)
     preset = components.preset
+    interval = deepcache_interval(variant)
+    unet = ({"unet_model": names["unet"]} if interval == 1 else
+            {"unet_full_model": names[UNET_FULL], "unet_shallow_model": names[UNET_SHALLOW]})
     parameters = {
         "preset": preset.name,
         "variant": variant,
         "target": target.name,
-        "unet_model": names["unet"],
+        **unet,
+        "deepcache_interval": str(interval),
         "vqdec_model": names["vqdec"],
         "scheduler_config": json_parameter(components.scheduler_config),
         "scaling_factor": repr(components.scaling_factor),
@@ -176,7 +224,8 @@ def _write_ldm_model(components: LDMComponents, variant: str, target: Target, mo
                       render_config(ldm_config(name=model_dir.name, image_size=preset.image_size,
                                                parameters=parameters)))
     shutil.copyfile(LDM_MODEL_SOURCE, model_dir / VERSION / "model.py")
-    return {"model": model_dir.name, "backend": PYTHON_BACKEND, "instance_kind": "KIND_CPU"}
+    return {"model": model_dir.name, "backend": PYTHON_BACKEND, "instance_kind": "KIND_CPU", **unet,
+            "deepcache_interval": interval}
 
 
 @contextlib.contextmanager
@@ -279,7 +328,7 @@ def export_repository(
                 models = model_names(variant)
                 entry: dict[str, Any] = {"variant": variant, "backend": placement.backend_label,
                                          "instance_kind": placement.instance_kind, "models": models, "parts": {}}
-                for part in PARTS:
+                for part in variant_parts(variant):
                     say(f"{variant}: {part} ({placement.artifact_format}) ...")
                     entry["parts"][part] = _write_part_model(components, part, placement, tgt,
                                                              staging / models[part], blockers[variant])
@@ -287,6 +336,9 @@ def export_repository(
                         say(f"{variant}: {part}: skipped: {blockers[variant]}")
                 entry["ldm"] = _write_ldm_model(components, variant, tgt, staging / models["ldm"])
                 entry["skipped"] = blockers[variant]
+                if placement.deepcache_interval > 1:
+                    entry["deepcache"] = {"interval": placement.deepcache_interval, "full_model": models[UNET_FULL],
+                                          "shallow_model": models[UNET_SHALLOW]}
                 manifest["variants"][variant] = entry
             _install(root, staging, manifest, say)
         finally:

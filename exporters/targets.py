@@ -1,6 +1,7 @@
 """Deployment targets: which variants each serves, through which Triton backend, on which kind of instance.
 
-On ``cpu`` every part runs inside a Python-backend model (``KIND_CPU``) that calls the core's variant code; on
+On ``cpu`` every part runs inside a Python-backend model (``KIND_CPU``) that calls the core's variant code (a
+DeepCache variant has two UNet parts, full and shallow, and its ``ldm`` model keeps the cache); on
 ``rtx`` and ``jetson`` the parts use Triton's native backends (``onnxruntime_onnx``, ``tensorrt_plan``,
 ``pytorch_libtorch``) with ``KIND_GPU``. The ``ldm_<variant>`` pipeline is a Python-backend model on every target.
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from edgediff.availability import (
     is_cuda_available,
+    is_module_available,
     is_onnxruntime_available,
     is_openvino_available,
     is_tensorrt_available,
@@ -22,6 +24,26 @@ KIND_GPU = "KIND_GPU"
 PYTHON_BACKEND = "python"
 WEIGHTS_FORMAT = "weights"
 """Eager-PyTorch variants carry their part's weights (diffusers layout) instead of a traced artifact."""
+
+
+def deepcache_interval(variant: str) -> int:
+    """The registered variant's fixed DeepCache interval (``openvino-bf16-dc3`` -> 3); 1 for one without DeepCache.
+
+    Raises:
+        UnknownVariantError: ``variant`` is not registered.
+    """
+    from edgediff.variants import get_variant
+    from edgediff.variants.deepcache import DeepCacheVariant
+
+    found = get_variant(variant)
+    return found.interval if isinstance(found, DeepCacheVariant) else 1
+
+
+def unet_parts(variant: str) -> tuple[str, ...]:
+    """Artifact parts of a variant's UNet: ``("unet",)``, or the DeepCache pair ``("unet-full", "unet-shallow")``."""
+    from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW
+
+    return ("unet",) if deepcache_interval(variant) == 1 else (UNET_FULL, UNET_SHALLOW)
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,16 @@ class Placement:
     def backend_label(self) -> str:
         """``python`` or the native platform, for tables and the manifest."""
         return self.platform or self.backend or ""
+
+    @property
+    def deepcache_interval(self) -> int:
+        """See ``deepcache_interval``."""
+        return deepcache_interval(self.variant)
+
+    @property
+    def unet_parts(self) -> tuple[str, ...]:
+        """See ``unet_parts``."""
+        return unet_parts(self.variant)
 
 
 @dataclass(frozen=True)
@@ -112,6 +144,10 @@ _CPU_PLACEMENTS = (
     _cpu("onnx-fp32", "onnx-fp32", "model.onnx"),
     _cpu("openvino-fp32", "openvino", "model.xml"),
     _cpu("openvino-bf16", "openvino", "model.xml"),
+    _cpu("openvino-int8", "openvino-int8", "model.xml"),
+    # DeepCache: two UNet part models (unet_full_<v>, unet_shallow_<v>); the ldm model caches between them
+    _cpu("openvino-bf16-dc3", "openvino", "model.xml"),
+    _cpu("openvino-int8-dc3", "openvino-int8", "model.xml"),
 )
 
 TARGETS: dict[str, Target] = {
@@ -161,6 +197,9 @@ def build_blocker(artifact_format: str) -> str | None:
         return "needs onnx, onnxsim and onnxruntime: pip install 'edgediff[onnx]'"
     if artifact_format == "openvino" and not (is_openvino_available() and is_onnxruntime_available()):
         return "needs openvino and the ONNX export: pip install 'edgediff[openvino,onnx]'"
+    if artifact_format == "openvino-int8" and not (is_openvino_available() and is_onnxruntime_available()
+                                                   and is_module_available("nncf")):
+        return "needs openvino, nncf and the ONNX export: pip install 'edgediff[openvino,onnx]'"
     if artifact_format == "torchscript-fp16" and not is_cuda_available():
         return "a TorchScript fp16 module is traced on a CUDA device; run the export on the GPU machine"
     if artifact_format == "tensorrt-fp16":

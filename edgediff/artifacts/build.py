@@ -8,32 +8,76 @@ from typing import Any
 
 import torch
 
-from edgediff.artifacts import onnx_export, openvino_ir, tensorrt_plan, torchscript
-from edgediff.artifacts.cache import cached_build
+from edgediff.artifacts import calibration, onnx_export, openvino_int8, openvino_ir, tensorrt_plan, torchscript
+from edgediff.artifacts.cache import cached_build, find_cached
+from edgediff.artifacts.deepcache_modules import UNetFullWithFeature, UNetShallow, feature_shape
 from edgediff.artifacts.modules import DecoderModule, PrecisionWrapper, UNetModule, example_inputs
-from edgediff.constants import UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP, UNET_OUTPUT, VQDEC_INPUT, VQDEC_OUTPUT
+from edgediff.constants import (
+    UNET_FEATURE,
+    UNET_INPUT_SAMPLE,
+    UNET_INPUT_TIMESTEP,
+    UNET_OUTPUT,
+    VQDEC_INPUT,
+    VQDEC_OUTPUT,
+)
+from edgediff.models.spec import ModelSpec
 from edgediff.models.weights import LDMComponents
 
-PARTS = ("unet", "vqdec")
-FORMATS = ("torchscript-fp32", "torchscript-fp16", "onnx-fp32", "onnx-fp16", "openvino", "tensorrt-fp16")
+UNET_FULL = "unet-full"
+"""DeepCache: the whole UNet, returning the noise and the deep feature."""
+UNET_SHALLOW = "unet-shallow"
+"""DeepCache: the shallow branch over a cached deep feature."""
+PARTS = ("unet", "vqdec", UNET_FULL, UNET_SHALLOW)
+FORMATS = ("torchscript-fp32", "torchscript-fp16", "onnx-fp32", "onnx-fp16", "openvino", "openvino-int8",
+           "tensorrt-fp16")
 IO_NAMES = {
     "unet": ([UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP], [UNET_OUTPUT]),
     "vqdec": ([VQDEC_INPUT], [VQDEC_OUTPUT]),
+    UNET_FULL: ([UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP], [UNET_OUTPUT, UNET_FEATURE]),
+    UNET_SHALLOW: ([UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP, UNET_FEATURE], [UNET_OUTPUT]),
 }
 
 
 def part_module(components: LDMComponents, part: str) -> torch.nn.Module:
-    """The tensor-in, tensor-out fp32 CPU module of ``part`` (``unet`` or ``vqdec``)."""
+    """The tensor-in, tensor-out fp32 CPU module of ``part`` (one of ``PARTS``)."""
     if part == "unet":
         return UNetModule(components.unet).eval()
     if part == "vqdec":
         return DecoderModule(components.vqvae).eval()
+    if part == UNET_FULL:
+        return UNetFullWithFeature(components.unet).eval()
+    if part == UNET_SHALLOW:
+        return UNetShallow(components.unet).eval()
     raise ValueError(f"part must be one of {PARTS}, got {part!r}")
 
 
 def part_inputs(components: LDMComponents, part: str, batch: int = 1) -> tuple[torch.Tensor, ...]:
     """Example inputs of ``part`` at ``batch``."""
+    if part in (UNET_FULL, UNET_SHALLOW):
+        inputs = example_inputs(components.preset.latent_shape, batch)["unet"]
+        if part == UNET_FULL:
+            return inputs
+        generator = torch.Generator().manual_seed(1)
+        return (*inputs, torch.randn(feature_shape(components.preset.unet_config, batch), generator=generator))
     return example_inputs(components.preset.latent_shape, batch)[part]
+
+
+def artifact_request(model: LDMComponents | ModelSpec, part: str, fmt: str) -> tuple[str, dict[str, Any]]:
+    """The cache ``kind`` and ``extra`` (settings that change the bytes) of an artifact."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    extra: dict[str, Any] = {"opset": onnx_export.OPSET}
+    if fmt == "openvino-int8":
+        extra.update(quantization=openvino_int8.QUANTIZATION, calibration=calibration.calibration_config(model))
+    return f"{model.preset.name}-{part}-{fmt}", extra
+
+
+def find_artifact(
+    model: LDMComponents | ModelSpec, part: str, fmt: str, *, root: Path | None = None
+) -> tuple[Path, dict] | None:
+    """``(folder, report)`` of a finished artifact in the cache, or None; never exports (no modules needed)."""
+    kind, extra = artifact_request(model, part, fmt)
+    return find_cached(model.fingerprint(), kind, extra=extra, root=root)
 
 
 def build_artifact(components: LDMComponents, part: str, fmt: str, *, root: Path | None = None) -> tuple[Path, dict]:
@@ -45,14 +89,12 @@ def build_artifact(components: LDMComponents, part: str, fmt: str, *, root: Path
         fmt: One of ``FORMATS``.
         root: Cache root override.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    kind = f"{components.preset.name}-{part}-{fmt}"
+    kind, extra = artifact_request(components, part, fmt)
     fingerprint = components.fingerprint()
-    inputs = part_inputs(components, part)
     in_names, out_names = IO_NAMES[part]
 
     def build(folder: Path) -> dict[str, Any]:
+        inputs = part_inputs(components, part)
         if fmt.startswith("torchscript"):
             if fmt == "torchscript-fp32":
                 return torchscript.export_torchscript(part_module(components, part), inputs, folder)
@@ -65,10 +107,15 @@ def build_artifact(components: LDMComponents, part: str, fmt: str, *, root: Path
             return _convert_fp16(source / onnx_export.FILENAME, folder)
         if fmt == "openvino":
             return openvino_ir.export_openvino(source / onnx_export.FILENAME, folder)
+        if fmt == "openvino-int8":
+            ir, _ = build_artifact(components, part, "openvino", root=root)
+            samples = calibration.part_samples(calibration.calibration_set(components), part)
+            named = [dict(zip(in_names, (t.numpy() for t in sample), strict=True)) for sample in samples]
+            return openvino_int8.quantize_ir(ir / openvino_ir.FILENAME, named, folder)
         shapes = {name: tuple(t.shape) for name, t in zip(in_names, inputs, strict=True)}
         return tensorrt_plan.build_plan(source / onnx_export.FILENAME, folder, shapes)
 
-    return cached_build(fingerprint, kind, build, extra={"opset": onnx_export.OPSET}, root=root)
+    return cached_build(fingerprint, kind, build, extra=extra, root=root)
 
 
 def _convert_fp16(onnx_path: Path, folder: Path) -> dict[str, Any]:

@@ -39,6 +39,19 @@ def artifact_key(fingerprint: str, kind: str, extra: dict[str, Any] | None = Non
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
+def find_cached(
+    fingerprint: str, kind: str, *, extra: dict[str, Any] | None = None, root: Path | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The finished artifact ``cached_build`` would return, or None when the cache has none (nothing is built)."""
+    folder = (root or cache_root()) / f"{kind}-{artifact_key(fingerprint, kind, extra)}"
+    done = folder / DONE_FILE
+    if not done.is_file():
+        return None
+    report = json.loads(done.read_text(encoding="utf-8"))
+    report["cached"] = True
+    return folder, report
+
+
 def cached_build(
     fingerprint: str,
     kind: str,
@@ -63,12 +76,10 @@ def cached_build(
     Returns:
         (folder, report) where report is what ``build`` returned plus ``cached: bool``.
     """
+    found = find_cached(fingerprint, kind, extra=extra, root=root)
+    if found is not None:
+        return found
     folder = (root or cache_root()) / f"{kind}-{artifact_key(fingerprint, kind, extra)}"
-    done = folder / DONE_FILE
-    if done.is_file():
-        report = json.loads(done.read_text(encoding="utf-8"))
-        report["cached"] = True
-        return folder, report
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

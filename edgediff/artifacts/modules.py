@@ -51,4 +51,7 @@ class PrecisionWrapper(torch.nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:  # noqa: D102
         cast = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
-        return self.inner(*cast).float()
+        out = self.inner(*cast)
+        if isinstance(out, tuple):  # multi-output parts (DeepCache's unet-full)
+            return tuple(o.float() for o in out)
+        return out.float()

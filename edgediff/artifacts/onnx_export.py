@@ -59,6 +59,7 @@ def export_onnx(
     *,
     fp16: bool = False,
     simplify: bool = True,
+    dynamic_spatial: bool = False,
 ) -> dict[str, Any]:
     """Export ``module`` to ``folder/model.onnx`` (batch axis dynamic), run onnxsim, optionally convert to fp16.
 
@@ -70,13 +71,21 @@ def export_onnx(
         folder: Where to write.
         fp16: Convert the simplified fp32 graph to fp16 (inputs and outputs stay fp32).
         simplify: Run onnxsim (the study's optimisation); its result is checked by onnxsim itself.
+        dynamic_spatial: Make height and width (axes 2 and 3) of every 4-D input and output dynamic too, so the
+            graph can be reshaped to other image sizes (the low-memory variant's tiled decoder).
 
     Returns:
         The export report: ``export_s``, ``simplify_s``, ``ops_before``, ``ops_after``, sizes.
     """
     onnx = require("onnx")
     raw_path = folder / "raw.onnx"
-    dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    if dynamic_spatial:
+        for name, tensor in zip(input_names, inputs, strict=True):
+            if tensor.dim() == 4:
+                dynamic_axes[name].update({2: f"{name}_height", 3: f"{name}_width"})
+        for name in output_names:
+            dynamic_axes[name].update({2: f"{name}_height", 3: f"{name}_width"})
     t0 = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -33,7 +33,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     check_positive("deepcache", args.deepcache)
     check_positive("threads", args.threads)
     require_available(args.variant)
-    components = load_model(args)
+    components = load_model(args, args.variant)
     built = build_variant(args.variant, components, BuildOptions(threads=args.threads,
                                                                  deepcache_interval=args.deepcache))
     pipeline = built.pipeline(components)

@@ -99,8 +99,38 @@ class LDMComponents:
 
     def fingerprint(self) -> str:
         """Content hash of architecture + weights: the cache key base for exported artifacts."""
-        payload = json.dumps({"preset": self.preset.to_dict(), "weights": self.weights.sha256}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return model_fingerprint(self.preset, self.weights)
+
+
+def model_fingerprint(preset: ModelPreset, weights: WeightsOrigin) -> str:
+    """Content hash of architecture + weights (``LDMComponents.fingerprint``, also for a ``ModelSpec``)."""
+    payload = json.dumps({"preset": preset.to_dict(), "weights": weights.sha256}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def weights_origin(
+    preset: ModelPreset, weights: str | os.PathLike[str] | None = None, *, seed: int = 0
+) -> WeightsOrigin:
+    """The ``WeightsOrigin`` that ``load_components`` would report, without building or loading any module.
+
+    Hashes the weight files of a folder (read in chunks: the page cache, not this process, holds their bytes). The
+    folder's configs and tensors are not validated here: ``load_components`` does that when the model is loaded.
+
+    Raises:
+        WeightsError: the folder lacks a weight file.
+    """
+    folder = resolve_weights_dir(weights, preset)
+    if folder is None:
+        digest = hashlib.sha256(f"{preset.name}:synthetic:{seed}".encode()).hexdigest()
+        return WeightsOrigin(kind="synthetic", path=None, sha256=digest, seed=seed)
+    hashes = []
+    for sub in ("unet", "vqvae"):
+        weight_file = next((folder / sub / name for name in WEIGHT_FILES if (folder / sub / name).is_file()), None)
+        if weight_file is None:
+            raise WeightsError(f"--weights: missing {folder / sub}/{WEIGHT_FILES[0]} (or .bin)")
+        hashes.append(_file_sha256(weight_file))
+    kind = "bundled" if preset.bundled_weights is not None and folder == preset.bundled_weights else "directory"
+    return WeightsOrigin(kind=kind, path=str(folder), sha256=hashlib.sha256("".join(hashes).encode()).hexdigest())
 
 
 def resolve_weights_dir(weights: str | os.PathLike[str] | None, preset: ModelPreset) -> Path | None:

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 
 from edgediff.constants import ENV_THREADS
-from edgediff.models.weights import LDMComponents
+from edgediff.models.presets import ModelPreset
+from edgediff.models.spec import ModelSpec
+from edgediff.models.weights import LDMComponents, load_components
 from edgediff.pipeline import DecoderRunner, LDMPipeline, UNetFn, UNetRunner
 
 
@@ -91,7 +93,7 @@ class BuiltVariant:
     decoder: DecoderRunner
     info: dict[str, Any] = field(default_factory=dict)
 
-    def pipeline(self, components: LDMComponents) -> LDMPipeline:
+    def pipeline(self, components: LDMComponents | ModelSpec) -> LDMPipeline:
         """An ``LDMPipeline`` over this variant's runners, with the metadata every output carries."""
         metadata = {
             "preset": components.preset.name,
@@ -129,6 +131,8 @@ class Variant(abc.ABC):
     description: str
     tolerance: float = 1e-4
     supports_deepcache: bool = False
+    needs_modules: bool = True
+    """False for variants that run from exported artifacts alone and build from a ``ModelSpec`` (low memory)."""
 
     @abc.abstractmethod
     def availability(self) -> Availability:
@@ -137,6 +141,25 @@ class Variant(abc.ABC):
     @abc.abstractmethod
     def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:
         """Export or wrap the components and return runners (artifacts come from the cache when present)."""
+
+    def load_model(
+        self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0
+    ) -> LDMComponents | ModelSpec:
+        """What ``build`` needs of the model: the loaded components, or (``needs_modules`` False) a ``ModelSpec``.
+
+        Args:
+            preset: The architecture.
+            weights: Weights folder, or None (``$EDGEDIFF_WEIGHTS``, bundled, or synthetic weights).
+            seed: Seed of synthetic weights.
+        """
+        return load_components(preset, weights, seed=seed, warn=False)
+
+    def prepare(self, components: LDMComponents, options: BuildOptions) -> dict[str, Any]:
+        """Build (or find in the cache) every artifact this variant needs; returns ``{part: report}``.
+
+        The default builds the whole variant; variants with exported artifacts override it to skip loading them.
+        """
+        return dict(self.build(components, options).info.get("artifacts", {}))
 
     def to_dict(self) -> dict[str, Any]:
         """The registry's row for this variant (availability included)."""
@@ -152,12 +175,22 @@ class Variant(abc.ABC):
         }
 
 
+def to_cpu_float(out: torch.Tensor | tuple[torch.Tensor, ...]) -> Any:
+    """A module's output (a tensor, or a tuple of them for multi-output parts) as CPU fp32, same structure."""
+    if isinstance(out, tuple | list):
+        return tuple(o.float().cpu() for o in out)
+    return out.float().cpu()
+
+
 def torch_fn(module: Callable[..., torch.Tensor], device: str) -> Callable[..., torch.Tensor]:
-    """Wrap a tensor-in, tensor-out module so inputs move to ``device`` and outputs come back as CPU fp32."""
+    """Wrap a tensor-in, tensor-out module so inputs move to ``device`` and outputs come back as CPU fp32.
+
+    A module with several outputs (the DeepCache ``unet-full`` part) gives a tuple of them.
+    """
 
     def run(*args: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             out = module(*(a.to(device) for a in args))
-        return out.float().cpu()
+        return to_cpu_float(out)
 
     return run

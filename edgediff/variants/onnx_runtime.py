@@ -13,7 +13,8 @@ from edgediff.artifacts.build import IO_NAMES, build_artifact
 from edgediff.artifacts.onnx_export import FILENAME
 from edgediff.availability import is_cuda_available, is_onnxruntime_available, onnxruntime_providers, require
 from edgediff.models.weights import LDMComponents
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant
+from edgediff.variants.deepcache import unet_runner
 
 
 def ort_session(path: Path, *, threads: int, cuda: bool) -> Any:
@@ -28,11 +29,15 @@ def ort_session(path: Path, *, threads: int, cuda: bool) -> Any:
 
 
 def session_fn(session: Any, input_names: list[str]) -> Callable[..., torch.Tensor]:
-    """Call an ORT session like a module: CPU tensors in, CPU fp32 tensor out."""
+    """Call an ORT session like a module: CPU tensors in, CPU fp32 tensor out.
 
-    def run(*args: torch.Tensor) -> torch.Tensor:
+    A session with several outputs (the DeepCache ``unet-full`` part) gives a tuple of them.
+    """
+
+    def run(*args: torch.Tensor) -> Any:
         feeds = {name: np.ascontiguousarray(a.cpu().numpy()) for name, a in zip(input_names, args, strict=True)}
-        return torch.from_numpy(session.run(None, feeds)[0]).float()
+        outputs = [torch.from_numpy(o).float() for o in session.run(None, feeds)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     return run
 
@@ -45,6 +50,7 @@ class OnnxVariant(Variant):
     """
 
     backend = "onnx"
+    supports_deepcache = True
 
     def __init__(self, precision: str) -> None:
         self.precision = precision
@@ -64,12 +70,14 @@ class OnnxVariant(Variant):
         return Availability.yes()
 
     def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
-        runners: dict[str, Callable[..., torch.Tensor]] = {}
         info: dict[str, Any] = {"device": "cuda" if self._cuda() else "cpu", "precision": self.precision,
-                                "threads": options.resolved_threads(), "artifacts": {}}
-        for part in ("unet", "vqdec"):
+                                "threads": options.resolved_threads(), "artifacts": {},
+                                "deepcache_interval": options.deepcache_interval}
+
+        def part_fn(part: str) -> Callable[..., torch.Tensor]:
             folder, report = build_artifact(components, part, f"onnx-{self.precision}")
             session = ort_session(folder / FILENAME, threads=options.resolved_threads(), cuda=self._cuda())
-            runners[part] = session_fn(session, IO_NAMES[part][0])
             info["artifacts"][part] = {"path": str(folder / FILENAME), **report}
-        return BuiltVariant(self.name, StatelessUNet(runners["unet"]), runners["vqdec"], info)
+            return session_fn(session, IO_NAMES[part][0])
+
+        return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

@@ -1,4 +1,8 @@
-"""OpenVINO variants on CPU: the IR converted from the simplified ONNX, compiled at fp32 or bf16 precision."""
+"""OpenVINO variants on CPU: the IR from the simplified ONNX at fp32 or bf16 precision, and its int8 quantization.
+
+The int8 IR is NNCF post-training quantization calibrated on the pipeline's own DDIM trajectories
+(``edgediff.artifacts.openvino_int8``).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgediff.artifacts.build import build_artifact
+from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact
 from edgediff.artifacts.openvino_ir import FILENAME
-from edgediff.availability import cpu_supports_bf16, is_onnxruntime_available, is_openvino_available, require
+from edgediff.availability import (
+    cpu_supports_bf16,
+    is_module_available,
+    is_onnxruntime_available,
+    is_openvino_available,
+    require,
+)
 from edgediff.models.weights import LDMComponents
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant
+from edgediff.variants.deepcache import check_interval, unet_runner
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
+INT8_TOLERANCE = 2e-1
+"""Relative L2 error of the final latents vs torch-fp32 allowed to ``openvino-int8`` (measured on the tiny preset)."""
 
 
 def compile_ir(path: Path, *, precision: str, threads: int) -> Any:
@@ -33,12 +46,18 @@ def compile_ir(path: Path, *, precision: str, threads: int) -> Any:
 
 
 def compiled_fn(compiled: Any) -> Callable[..., torch.Tensor]:
-    """Call a compiled model like a module (a fresh infer request per call, so calls may run concurrently)."""
+    """Call a compiled model like a module (a fresh infer request per call, so calls may run concurrently).
 
-    def run(*args: torch.Tensor) -> torch.Tensor:
+    A model with several outputs (the DeepCache ``unet-full`` part) gives a tuple of them.
+    """
+    count = len(compiled.outputs)
+
+    def run(*args: torch.Tensor) -> Any:
         request = compiled.create_infer_request()
         request.infer([np.ascontiguousarray(a.cpu().numpy()) for a in args])
-        return torch.from_numpy(np.array(request.get_output_tensor(0).data, copy=True)).float()
+        outputs = [torch.from_numpy(np.array(request.get_output_tensor(i).data, copy=True)).float()
+                   for i in range(count)]
+        return outputs[0] if count == 1 else tuple(outputs)
 
     return run
 
@@ -47,17 +66,24 @@ class OpenVinoVariant(Variant):
     """OpenVINO on the CPU.
 
     Args:
-        precision: ``fp32`` or ``bf16`` (needs a CPU with native bf16: AVX-512 BF16, AMX or Arm BF16).
+        precision: ``fp32``, ``bf16`` (needs a CPU with native bf16: AVX-512 BF16, AMX or Arm BF16) or ``int8``
+            (the NNCF-quantized IR of UNet and decoder; what stays in floating point runs in bf16 where the CPU has
+            it, else fp32).
     """
 
     backend = "openvino"
     device = "cpu"
+    supports_deepcache = True
 
     def __init__(self, precision: str) -> None:
         self.precision = precision
         self.name = f"openvino-{precision}"
-        self.description = f"OpenVINO IR (from the simplified ONNX) on CPU, inference precision {precision}"
-        self.tolerance = 1e-4 if precision == "fp32" else 1e-1
+        if precision == "int8":
+            self.description = ("OpenVINO int8 (NNCF post-training quantization calibrated on DDIM trajectories) "
+                                "on CPU, the rest in bf16 where the CPU has it")
+        else:
+            self.description = f"OpenVINO IR (from the simplified ONNX) on CPU, inference precision {precision}"
+        self.tolerance = {"fp32": 1e-4, "bf16": 1e-1, "int8": INT8_TOLERANCE}[precision]
 
     def availability(self) -> Availability:  # noqa: D102
         if not is_openvino_available():
@@ -66,14 +92,33 @@ class OpenVinoVariant(Variant):
             return Availability.no("the IR is converted from the ONNX export: pip install 'edgediff[onnx]'")
         if self.precision == "bf16" and not cpu_supports_bf16():
             return Availability.no("this CPU has no native bf16 (AVX-512 BF16, AMX or Arm BF16)")
+        if self.precision == "int8" and not is_module_available("nncf"):
+            return Availability.no("int8 quantization needs nncf: pip install 'edgediff[openvino]'")
         return Availability.yes()
 
+    def compile_precision(self) -> str:
+        """The inference precision given to the compiler (int8 models: bf16 where the CPU has it, else fp32)."""
+        if self.precision == "int8":
+            return "bf16" if cpu_supports_bf16() else "fp32"
+        return self.precision
+
+    def _artifact(self, components: LDMComponents, part: str) -> dict[str, Any]:
+        folder, report = build_artifact(components, part, "openvino-int8" if self.precision == "int8" else "openvino")
+        return {"path": str(folder / FILENAME), **report}
+
+    def prepare(self, components: LDMComponents, options: BuildOptions) -> dict[str, Any]:
+        """Export (or find) the IR of each part the options need, without compiling them."""
+        unet_parts = ["unet"] if check_interval(options.deepcache_interval) == 1 else [UNET_FULL, UNET_SHALLOW]
+        return {part: self._artifact(components, part) for part in [*unet_parts, "vqdec"]}
+
     def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
-        runners: dict[str, Callable[..., torch.Tensor]] = {}
         threads = options.resolved_threads()
-        info: dict[str, Any] = {"device": "cpu", "precision": self.precision, "threads": threads, "artifacts": {}}
-        for part in ("unet", "vqdec"):
-            folder, report = build_artifact(components, part, "openvino")
-            runners[part] = compiled_fn(compile_ir(folder / FILENAME, precision=self.precision, threads=threads))
-            info["artifacts"][part] = {"path": str(folder / FILENAME), **report}
-        return BuiltVariant(self.name, StatelessUNet(runners["unet"]), runners["vqdec"], info)
+        precision = self.compile_precision()
+        info: dict[str, Any] = {"device": "cpu", "precision": self.precision, "compile_precision": precision,
+                                "threads": threads, "artifacts": {}, "deepcache_interval": options.deepcache_interval}
+
+        def part_fn(part: str) -> Callable[..., torch.Tensor]:
+            info["artifacts"][part] = self._artifact(components, part)
+            return compiled_fn(compile_ir(Path(info["artifacts"][part]["path"]), precision=precision, threads=threads))
+
+        return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from edgediff.errors import InvalidArgumentError, UnknownVariantError, VariantUnavailableError
-from edgediff.models.weights import LDMComponents
+from edgediff.models.spec import ModelSpec
+from edgediff.models.weights import LDMComponents, load_components
 from edgediff.variants.base import BuildOptions, BuiltVariant, Variant
+from edgediff.variants.deepcache import DeepCacheVariant
 from edgediff.variants.onnx_runtime import OnnxVariant
+from edgediff.variants.openvino_lowmem import LowMemoryVariant
 from edgediff.variants.openvino_runtime import OpenVinoVariant
 from edgediff.variants.tensorrt_engine import TensorRTVariant
 from edgediff.variants.torch_eager import CompileVariant, TorchVariant
@@ -24,6 +27,8 @@ def register(variant: Variant) -> Variant:
     return variant
 
 
+_OPENVINO_BF16, _OPENVINO_INT8, _LOWMEM = OpenVinoVariant("bf16"), OpenVinoVariant("int8"), LowMemoryVariant()
+
 for _variant in (
     TorchVariant("torch-fp32", "fp32", "eager PyTorch, fp32: the study's baseline (CUDA when present, else CPU)", 0.0),
     TorchVariant("torch-fp16", "fp16", "eager PyTorch, fp16 weights (CUDA)", 5e-2),
@@ -33,7 +38,12 @@ for _variant in (
     OnnxVariant("fp32"),
     OnnxVariant("fp16"),
     OpenVinoVariant("fp32"),
-    OpenVinoVariant("bf16"),
+    _OPENVINO_BF16,
+    _OPENVINO_INT8,
+    DeepCacheVariant(_OPENVINO_BF16, 3),
+    DeepCacheVariant(_OPENVINO_INT8, 3),
+    _LOWMEM,
+    DeepCacheVariant(_LOWMEM, 3),
     TensorRTVariant(),
     CompileVariant(),
 ):
@@ -90,8 +100,13 @@ def parse_variant_list(spec: str) -> list[str]:
     return names
 
 
-def build_variant(name: str, components: LDMComponents, options: BuildOptions | None = None) -> BuiltVariant:
+def build_variant(
+    name: str, components: LDMComponents | ModelSpec, options: BuildOptions | None = None
+) -> BuiltVariant:
     """Check, then build the variant ``name`` for ``components``.
+
+    ``components`` may be a ``ModelSpec`` (``Variant.load_model`` of a variant that runs from artifacts alone); a
+    variant that needs the modules then loads them.
 
     Raises:
         UnknownVariantError, VariantUnavailableError: see ``require_available``.
@@ -101,4 +116,7 @@ def build_variant(name: str, components: LDMComponents, options: BuildOptions | 
     options = options or BuildOptions()
     if options.deepcache_interval != 1 and not variant.supports_deepcache:
         raise InvalidArgumentError(f"--deepcache: variant {name} does not support DeepCache; use --deepcache 1")
+    if isinstance(components, ModelSpec) and variant.needs_modules:  # a spec is enough only for artifact variants
+        components = load_components(components.preset, components.weights.path, seed=components.weights.seed or 0,
+                                     warn=False)
     return variant.build(components, options)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from edgediff.artifacts.build import build_artifact, part_inputs, part_module
 from edgediff.artifacts.torchscript import FILENAME, trace_module
 from edgediff.availability import is_cuda_available
 from edgediff.models.weights import LDMComponents
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant, torch_fn
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant, torch_fn
+from edgediff.variants.deepcache import unet_runner
 from edgediff.variants.torch_eager import default_device
 
 
@@ -20,6 +23,7 @@ class JitVariant(Variant):
     """
 
     backend = "jit"
+    supports_deepcache = True
 
     def __init__(self, precision: str) -> None:
         self.precision = precision
@@ -37,9 +41,10 @@ class JitVariant(Variant):
         device = default_device() if self.device == "auto" else self.device
         if device == "cpu":
             torch.set_num_threads(options.resolved_threads())
-        runners = {}
-        info: dict = {"device": device, "precision": self.precision, "artifacts": {}}
-        for part in ("unet", "vqdec"):
+        info: dict = {"device": device, "precision": self.precision, "artifacts": {},
+                      "deepcache_interval": options.deepcache_interval}
+
+        def part_fn(part: str) -> Callable[..., torch.Tensor]:
             if self.precision == "fp16" or device == "cpu":
                 folder, report = build_artifact(components, part, f"torchscript-{self.precision}")
                 module = torch.jit.load(str(folder / FILENAME), map_location=device)
@@ -47,5 +52,6 @@ class JitVariant(Variant):
             else:  # fp32 on CUDA: trace on the device itself
                 module = trace_module(part_module(components, part).to(device),
                                       tuple(t.to(device) for t in part_inputs(components, part)))
-            runners[part] = torch_fn(module, device)
-        return BuiltVariant(self.name, StatelessUNet(runners["unet"]), runners["vqdec"], info)
+            return torch_fn(module, device)
+
+        return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

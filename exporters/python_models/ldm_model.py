@@ -8,6 +8,11 @@ part's ``max_batch_size``), and decoding is one call to ``vqdec_<variant>``. Eve
 never swallowed. Constants (scheduler config, latent shape, scaling factor, inner model names) come from
 ``config.pbtxt`` ``parameters``.
 
+A DeepCache variant (``deepcache_interval`` > 1 in the parameters) has no ``unet_<variant>``: its UNet runner is the
+core's ``edgediff.variants.deepcache.DeepCacheUNet`` (the cache logic is not repeated here), whose full function is
+a BLS call to ``unet_full_<variant>`` returning noise and deep feature and whose shallow function is a BLS call to
+``unet_shallow_<variant>`` with the cached feature; the cache lives in the per-generation ``sequence()`` callable.
+
 Inputs: ``SEED`` INT64 [1], ``STEPS`` INT32 [1], ``ETA`` FP32 [1] (optional, 0), ``BATCH`` INT32 [1] (optional, 1).
 Outputs: ``IMAGE`` UINT8 [batch, H, W, 3] and ``TIMINGS`` FP64 [3] = denoise_s, decode_s, total_s.
 """
@@ -37,11 +42,11 @@ def _to_numpy(tensor: pb_utils.Tensor) -> np.ndarray:
     return torch.from_dlpack(tensor.to_dlpack()).cpu().numpy()
 
 
-def bls_call(model: str, inputs: list[tuple[str, np.ndarray]], output: str) -> np.ndarray:
-    """One synchronous BLS inference; raises ``InnerModelError`` when the response carries an error."""
+def bls_outputs(model: str, inputs: list[tuple[str, np.ndarray]], outputs: list[str]) -> list[np.ndarray]:
+    """One synchronous BLS inference returning ``outputs`` in order; raises ``InnerModelError`` on an error."""
     request = pb_utils.InferenceRequest(
         model_name=model,
-        requested_output_names=[output],
+        requested_output_names=list(outputs),
         inputs=[pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs],
     )
     response = request.exec()
@@ -49,10 +54,38 @@ def bls_call(model: str, inputs: list[tuple[str, np.ndarray]], output: str) -> n
         error = response.error()
         code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
         raise InnerModelError(model, error.message(), code)
-    tensor = pb_utils.get_output_tensor_by_name(response, output)
-    if tensor is None:
-        raise InnerModelError(model, f"response has no output {output!r}", pb_utils.TritonError.INTERNAL)
-    return _to_numpy(tensor)
+    arrays = []
+    for output in outputs:
+        tensor = pb_utils.get_output_tensor_by_name(response, output)
+        if tensor is None:
+            raise InnerModelError(model, f"response has no output {output!r}", pb_utils.TritonError.INTERNAL)
+        arrays.append(_to_numpy(tensor))
+    return arrays
+
+
+def bls_call(model: str, inputs: list[tuple[str, np.ndarray]], output: str) -> np.ndarray:
+    """One synchronous BLS inference with one output; raises ``InnerModelError`` when the response has an error."""
+    return bls_outputs(model, inputs, [output])[0]
+
+
+def bls_chunked(
+    model: str, inputs: list[tuple[str, torch.Tensor]], outputs: list[str], max_batch: int
+) -> list[torch.Tensor]:
+    """BLS calls over chunks of at most ``max_batch`` items (the part's ``max_batch_size``), outputs concatenated.
+
+    Tensors are sent as fp32, except the timestep (any integer tensor), which is sent as INT64 ``[batch, 1]``.
+    """
+    arrays = []
+    for name, tensor in inputs:
+        tensor = tensor.detach().cpu()
+        if tensor.dtype.is_floating_point:
+            arrays.append((name, tensor.float().numpy()))
+        else:
+            arrays.append((name, tensor.numpy().astype(np.int64).reshape(-1, 1)))
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, arrays[0][1].shape[0], max_batch):
+        chunks.append(bls_outputs(model, [(n, a[start:start + max_batch]) for n, a in arrays], outputs))
+    return [torch.from_numpy(np.concatenate([c[i] for c in chunks])) for i in range(len(outputs))]
 
 
 class BlsUNet:
@@ -76,6 +109,34 @@ class BlsUNet:
     def sequence(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The callable for one generation (stateless)."""
         return self._run
+
+
+class BlsDeepCacheParts:
+    """The full and shallow functions of ``DeepCacheUNet`` as BLS calls to ``unet_full_<v>`` / ``unet_shallow_<v>``.
+
+    Args:
+        full_model: ``unet_full_<variant>`` (sample, timestep -> noise, deep feature).
+        shallow_model: ``unet_shallow_<variant>`` (sample, timestep, deep feature -> noise).
+        max_batch: The parts' ``max_batch_size``.
+        names: Tensor names: sample, timestep, noise, deep feature.
+    """
+
+    def __init__(self, full_model: str, shallow_model: str, max_batch: int, names: tuple[str, str, str, str]) -> None:
+        self.full_model = full_model
+        self.shallow_model = shallow_model
+        self.max_batch = max_batch
+        self.sample_name, self.timestep_name, self.output_name, self.feature_name = names
+
+    def full(self, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(noise, feature)`` from the full UNet."""
+        noise, feature = bls_chunked(self.full_model, [(self.sample_name, sample), (self.timestep_name, timestep)],
+                                     [self.output_name, self.feature_name], self.max_batch)
+        return noise, feature
+
+    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """The noise from the shallow branch over the cached ``feature``."""
+        return bls_chunked(self.shallow_model, [(self.sample_name, sample), (self.timestep_name, timestep),
+                                                (self.feature_name, feature)], [self.output_name], self.max_batch)[0]
 
 
 class BlsDecoder:
@@ -122,9 +183,20 @@ class TritonPythonModel:
         part_max_batch = int(params["part_max_batch"])
         self.max_batch = int(params["max_batch"])
         torch.set_num_threads(1)  # the scheduler's arithmetic is tiny; the parts own the cores
+        interval = int(params.get("deepcache_interval", "1"))
+        if interval > 1:
+            from edgediff.variants.deepcache import DeepCacheUNet
+
+            parts = BlsDeepCacheParts(params["unet_full_model"], params["unet_shallow_model"], part_max_batch,
+                                      (c.UNET_INPUT_SAMPLE, c.UNET_INPUT_TIMESTEP, c.UNET_OUTPUT, c.UNET_FEATURE))
+            unet = DeepCacheUNet(full=parts.full, shallow=parts.shallow, interval=interval)
+            unet_label = f"DeepCache every {interval} steps over {parts.full_model} + {parts.shallow_model}"
+        else:
+            unet = BlsUNet(params["unet_model"], part_max_batch,
+                           (c.UNET_INPUT_SAMPLE, c.UNET_INPUT_TIMESTEP, c.UNET_OUTPUT))
+            unet_label = params["unet_model"]
         self.pipeline = LDMPipeline(
-            unet=BlsUNet(params["unet_model"], part_max_batch,
-                         (c.UNET_INPUT_SAMPLE, c.UNET_INPUT_TIMESTEP, c.UNET_OUTPUT)),
+            unet=unet,
             decoder=BlsDecoder(params["vqdec_model"], part_max_batch, (c.VQDEC_INPUT, c.VQDEC_OUTPUT)),
             scheduler_config=json.loads(params["scheduler_config"]),
             latent_shape=tuple(json.loads(params["latent_shape"])),
@@ -132,7 +204,7 @@ class TritonPythonModel:
             metadata={"preset": params["preset"], "variant": params["variant"], "weights": params["weights"],
                       "weights_sha256": params["weights_sha256"]},
         )
-        pb_utils.Logger.log_info(f"{args['model_name']}: DDIM over {params['unet_model']} + {params['vqdec_model']}")
+        pb_utils.Logger.log_info(f"{args['model_name']}: DDIM over {unet_label} + {params['vqdec_model']}")
 
     def _generate(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
         from edgediff.pipeline import validate_request

@@ -1,10 +1,12 @@
 """Triton Python-backend model: one part (UNet or VQ decoder) of an edgediff variant, run on the CPU.
 
 Copied by ``edgediff export --target cpu`` into ``<repo>/unet_<variant>/1/model.py`` and
-``<repo>/vqdec_<variant>/1/model.py``. Everything it needs comes from ``config.pbtxt`` ``parameters`` (variant, part,
-preset, repository-relative artifact path, threads); the artifact is loaded from this model's folder only, with the
-core's variant code (``exporters.part_runtime``). Dynamic batching may hand several requests to one ``execute``:
-they are run as one batch and split back, one response per request.
+``<repo>/vqdec_<variant>/1/model.py`` (for a DeepCache variant into ``unet_full_<variant>`` and
+``unet_shallow_<variant>`` instead of ``unet_<variant>``; the full part returns both its outputs, noise and deep
+feature). Everything it needs comes from ``config.pbtxt`` ``parameters`` (variant, part, preset, repository-relative
+artifact path, threads); the artifact is loaded from this model's folder only, with the core's variant code
+(``exporters.part_runtime``). Dynamic batching may hand several requests to one ``execute``: they are run as one
+batch and split back, one response per request.
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         spec = PartSpec.from_parameters(config.get("parameters", {}))
         self.runner = PartRunner(spec, args["model_repository"])
-        output = config["output"][0]
-        self.output_name = output["name"]
-        self.output_dtype = pb_utils.triton_string_to_numpy(output["data_type"])
+        self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         pb_utils.Logger.log_info(f"{args['model_name']}: {spec.variant} {spec.part} from {spec.artifact}")
 
     def _inputs(self, request: pb_utils.InferenceRequest) -> dict[str, np.ndarray]:
@@ -53,12 +53,14 @@ class TritonPythonModel:
             try:
                 merged = {name: np.concatenate([inputs[name] for _, inputs in batches]) for name in
                           self.runner.input_names}
-                output = self.runner(merged).astype(self.output_dtype, copy=False)
+                outputs = {name: array.astype(self.output_dtypes[name], copy=False)
+                           for name, array in self.runner.outputs(merged).items()}
                 start = 0
                 for index, inputs in batches:
                     size = len(inputs[self.runner.input_names[0]])
-                    tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(output[start:start + size]))
-                    responses[index] = pb_utils.InferenceResponse(output_tensors=[tensor])
+                    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array[start:start + size]))
+                               for name, array in outputs.items()]
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
                     start += size
             except Exception as exc:
                 error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL)

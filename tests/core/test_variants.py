@@ -66,10 +66,21 @@ def test_registry_errors(tiny_components):
             build_variant(unavailable.name, tiny_components)
 
 
-def test_deepcache_refused_where_unsupported(tiny_components):
-    unsupported = next(v for v in all_variants() if not v.supports_deepcache and v.availability().ok)
+def test_deepcache_refused_where_unsupported(tiny_components, monkeypatch):
+    from edgediff.variants import Availability, Variant, registry
+
+    class NoDeepCache(Variant):  # every available backend supports DeepCache now; TensorRT does not, but needs CUDA
+        name, backend, precision, device, description = "nodeepcache-fp32", "test", "fp32", "cpu", "test double"
+
+        def availability(self):
+            return Availability.yes()
+
+        def build(self, components, options):
+            raise AssertionError("must be refused before building")
+
+    monkeypatch.setitem(registry._VARIANTS, NoDeepCache.name, NoDeepCache())
     with pytest.raises(InvalidArgumentError, match="--deepcache"):
-        build_variant(unsupported.name, tiny_components, BuildOptions(deepcache_interval=3))
+        build_variant(NoDeepCache.name, tiny_components, BuildOptions(deepcache_interval=3))
 
 
 def test_exports_are_cached(tiny_components):

@@ -1,0 +1,50 @@
+"""openvino-int8: NNCF post-training quantization, calibrated on the pipeline's trajectories, within tolerance."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgediff.artifacts.build import build_artifact
+from edgediff.artifacts.calibration import SEEDS, calibration_set, part_samples
+from edgediff.variants import BuildOptions, build_variant, get_variant
+from tests.perf.conftest import SEED, STEPS, rel_err, skip_unless_available
+
+NAME = "openvino-int8"
+pytestmark = pytest.mark.slow  # the first test here quantizes the tiny model (about 20 s)
+
+
+def test_calibration_comes_from_the_pipelines_own_trajectories(tiny_components):
+    cset = calibration_set(tiny_components)
+    steps = tiny_components.preset.default_steps
+    assert cset.seeds == SEEDS and SEED not in SEEDS  # calibration never sees the seeds the tests compare on
+    assert len(cset.unet) == len(SEEDS) * steps
+    timesteps = sorted({int(t[0]) for _, t, _ in cset.unet}, reverse=True)
+    assert len(timesteps) == steps and timesteps[0] > timesteps[-1]
+    assert len(part_samples(cset, "unet-shallow")[0]) == 3
+    assert cset.vqdec and cset.vqdec[0].shape[1:] == tiny_components.preset.latent_shape
+
+
+def test_int8_matches_baseline_within_tolerance(tiny_components, baseline_result):
+    skip_unless_available(NAME)
+    built = build_variant(NAME, tiny_components)
+    result = built.pipeline(tiny_components)(seed=SEED, steps=STEPS)
+    err = rel_err(result.latents, baseline_result.latents)
+    assert 0 < err <= get_variant(NAME).tolerance
+    report = built.info["artifacts"]["unet"]
+    assert report["fake_quantize_nodes"] > 0 and report["samples"] == len(SEEDS) * tiny_components.preset.default_steps
+
+
+def test_int8_ir_stores_int8_weights(tiny_components):
+    skip_unless_available(NAME)
+    fp32, _ = build_artifact(tiny_components, "unet", "openvino")
+    int8, report = build_artifact(tiny_components, "unet", "openvino-int8")
+    assert report["cached"] is True  # built by the previous test, found by content hash
+    assert (int8 / "model.bin").stat().st_size < 0.5 * (fp32 / "model.bin").stat().st_size
+
+
+def test_int8_with_deepcache(tiny_components):
+    skip_unless_available(NAME)
+    options = BuildOptions(deepcache_interval=3)
+    reference = build_variant("torch-fp32", tiny_components, options).pipeline(tiny_components)(seed=SEED, steps=STEPS)
+    result = build_variant(NAME, tiny_components, options).pipeline(tiny_components)(seed=SEED, steps=STEPS)
+    assert rel_err(result.latents, reference.latents) <= get_variant(NAME).tolerance
