@@ -65,13 +65,13 @@ def _eager_module(spec: PartSpec, folder: Path) -> torch.nn.Module:
     from diffusers import UNet2DModel, VQModel
 
     from edgediff.artifacts.modules import DecoderModule, UNetModule
-    from edgediff.models.weights import _load_module
+    from edgediff.models.weights import load_module
 
     preset = get_preset(spec.preset)
     if spec.part == "unet":
-        unet, _ = _load_module(UNet2DModel, folder, PART_SUBFOLDER["unet"], preset.unet_config)
+        unet, _ = load_module(UNet2DModel, folder, PART_SUBFOLDER["unet"], preset.unet_config)
         return UNetModule(unet.eval().requires_grad_(False)).eval()
-    vqvae, _ = _load_module(VQModel, folder, PART_SUBFOLDER["vqdec"], preset.vqvae_config)
+    vqvae, _ = load_module(VQModel, folder, PART_SUBFOLDER["vqdec"], preset.vqvae_config)
     return DecoderModule(vqvae.eval().requires_grad_(False)).eval()
 
 
@@ -103,9 +103,9 @@ def load_part(spec: PartSpec, model_dir: Path | str) -> Callable[..., torch.Tens
     if variant.backend == "torch":
         module = _eager_module(spec, path)
         if variant.precision == "bf16":
-            from edgediff.variants.torch_eager import _autocast_fn
+            from edgediff.variants.torch_eager import autocast_fn
 
-            return _autocast_fn(module, "cpu", torch.bfloat16)
+            return autocast_fn(module, "cpu", torch.bfloat16)
         return torch_fn(module, "cpu")
     raise EdgediffError(f"variant {spec.variant} has no CPU part runtime (backend {variant.backend})")
 

@@ -176,8 +176,8 @@ def load_components(
             logger.warning(SYNTHETIC_WARNING.format(preset=preset.name))
         scheduler_config = dict(preset.scheduler_config)
     else:
-        unet, unet_hash = _load_module(UNet2DModel, folder, "unet", preset.unet_config)
-        vqvae, vq_hash = _load_module(VQModel, folder, "vqvae", preset.vqvae_config)
+        unet, unet_hash = load_module(UNet2DModel, folder, "unet", preset.unet_config)
+        vqvae, vq_hash = load_module(VQModel, folder, "vqvae", preset.vqvae_config)
         scheduler_config = _load_scheduler_config(folder, preset)
         kind = "bundled" if preset.bundled_weights is not None and folder == preset.bundled_weights else "directory"
         digest = hashlib.sha256((unet_hash + vq_hash).encode()).hexdigest()
@@ -187,7 +187,7 @@ def load_components(
     return LDMComponents(preset=preset, unet=unet, vqvae=vqvae, scheduler_config=scheduler_config, weights=origin)
 
 
-def _load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> tuple[Any, str]:
+def load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> tuple[Any, str]:
     """Load ``folder/sub`` with ``cls.from_pretrained`` (local files only) after checking files and config."""
     sub_dir = folder / sub
     if not folder.is_dir():

@@ -21,8 +21,10 @@ def default_device() -> str:
     return "cuda" if is_cuda_available() else "cpu"
 
 
-def _autocast_fn(module: torch.nn.Module, device: str, dtype: torch.dtype | None,
-                 channels_last: bool = False) -> Callable[..., torch.Tensor]:
+def autocast_fn(module: torch.nn.Module, device: str, dtype: torch.dtype | None,
+                channels_last: bool = False) -> Callable[..., torch.Tensor]:
+    """Wrap ``module``: inputs to ``device`` (channels-last if asked), optional autocast to ``dtype``, CPU fp32 out."""
+
     def run(*args: torch.Tensor) -> torch.Tensor:
         ctx = torch.autocast(device_type=device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         if channels_last:
@@ -83,7 +85,7 @@ class TorchVariant(Variant):
                 return _cast_fn(module, device, torch.float16)
             if self.channels_last:  # on a copy: the shared components keep their layout for the other variants
                 module = copy.deepcopy(module).to(memory_format=torch.channels_last)
-            return _autocast_fn(module, device, torch.bfloat16 if self.precision == "bf16" else None,
+            return autocast_fn(module, device, torch.bfloat16 if self.precision == "bf16" else None,
                                 channels_last=self.channels_last)
 
         info = {"device": device, "precision": self.precision, "threads": torch.get_num_threads(),
@@ -122,7 +124,7 @@ class CompileVariant(Variant):
             torch.set_num_threads(options.resolved_threads())
 
         def part_fn(part: str) -> Callable[..., torch.Tensor]:
-            return _autocast_fn(torch.compile(part_module(components, part).to(device), dynamic=False), device, None)
+            return autocast_fn(torch.compile(part_module(components, part).to(device), dynamic=False), device, None)
 
         info = {"device": device, "precision": "fp32", "deepcache_interval": options.deepcache_interval}
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

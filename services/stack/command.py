@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from edgediff.errors import EdgediffError, InvalidArgumentError
-from services.stack.state import default_state_dir, pid_alive, read_state
+from services.stack.state import add_state_dir_argument, default_state_dir, pid_alive, read_state
 
 PROFILES = ("cpu", "rtx", "jetson")
 DEFAULT_VARIANTS = {"cpu": "onnx-fp32", "rtx": "trt-fp16", "jetson": "trt-fp16"}
@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override ports: gateway, gateway-metrics, exporter, triton-http, triton-grpc, "
                              "triton-metrics, prometheus")
     parser.add_argument("--repo", default="model_repository", help="Triton model repository (default: %(default)s)")
-    parser.add_argument("--state-dir", default=None,
-                        help="state file, logs, Prometheus data (default: $EDGEDIFF_STACK_DIR or "
-                             "~/.cache/edgediff/stack)")
+    add_state_dir_argument(parser)
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     parser.add_argument("--exporter-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for 'edgediff exporter' (repeatable), e.g. "

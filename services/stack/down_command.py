@@ -8,13 +8,13 @@ import signal
 import time
 from pathlib import Path
 
-from services.stack.state import default_state_dir, pid_alive, read_state, remove_state
+from services.stack.state import add_state_dir_argument, pid_alive, remove_state, state_from_args
 from services.stack.supervisor import signal_group
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff down``."""
-    parser.add_argument("--state-dir", default=None, help="state folder of the stack (default: as 'edgediff up')")
+    add_state_dir_argument(parser)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a clean stop")
 
 
@@ -44,10 +44,8 @@ def stop_local(state: dict, state_dir: Path, timeout_s: float) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Stop the stack."""
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    state = read_state(state_dir)
+    state_dir, state = state_from_args(args)
     if state is None:
-        print(f"no stack is running (no state in {state_dir})")
         return 0
     if state.get("runtime") == "docker":
         from services.stack.docker_runtime import runtime_from_state

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from services.stack.health import HealthCheck
-from services.stack.state import default_state_dir, pid_alive, read_state
+from services.stack.state import add_state_dir_argument, pid_alive, state_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff status``."""
-    parser.add_argument("--state-dir", default=None, help="state folder of the stack (default: as 'edgediff up')")
+    add_state_dir_argument(parser)
 
 
 def service_health(service: dict[str, Any]) -> str:
@@ -39,10 +38,8 @@ def print_status(state: dict[str, Any]) -> bool:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Show the stack; exit 0 when every service is healthy, 1 otherwise or when none runs."""
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    state = read_state(state_dir)
+    state_dir, state = state_from_args(args)
     if state is None:
-        print(f"no stack is running (no state in {state_dir})")
         return 1
     if state.get("runtime") == "docker":
         from services.stack.docker_runtime import runtime_from_state
