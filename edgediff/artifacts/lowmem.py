@@ -17,7 +17,7 @@ import torch
 
 from edgediff.artifacts import calibration, onnx_export, openvino_int8, openvino_ir
 from edgediff.artifacts.cache import cached_build, find_cached
-from edgediff.artifacts.modules import DecoderModule
+from edgediff.artifacts.decoder_parts import DecoderTail, DecoderTrunk
 from edgediff.artifacts.unet_stages import Stage, UNetStage, plan_stages, run_stages
 from edgediff.constants import VQDEC_INPUT, VQDEC_OUTPUT
 from edgediff.models.spec import ModelSpec
@@ -137,26 +137,49 @@ def find_stages(spec: ModelSpec, stages: list[Stage]) -> list[tuple[Path, dict[s
     return results
 
 
-# --- the decoder, any latent size ----------------------------------------------------------------------------
+# --- the decoder: trunk (whole) and tail (any size, tiled) -------------------------------------------------------
 
-DECODER_KIND = "vqdec-anysize-openvino-int8"
+DECODER_PARTS = {"vqdec-trunk": "vqdec-trunk-openvino-int8", "vqdec-tail": "vqdec-tail-anysize-openvino-int8"}
+"""Part -> cache name of the two decoder artifacts."""
+TRUNK_OUTPUT, TAIL_INPUT = "trunk_hidden", "tail_hidden"
 
 
-def build_decoder(components: LDMComponents) -> tuple[Path, dict[str, Any]]:
-    """Build (or find) the int8 decoder whose height and width are dynamic: compiled whole or for one tile.
+def build_decoder(components: LDMComponents) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Build (or find) the int8 decoder trunk and tail (see ``decoder_parts``); returns ``{part: (folder, report)}``.
 
-    Calibrated on the whole calibration latents (the same as ``openvino-int8``'s decoder), so the tiled and the
-    untiled decodes use the very same int8 weights and activation ranges.
+    The trunk is calibrated on the calibration latents, the tail on the fp32 trunk's outputs for them (whole, not
+    tiled: tiling reuses the very same int8 weights and ranges). The tail's height and width are dynamic, so it
+    compiles for a tile or for the whole map.
     """
-    def build(folder: Path) -> dict[str, Any]:
-        samples = calibration.part_samples(calibration.calibration_set(components), "vqdec")
-        return _export_int8(DecoderModule(components.vqvae).eval(), samples[0], [VQDEC_INPUT], [VQDEC_OUTPUT],
-                            samples, folder, dynamic_spatial=True)
+    memo: dict[str, list[tuple[torch.Tensor, ...]]] = {}
 
-    return cached_build(components.fingerprint(), _kind(components, DECODER_KIND), build,
-                        extra=_int8_extra(components))
+    def trunk_samples() -> list[tuple[torch.Tensor, ...]]:
+        if "trunk" not in memo:
+            memo["trunk"] = calibration.part_samples(calibration.calibration_set(components), "vqdec")
+        return memo["trunk"]
+
+    def build_trunk(folder: Path) -> dict[str, Any]:
+        samples = trunk_samples()
+        return _export_int8(DecoderTrunk(components.vqvae).eval(), samples[0], [VQDEC_INPUT], [TRUNK_OUTPUT],
+                            samples, folder)
+
+    def build_tail(folder: Path) -> dict[str, Any]:
+        trunk = DecoderTrunk(components.vqvae).eval()
+        with torch.no_grad():
+            samples = [(trunk(*sample),) for sample in trunk_samples()]
+        return _export_int8(DecoderTail(components.vqvae).eval(), samples[0], [TAIL_INPUT], [VQDEC_OUTPUT], samples,
+                            folder, dynamic_spatial=True)
+
+    builders = {"vqdec-trunk": build_trunk, "vqdec-tail": build_tail}
+    return {part: cached_build(components.fingerprint(), _kind(components, name), builders[part],
+                               extra=_int8_extra(components))
+            for part, name in DECODER_PARTS.items()}
 
 
-def find_decoder(spec: ModelSpec) -> tuple[Path, dict[str, Any]] | None:
-    """The cached any-size int8 decoder of ``spec``'s model, or None."""
-    return find_cached(spec.fingerprint(), _kind(spec, DECODER_KIND), extra=_int8_extra(spec))
+def find_decoder(spec: ModelSpec) -> dict[str, tuple[Path, dict[str, Any]]] | None:
+    """The cached decoder trunk and tail of ``spec``'s model, or None when either is missing."""
+    found = {part: find_cached(spec.fingerprint(), _kind(spec, name), extra=_int8_extra(spec))
+             for part, name in DECODER_PARTS.items()}
+    if any(value is None for value in found.values()):
+        return None
+    return found  # type: ignore[return-value]

@@ -8,9 +8,14 @@ than it needs at that moment:
 * the UNet is cut into int8 stages of bounded size (``edgediff.artifacts.unet_stages``); each is compiled right
   before it runs and released right after, so only one stage's weights are resident at a time;
 * with DeepCache the small shallow branch stays compiled, so cached steps load nothing;
-* the decoder runs int8 on overlapping latent tiles (``tiled_decode``), compiled for the decode and released.
+* the decoder runs int8 in two parts (``decoder_parts``): the trunk at latent resolution whole (its attention is
+  global), the tail, where activations grow to 256 x 256, on overlapping tiles (``tiled_decode``);
+* every model is compiled for static shapes (OpenVINO then plans its activation memory) and released after use;
+  freed memory goes back to the system (one malloc arena, ``malloc_trim``, TBB's allocator caches cleaned);
+* diffusers is imported without ``torch._dynamo`` (71 MB), which a process that never compiles does not need.
 
-It trades latency for memory: each full step recompiles the stages.
+It trades latency for memory: each full step recompiles the stages (from OpenVINO's on-disk compiled cache).
+Measured on celebahq-256 (benchmarks/RESULTS.md): about 500 MB peak RSS for a whole image in a fresh process.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import ctypes
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgediff.artifacts.lowmem import TAIL_INPUT
 from edgediff.artifacts.openvino_ir import FILENAME
 from edgediff.availability import cpu_supports_bf16, is_module_available, is_onnxruntime_available, require
 from edgediff.constants import VQDEC_INPUT
@@ -107,6 +114,40 @@ class StreamedModel:
         outputs = self.infer(self.compile(*args), args)
         release_free_memory()
         return outputs
+
+
+def import_diffusers_without_dynamo() -> None:
+    """Import the parts of diffusers the pipeline uses without importing ``torch._dynamo`` (71 MB of memory).
+
+    ``diffusers.utils.torch_utils`` imports ``torch._dynamo`` only to mark classes for ``torch.compile``, and falls
+    back to a no-op when the import fails. A process that never compiles (the low-memory one) makes that import fail
+    while diffusers loads, then lifts the block, so anything that really needs ``torch._dynamo`` later still imports
+    it. A no-op once diffusers (or ``torch._dynamo``) is loaded.
+    """
+    if "torch._dynamo" in sys.modules or "diffusers.utils.torch_utils" in sys.modules:
+        return
+    sys.modules["torch._dynamo"] = None  # type: ignore[assignment]
+    try:
+        from diffusers import DDIMScheduler  # noqa: F401
+        from diffusers.utils.torch_utils import randn_tensor  # noqa: F401
+    finally:
+        del sys.modules["torch._dynamo"]
+
+
+M_ARENA_MAX = -8
+"""glibc's ``mallopt`` parameter number of the arena limit."""
+
+
+def limit_malloc_arenas() -> None:
+    """One glibc malloc arena for the whole process (measured: 20 MB less peak on celebahq-256).
+
+    By default every thread that allocates (OpenVINO's TBB workers) gets an arena of its own, whose freed memory
+    stays with it; one shared arena returns it to the next allocation, whichever thread asks. Process-wide, and only
+    for threads that have not allocated yet: the low-memory variant calls it before it compiles anything. A libc
+    other than glibc is left alone.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
 
 
 def release_free_memory() -> None:
@@ -197,8 +238,8 @@ class LowMemoryVariant(Variant):
         reports: dict[str, Any] = {}
         for index, (folder, report) in enumerate(lowmem.build_stages(components, stages)):
             reports[f"unet-stage{index}"] = {"path": str(folder / FILENAME), **report}
-        folder, report = lowmem.build_decoder(components)
-        reports["vqdec"] = {"path": str(folder / FILENAME), **report}
+        for part, (folder, report) in lowmem.build_decoder(components).items():
+            reports[part] = {"path": str(folder / FILENAME), **report}
         if check_interval(options.deepcache_interval) > 1:
             folder, report = build_artifact(components, UNET_SHALLOW, "openvino-int8")
             reports[UNET_SHALLOW] = {"path": str(folder / FILENAME), **report}
@@ -219,7 +260,8 @@ class LowMemoryVariant(Variant):
             return None
         for index, (folder, report) in enumerate(stage_artifacts):
             found[f"unet-stage{index}"] = {"path": str(folder / FILENAME), **report}
-        found["vqdec"] = {"path": str(decoder[0] / FILENAME), **decoder[1]}
+        for part, (folder, report) in decoder.items():
+            found[part] = {"path": str(folder / FILENAME), **report}
         if options.deepcache_interval > 1:
             shallow = find_artifact(spec, UNET_SHALLOW, "openvino-int8")
             if shallow is None:
@@ -239,6 +281,7 @@ class LowMemoryVariant(Variant):
         """The ``ModelSpec`` from the artifact cache (exported first, in a child process, when missing)."""
         from edgediff.artifacts import lowmem
 
+        import_diffusers_without_dynamo()
         origin = weights_origin(preset, weights, seed=seed)
         fingerprint = model_fingerprint(preset, origin)
         manifest = lowmem.find_manifest(fingerprint, preset.name)
@@ -258,12 +301,14 @@ class LowMemoryVariant(Variant):
             spec = ModelSpec.from_components(components)
         else:
             spec = components
+            import_diffusers_without_dynamo()
         found = self._find(spec, options)
         if found is None:
             self._prepare_elsewhere(spec.preset, spec.weights, options)
             found = self._find(spec, options)
         if found is None:
             raise EdgediffError(f"{self.name}: artifacts still missing from the cache after export")
+        limit_malloc_arenas()
         ov = require("openvino")
         core = ov.Core()
         if COMPILED_CACHE:
@@ -291,9 +336,10 @@ class LowMemoryVariant(Variant):
             shallow = StreamedModel(core, Path(found[UNET_SHALLOW]["path"]), config, IO_NAMES[UNET_SHALLOW][0])
             unet = _StreamedDeepCache(full, shallow, interval)
         tile = decoder_tile(spec.preset.latent_shape[1], DECODER_TILE_FRACTION)
-        tile_model = StreamedModel(core, Path(found["vqdec"]["path"]), config, [VQDEC_INPUT])
+        trunk = StreamedModel(core, Path(found["vqdec-trunk"]["path"]), config, [VQDEC_INPUT])
+        tail = StreamedModel(core, Path(found["vqdec-tail"]["path"]), config, [TAIL_INPUT])
         factor = spec.preset.image_size // spec.preset.latent_shape[1]
-        decoder = _StreamedDecoder(tile_model, tile=tile, factor=factor)
+        decoder = _StreamedDecoder(trunk, tail, tile=tile, factor=factor)
         info = {"device": "cpu", "precision": "int8", "compile_precision": precision, "threads": threads,
                 "deepcache_interval": interval, "stages": [list(s.layers) for s in stages],
                 "decoder_tile": list(tile) if tile else None,
@@ -302,23 +348,25 @@ class LowMemoryVariant(Variant):
 
 
 class _StreamedDecoder:
-    """Compile the decoder for one decode (for the tile shape when tiling), run it, release it."""
+    """The decoder trunk, whole; then the tail, whole or tile by tile; each compiled for its call and released."""
 
-    def __init__(self, model: StreamedModel, *, tile: tuple[int, int] | None, factor: int) -> None:
-        self.model = model
+    def __init__(self, trunk: StreamedModel, tail: StreamedModel, *, tile: tuple[int, int] | None,
+                 factor: int) -> None:
+        self.trunk, self.tail = trunk, tail
         self.tile, self.factor = tile, factor
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        hidden = self.trunk(latents)[0]
         if self.tile is None:
-            return self.model(latents)[0]
+            return self.tail(hidden)[0]
         side, overlap = self.tile
-        image = _decode_tiles(self.model, self.model.compile(latents[..., :side, :side]), latents, side, overlap,
+        image = _decode_tiles(self.tail, self.tail.compile(hidden[..., :side, :side]), hidden, side, overlap,
                               self.factor)
-        release_free_memory()  # the compiled tile decoder is gone with _decode_tiles' frame
+        release_free_memory()  # the compiled tail is gone with _decode_tiles' frame
         return image
 
 
-def _decode_tiles(model: StreamedModel, compiled: Any, latents: torch.Tensor, side: int, overlap: int,
+def _decode_tiles(model: StreamedModel, compiled: Any, hidden: torch.Tensor, side: int, overlap: int,
                   factor: int) -> torch.Tensor:
-    decode: Callable[[torch.Tensor], torch.Tensor] = lambda z: model.infer(compiled, (z,))[0]  # noqa: E731
-    return TiledDecoder(decode, tile=side, min_overlap=overlap, factor=factor)(latents)
+    decode: Callable[[torch.Tensor], torch.Tensor] = lambda h: model.infer(compiled, (h,))[0]  # noqa: E731
+    return TiledDecoder(decode, tile=side, min_overlap=overlap, factor=factor)(hidden)

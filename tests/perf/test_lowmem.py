@@ -54,6 +54,16 @@ def test_celebahq_stage_plan_bounds_resident_weights():
     assert sum(s.consumes for s in stages) == sum(s.produces for s in stages)
 
 
+def test_decoder_trunk_and_tail_are_the_decoder_bit_exactly(tiny_components):
+    from edgediff.artifacts.decoder_parts import DecoderTail, DecoderTrunk
+
+    latents = torch.randn((2, *tiny_components.preset.latent_shape))
+    with torch.no_grad():
+        split = DecoderTail(tiny_components.vqvae)(DecoderTrunk(tiny_components.vqvae)(latents))
+        whole = DecoderModule(tiny_components.vqvae)(latents)
+    assert torch.equal(split, whole)
+
+
 def test_tile_starts_cover_evenly():
     assert tile_starts(64, 40, 8) == [0, 24]
     assert tile_starts(64, 32, 8) == [0, 16, 32]
@@ -72,21 +82,24 @@ def test_tiled_decoder_blends_to_the_exact_image_for_a_local_decoder():
     assert torch.allclose(tiled, decode(latents), atol=1e-6)
 
 
-# Stated tolerance of tiled decoding itself (each tile normalises and attends over itself): on the tiny preset's
-# synthetic weights, PSNR of the tiled image vs the untiled image of the same decoder. Measured 21.5 dB (tile 10 of
-# 16); trained weights have far smaller activations' spread between tiles (see benchmarks/RESULTS.md).
+# Stated tolerance of tiled decoding itself (the decoder tail normalises over each tile; the trunk, with the global
+# attention, runs whole): PSNR of the tiled image vs the untiled image of the same decoder, on the tiny preset's
+# synthetic (random) weights, tile 8 of 16 latent pixels. Measured 22.7 dB (fp32) and 22.6 dB (int8). Random weights
+# are a harsh case; the trained digits preset is where the quality gate judges.
 TILED_PSNR_DB = 18.0
 
 
 def test_tiled_torch_decoder_vs_untiled(tiny_components, baseline_result):
+    from edgediff.artifacts.decoder_parts import DecoderTail, DecoderTrunk
     from edgediff.variants.openvino_lowmem import DECODER_TILE_FRACTION, decoder_tile
 
     tile, overlap = decoder_tile(tiny_components.preset.latent_shape[1], DECODER_TILE_FRACTION)
-    decoder = DecoderModule(tiny_components.vqvae).eval()
     latents = baseline_result.latents / tiny_components.scaling_factor
     with torch.no_grad():
-        untiled = to_uint8_images(decoder(latents))
-        tiled = to_uint8_images(TiledDecoder(decoder, tile=tile, min_overlap=overlap, factor=4)(latents))
+        untiled = to_uint8_images(DecoderModule(tiny_components.vqvae)(latents))
+        hidden = DecoderTrunk(tiny_components.vqvae)(latents)
+        tail = DecoderTail(tiny_components.vqvae)
+        tiled = to_uint8_images(TiledDecoder(tail, tile=tile, min_overlap=overlap, factor=4)(hidden))
     assert psnr_db(tiled, untiled) >= TILED_PSNR_DB
 
 
@@ -183,3 +196,22 @@ def test_lowmem_with_many_small_stages(tiny_components, baseline_result, monkeyp
     assert len(built.info["stages"]) > 8 and ["down1.a0"] in built.info["stages"]
     result = built.pipeline(tiny_components)(seed=SEED, steps=STEPS)
     assert rel_err(result.latents, baseline_result.latents) <= get_variant(NAME).tolerance
+
+
+def test_diffusers_imports_without_dynamo_and_dynamo_stays_importable():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from edgediff.variants.openvino_lowmem import import_diffusers_without_dynamo\n"
+        "import_diffusers_without_dynamo()\n"
+        "assert 'diffusers.utils.torch_utils' in sys.modules and 'torch._dynamo' not in sys.modules\n"
+        "from edgediff.pipeline import initial_latents\n"
+        "from diffusers import DDIMScheduler\n"
+        "initial_latents(torch.Generator().manual_seed(0), 1, (3, 8, 8)); DDIMScheduler().set_timesteps(4)\n"
+        "import torch._dynamo\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
