@@ -22,9 +22,11 @@ from edgediff.constants import DEFAULT_HOST, EXPORTER_PORT, GATEWAY_GRPC_PORT, G
 
 from .deployfiles import TERMUX_SCRIPT, require_tool
 
+# One file per start, renamed into place once complete: the script starts the gateway and the exporter at the same
+# time, and two processes appending to one log can interleave their writes.
 FAKE_EDGEDIFF = """#!/bin/sh
-printf '%s\\037' "$@" >> "$HOME/argv.log"
-printf '\\n' >> "$HOME/argv.log"
+printf '%s\\037' "$@" > "$HOME/argv.$$.tmp"
+mv "$HOME/argv.$$.tmp" "$HOME/argv.$$.log"
 exec sleep 60
 """
 
@@ -55,14 +57,13 @@ def _run(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedP
 
 
 def _recorded(env: dict[str, str], count: int) -> list[list[str]]:
-    log = Path(env["HOME"]) / "argv.log"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = log.read_text().splitlines() if log.exists() else []
-        if len(lines) >= count:
-            return [line.split("\x1f")[:-1] for line in lines]
+        logs = sorted(Path(env["HOME"]).glob("argv.*.log"))
+        if len(logs) >= count:
+            return [log.read_text().split("\x1f")[:-1] for log in logs]
         time.sleep(0.05)
-    raise AssertionError(f"expected {count} edgediff starts, log: {log.read_text() if log.exists() else 'none'}")
+    raise AssertionError(f"expected {count} edgediff starts, recorded: {[p.name for p in logs]}")
 
 
 def test_start_runs_the_local_gateway_and_the_exporter_then_stop_ends_them(termux: dict[str, str]) -> None:
@@ -102,7 +103,8 @@ def test_public_bind_needs_a_token(termux: dict[str, str], tmp_path: Path) -> No
     _run(termux, "stop")
     token = tmp_path / "token"
     token.write_text("not-a-real-token\n")
-    Path(termux["HOME"], "argv.log").unlink()
+    for log in Path(termux["HOME"]).glob("argv.*.log"):
+        log.unlink()
     ok = _run(termux, "start", EDGEDIFF_BIND_ADDRESS="0.0.0.0", EDGEDIFF_TOKEN_FILE=str(token),
               EDGEDIFF_IDLE_SECONDS="30")
     assert ok.returncode == 0 and "without EDGEDIFF_TOKEN_FILE" not in ok.stderr
