@@ -15,7 +15,7 @@ than it needs at that moment:
 * diffusers is imported without ``torch._dynamo`` (71 MB), which a process that never compiles does not need.
 
 It trades latency for memory: each full step recompiles the stages (from OpenVINO's on-disk compiled cache).
-Measured on celebahq-256 (benchmarks/RESULTS.md): about 500 MB peak RSS for a whole image in a fresh process.
+Measured on celebahq-256 (benchmarks/RESULTS.md): about 510 MB peak RSS for a whole image in a fresh process.
 """
 
 from __future__ import annotations
@@ -61,11 +61,16 @@ TOLERANCE = 2.5e-1
 """Relative L2 error of the final latents vs torch-fp32 allowed (int8 stages; measured on the tiny preset)."""
 
 
+DECODER_MIN_TILE = 16
+"""Smallest tile side in latent pixels: below it the per-tile normalisation costs too much fidelity (the digits
+preset's 8 x 8 latents tiled in 4 x 4 tiles doubled its digits-FD), so small latents decode whole (they are small)."""
+
+
 def decoder_tile(latent_size: int, fraction: float | None) -> tuple[int, int] | None:
     """``(tile side, least overlap)`` in latent pixels of the tiled decoder, or None to decode whole."""
     if fraction is None:
         return None
-    side = max(2, math.ceil(latent_size * fraction))
+    side = max(2, DECODER_MIN_TILE, math.ceil(latent_size * fraction))
     if side >= latent_size:
         return None
     return side, min(side - 1, max(1, round(latent_size * TILE_MIN_OVERLAP_FRACTION)))

@@ -89,11 +89,13 @@ def test_tiled_decoder_blends_to_the_exact_image_for_a_local_decoder():
 TILED_PSNR_DB = 18.0
 
 
-def test_tiled_torch_decoder_vs_untiled(tiny_components, baseline_result):
+def test_tiled_torch_decoder_vs_untiled(tiny_components, baseline_result, monkeypatch):
+    import edgediff.variants.openvino_lowmem as lowmem
     from edgediff.artifacts.decoder_parts import DecoderTail, DecoderTrunk
-    from edgediff.variants.openvino_lowmem import DECODER_TILE_FRACTION, decoder_tile
 
-    tile, overlap = decoder_tile(tiny_components.preset.latent_shape[1], DECODER_TILE_FRACTION)
+    monkeypatch.setattr(lowmem, "DECODER_MIN_TILE", 0)
+    tile, overlap = lowmem.decoder_tile(tiny_components.preset.latent_shape[1], lowmem.DECODER_TILE_FRACTION)
+    assert (tile, overlap) == (8, 2)
     latents = baseline_result.latents / tiny_components.scaling_factor
     with torch.no_grad():
         untiled = to_uint8_images(DecoderModule(tiny_components.vqvae)(latents))
@@ -105,8 +107,21 @@ def test_tiled_torch_decoder_vs_untiled(tiny_components, baseline_result):
 
 @pytest.fixture(scope="module")
 def lowmem_built(tiny_components):
+    """The low-memory variant on tiny, tiling its 16 x 16 latents (the default decodes latents that small whole)."""
+    import edgediff.variants.openvino_lowmem as lowmem
+
     skip_unless_available(NAME)
-    return build_variant(NAME, tiny_components, BuildOptions(deepcache_interval=3))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lowmem, "DECODER_MIN_TILE", 0)
+        return build_variant(NAME, tiny_components, BuildOptions(deepcache_interval=3))
+
+
+def test_small_latents_decode_whole():
+    from edgediff.variants.openvino_lowmem import DECODER_TILE_FRACTION, decoder_tile
+
+    assert decoder_tile(8, DECODER_TILE_FRACTION) is None  # digits
+    assert decoder_tile(16, DECODER_TILE_FRACTION) is None  # tiny
+    assert decoder_tile(64, DECODER_TILE_FRACTION) == (32, 8)  # celebahq-256: 3 x 3 tiles
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgediff.quality.gate import QualityScores, evaluate, quality_gate
-from edgediff.variants import BASELINE, available_variants, get_variant, variant_names
+from edgediff.variants import BASELINE, available_variants, variant_names
 
 from .helpers import GATE_SAMPLES, generate
 
@@ -17,11 +17,13 @@ SLOW_TO_BUILD = {
     "openvino-int8-lowmem-dc3": "NNCF calibration of the low-memory split takes ~40 s: left out of the fast suite "
                                 "(int8 is covered by openvino-int8)",
 }
-INT8_DEGRADES = (
-    "int8 post-training quantization visibly degrades the 1.1 M-parameter digits UNet (stray blotches, shapes "
-    "changed): digits-FD +38 % (openvino-int8) to +96 % (int8-lowmem-dc3) over torch-fp32 on the 64 gate images, "
-    "so the gate marks it FAILED, as it should; non-strict so a better calibration shows up as XPASS"
-)
+KNOWN_FAILURES = {
+    "openvino-int8-dc3": (
+        "int8 and DeepCache errors add up on the 1.1 M-parameter digits UNet: digits-FD 215.4 > 199.6 (torch-fp32 "
+        "181.5, measured 2026-11-25), so the gate marks it FAILED, as it should; openvino-int8 alone passes (193.5) "
+        "and so does openvino-bf16-dc3; non-strict so a better calibration shows up as XPASS"
+    ),
+}
 
 
 def _scores(share=0.9, fd=2.0, samples=64):
@@ -56,8 +58,8 @@ def test_every_available_variant_passes_the_gate_on_digits(name, request, digits
         pytest.skip(f"{name} is unavailable here")
     if name in SLOW_TO_BUILD:
         pytest.skip(SLOW_TO_BUILD[name])
-    if get_variant(name).precision == "int8":
-        request.applymarker(pytest.mark.xfail(reason=INT8_DEGRADES, strict=False))
+    if name in KNOWN_FAILURES:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False))
     scores = evaluate(generate(digits_components, name))
     gate = quality_gate(scores, baseline_scores)
     assert gate.passed, f"{name}: {gate.reasons}"
