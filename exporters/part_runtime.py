@@ -1,7 +1,7 @@
 """One part (UNet or VQ decoder) of a variant, loaded from a repository model folder and run on the CPU.
 
 This is what the CPU target's Python-backend part model (``python_models/part_model.py``) calls. Loading and running
-reuse the core's variant code (``ort_session``/``session_fn``, ``compile_ir``/``compiled_fn``, ``torch.jit.load`` +
+reuse the core's variant code (``ort_session``/``session_fn``, ``ir_fn``, ``torch.jit.load`` +
 ``torch_fn``, the eager wrappers of ``edgediff.artifacts.modules``), so a part served by Triton computes exactly what
 the same variant computes in-process.
 """
@@ -92,11 +92,11 @@ def load_part(spec: PartSpec, model_dir: Path | str) -> Callable[..., torch.Tens
 
         return session_fn(ort_session(path, threads=threads, cuda=False), input_names)
     if variant.backend == "openvino":
-        from edgediff.variants.openvino_runtime import compile_ir, compiled_fn
+        from edgediff.variants.openvino_runtime import ir_fn
 
         base = getattr(variant, "base", variant)  # a DeepCache combination compiles like its base variant
         precision = base.compile_precision() if hasattr(base, "compile_precision") else variant.precision
-        return compiled_fn(compile_ir(path, precision=precision, threads=threads))
+        return ir_fn(path, precision=precision, threads=threads)
     torch.set_num_threads(threads)
     if variant.backend == "jit":
         return torch_fn(torch.jit.load(str(path), map_location="cpu"), "cpu")

@@ -145,9 +145,14 @@ def _io_shapes(part: str, components: LDMComponents) -> tuple[dict[str, list[int
     return {t["name"]: shape(t) for t in inputs}, {t["name"]: shape(t) for t in outputs}
 
 
+def _first_blocker(formats: Sequence[str]) -> str | None:
+    """Why one of ``formats`` cannot be built here, or None when all can."""
+    return next((reason for reason in map(build_blocker, formats) if reason), None)
+
+
 def _place_artifact(components: LDMComponents, part: str, placement: Placement, version_dir: Path) -> dict[str, Any]:
     """Put the part's artifact into ``version_dir``; return its export report (times, sizes, op counts)."""
-    fmt = placement.artifact_format
+    fmt = placement.format_of(part)
     if fmt == WEIGHTS_FORMAT:
         t0 = time.perf_counter()
         module = components.unet if part == "unet" else components.vqvae
@@ -180,14 +185,14 @@ def _write_part_model(
     if placement.backend == PYTHON_BACKEND:
         shutil.copyfile(PART_MODEL_SOURCE, version_dir / "model.py")
     inputs, outputs = _io_shapes(part, components)
-    entry: dict[str, Any] = {"model": name, "format": placement.artifact_format, "backend": placement.backend_label,
+    entry: dict[str, Any] = {"model": name, "format": placement.format_of(part), "backend": placement.backend_label,
                              "instance_kind": placement.instance_kind, "inputs": inputs, "outputs": outputs}
     if skipped:
         return {**entry, "artifact": None, "skipped": skipped}
     report = _place_artifact(components, part, placement, version_dir)
     files = tree_files(version_dir, exclude=_NOT_ARTIFACT)
     size = tree_size(version_dir, exclude=_NOT_ARTIFACT)
-    report.update(model=name, part=part, variant=placement.variant, format=placement.artifact_format,
+    report.update(model=name, part=part, variant=placement.variant, format=placement.format_of(part),
                   artifact=artifact_rel, size_bytes=size)
     atomic_write_json(model_dir / REPORT_NAME, report)
     hashes = {str(f.relative_to(model_dir)): file_sha256(f) for f in files}
@@ -290,7 +295,7 @@ def export_repository(
     tgt = get_target(target)
     preset = get_preset(model)
     names = resolve_variants(tgt, variants)
-    blockers = {v: (CONFIGS_ONLY_REASON if configs_only else build_blocker(tgt.placement(v).artifact_format))
+    blockers = {v: (CONFIGS_ONLY_REASON if configs_only else _first_blocker(tgt.placement(v).formats))
                 for v in names}
     if not tgt.gpu:
         for v, reason in blockers.items():
@@ -329,7 +334,7 @@ def export_repository(
                 entry: dict[str, Any] = {"variant": variant, "backend": placement.backend_label,
                                          "instance_kind": placement.instance_kind, "models": models, "parts": {}}
                 for part in variant_parts(variant):
-                    say(f"{variant}: {part} ({placement.artifact_format}) ...")
+                    say(f"{variant}: {part} ({placement.format_of(part)}) ...")
                     entry["parts"][part] = _write_part_model(components, part, placement, tgt,
                                                              staging / models[part], blockers[variant])
                     if blockers[variant]:

@@ -52,7 +52,8 @@ class Placement:
 
     Attributes:
         variant: Registry name (``onnx-fp32``).
-        artifact_format: ``edgediff.artifacts.build`` format of both parts, or ``WEIGHTS_FORMAT``.
+        artifact_format: ``edgediff.artifacts.build`` format of the UNet parts (and of the decoder unless
+            ``decoder_format`` says otherwise), or ``WEIGHTS_FORMAT``.
         filename: What goes into ``<model>/1/`` (a file, or the ``weights`` folder).
         backend: Triton ``backend`` (``python``) or None when ``platform`` names a native backend.
         platform: Triton ``platform`` (``onnxruntime_onnx``, ``tensorrt_plan``, ``pytorch_libtorch``) or None.
@@ -65,6 +66,16 @@ class Placement:
     backend: str | None
     platform: str | None
     instance_kind: str
+    decoder_format: str | None = None
+
+    def format_of(self, part: str) -> str:
+        """The artifact format of ``part`` (``vqdec`` or a UNet part)."""
+        return (self.decoder_format or self.artifact_format) if part == "vqdec" else self.artifact_format
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Every artifact format the placement needs."""
+        return tuple(dict.fromkeys((self.artifact_format, self.decoder_format or self.artifact_format)))
 
     @property
     def backend_label(self) -> str:
@@ -119,8 +130,8 @@ class Target:
         return self.placements[variant]
 
 
-def _cpu(variant: str, fmt: str, filename: str) -> Placement:
-    return Placement(variant, fmt, filename, PYTHON_BACKEND, None, KIND_CPU)
+def _cpu(variant: str, fmt: str, filename: str, decoder_format: str | None = None) -> Placement:
+    return Placement(variant, fmt, filename, PYTHON_BACKEND, None, KIND_CPU, decoder_format)
 
 
 def _gpu(variant: str, fmt: str, filename: str, platform: str) -> Placement:
@@ -145,9 +156,11 @@ _CPU_PLACEMENTS = (
     _cpu("openvino-fp32", "openvino", "model.xml"),
     _cpu("openvino-bf16", "openvino", "model.xml"),
     _cpu("openvino-int8", "openvino-int8", "model.xml"),
+    _cpu("openvino-bf16-int8dec", "openvino", "model.xml", decoder_format="openvino-int8"),
     # DeepCache: two UNet part models (unet_full_<v>, unet_shallow_<v>); the ldm model caches between them
     _cpu("openvino-bf16-dc3", "openvino", "model.xml"),
     _cpu("openvino-int8-dc3", "openvino-int8", "model.xml"),
+    _cpu("openvino-bf16-int8dec-dc3", "openvino", "model.xml", decoder_format="openvino-int8"),
 )
 
 TARGETS: dict[str, Target] = {

@@ -15,7 +15,7 @@ PY=.venv/bin/python
 OUT=${EDGEDIFF_DEMO_OUT:-reports}
 MODEL=${EDGEDIFF_DEMO_MODEL:-celebahq-256}
 STEPS=${EDGEDIFF_DEMO_STEPS:-10}
-CANDIDATES=${EDGEDIFF_DEMO_CANDIDATES:-openvino-bf16-dc3,openvino-int8,openvino-bf16,torch-bf16,onnx-fp32}
+CANDIDATES=${EDGEDIFF_DEMO_CANDIDATES:-openvino-bf16-int8dec-dc3,openvino-bf16-dc3,openvino-int8,openvino-bf16,torch-bf16,onnx-fp32}
 STATE="$OUT/stack-state"
 mkdir -p "$OUT"
 

@@ -28,6 +28,7 @@ def register(variant: Variant) -> Variant:
 
 
 _OPENVINO_BF16, _OPENVINO_INT8, _LOWMEM = OpenVinoVariant("bf16"), OpenVinoVariant("int8"), LowMemoryVariant()
+_OPENVINO_BF16_INT8DEC = OpenVinoVariant("bf16", decoder_precision="int8")
 
 for _variant in (
     TorchVariant("torch-fp32", "fp32", "eager PyTorch, fp32: the study's baseline (CUDA when present, else CPU)", 0.0),
@@ -40,8 +41,10 @@ for _variant in (
     OpenVinoVariant("fp32"),
     _OPENVINO_BF16,
     _OPENVINO_INT8,
+    _OPENVINO_BF16_INT8DEC,
     DeepCacheVariant(_OPENVINO_BF16, 3),
     DeepCacheVariant(_OPENVINO_INT8, 3),
+    DeepCacheVariant(_OPENVINO_BF16_INT8DEC, 3),
     _LOWMEM,
     DeepCacheVariant(_LOWMEM, 3),
     TensorRTVariant(),

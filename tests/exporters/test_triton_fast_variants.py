@@ -1,9 +1,10 @@
 """The fast CPU variants through Triton: DeepCache as two UNet part models, int8 OpenVINO parts.
 
 Configs are checked without building anything; then one real tritonserver (module-scoped, explicit model control)
-serves ``openvino-bf16-dc3`` and ``openvino-int8``. Tolerance of the image comparison with in-process generation: at
-most 1 uint8 level per pixel (the parts run the same compiled OpenVINO models on the same fp32 tensors, so the images
-are expected to be bit-identical; the level only absorbs a different CPU kernel choice).
+serves ``openvino-bf16-dc3``, ``openvino-int8`` and ``openvino-bf16-int8dec-dc3`` (bf16 UNet parts, int8 decoder).
+Tolerance of the image comparison with in-process generation: at most 1 uint8 level per pixel (the parts run the
+same compiled OpenVINO models on the same fp32 tensors, so the images are expected to be bit-identical; the level
+only absorbs a different CPU kernel choice).
 """
 
 import re
@@ -24,7 +25,8 @@ from tests.exporters.helpers import free_port, ldm_inputs
 
 DEEPCACHE = "openvino-bf16-dc3"
 INT8 = "openvino-int8"
-SERVED = [DEEPCACHE, INT8]
+MIXED = "openvino-bf16-int8dec-dc3"
+SERVED = [DEEPCACHE, INT8, MIXED]
 MAX_PIXEL_DIFF = 1
 
 
@@ -39,6 +41,19 @@ def test_cpu_target_serves_the_fast_variants():
     assert placements[DEEPCACHE].deepcache_interval == 3 and placements[DEEPCACHE].unet_parts == (UNET_FULL,
                                                                                                    UNET_SHALLOW)
     assert placements[INT8].deepcache_interval == 1 and placements[INT8].artifact_format == "openvino-int8"
+    assert placements[INT8].formats == ("openvino-int8",)
+    mixed = placements[MIXED]
+    assert (mixed.format_of(UNET_FULL), mixed.format_of(UNET_SHALLOW), mixed.format_of("vqdec")) == (
+        "openvino", "openvino", "openvino-int8")
+    assert mixed.formats == ("openvino", "openvino-int8") and mixed.deepcache_interval == 3
+
+
+def test_manifest_records_each_parts_format(tmp_path):
+    manifest = export_repository(model="tiny", target="cpu", variants=[MIXED, INT8], repo=tmp_path / "r",
+                                 configs_only=True)
+    formats = {v: {part: e["format"] for part, e in manifest["variants"][v]["parts"].items()} for v in (MIXED, INT8)}
+    assert formats == {MIXED: {UNET_FULL: "openvino", UNET_SHALLOW: "openvino", "vqdec": "openvino-int8"},
+                       INT8: {"unet": "openvino-int8", "vqdec": "openvino-int8"}}
 
 
 def test_deepcache_configs_and_manifest(tmp_path):
@@ -144,6 +159,14 @@ def test_deepcache_batch_larger_than_the_part_batch(client, tiny_components):
 def test_int8_through_triton_equals_in_process(client, tiny_components):
     result = client.infer(model_names(INT8)["ldm"], ldm_inputs(seed=3, steps=4, batch=2))
     expected = in_process(tiny_components, INT8, seed=3, steps=4, batch=2)
+    assert_same_images(result.as_numpy(LDM_OUTPUT_IMAGE), expected.images)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_mixed_precision_through_triton_equals_in_process(client, tiny_components):
+    result = client.infer(model_names(MIXED)["ldm"], ldm_inputs(seed=4, steps=5))
+    expected = in_process(tiny_components, MIXED, seed=4, steps=5)
     assert_same_images(result.as_numpy(LDM_OUTPUT_IMAGE), expected.images)
 
 

@@ -48,3 +48,18 @@ def test_int8_with_deepcache(tiny_components):
     reference = build_variant("torch-fp32", tiny_components, options).pipeline(tiny_components)(seed=SEED, steps=STEPS)
     result = build_variant(NAME, tiny_components, options).pipeline(tiny_components)(seed=SEED, steps=STEPS)
     assert rel_err(result.latents, reference.latents) <= get_variant(NAME).tolerance
+
+
+def test_mixed_variant_quantizes_only_the_decoder(tiny_components):
+    # openvino-bf16-int8dec: the UNet is openvino-bf16's IR (no FakeQuantize), the decoder is openvino-int8's
+    name = "openvino-bf16-int8dec"
+    skip_unless_available(name)
+    built = build_variant(name, tiny_components)
+    artifacts = built.info["artifacts"]
+    assert "fake_quantize_nodes" not in artifacts["unet"] and artifacts["vqdec"]["fake_quantize_nodes"] > 0
+    bf16, int8 = (build_variant(v, tiny_components).info["artifacts"] for v in ("openvino-bf16", NAME))
+    assert artifacts["unet"]["path"] == bf16["unet"]["path"] and artifacts["vqdec"]["path"] == int8["vqdec"]["path"]
+    result = built.pipeline(tiny_components)(seed=SEED, steps=STEPS)
+    reference = build_variant("openvino-bf16", tiny_components).pipeline(tiny_components)(seed=SEED, steps=STEPS)
+    assert (result.latents == reference.latents).all()  # same UNet, same compiled precision: same latents
+    assert result.images.shape == reference.images.shape and (result.images != reference.images).any()
