@@ -79,13 +79,16 @@ def compile_ir(path: Path, *, precision: str, threads: int, batch: int | None = 
 def compiled_fn(compiled: Any) -> Callable[..., torch.Tensor]:
     """Call a compiled model like a module (a fresh infer request per call, so calls may run concurrently).
 
+    Inputs are shared with OpenVINO, not copied (the DeepCache feature is the loop's largest tensor); outputs are
+    copied out of the request.
+
     A model with several outputs (the DeepCache ``unet-full`` part) gives a tuple of them.
     """
     count = len(compiled.outputs)
 
     def run(*args: torch.Tensor) -> Any:
         request = compiled.create_infer_request()
-        request.infer([np.ascontiguousarray(a.cpu().numpy()) for a in args])
+        request.infer([np.ascontiguousarray(a.cpu().numpy()) for a in args], share_inputs=True)
         outputs = [torch.from_numpy(np.array(request.get_output_tensor(i).data, copy=True)).float()
                    for i in range(count)]
         return outputs[0] if count == 1 else tuple(outputs)

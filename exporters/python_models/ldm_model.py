@@ -11,7 +11,8 @@ never swallowed. Constants (scheduler config, latent shape, scaling factor, inne
 A DeepCache variant (``deepcache_interval`` > 1 in the parameters) has no ``unet_<variant>``: its UNet runner is the
 core's ``edgediff.variants.deepcache.DeepCacheUNet`` (the cache logic is not repeated here), whose full function is
 a BLS call to ``unet_full_<variant>`` returning noise and deep feature and whose shallow function is a BLS call to
-``unet_shallow_<variant>`` with the cached feature; the cache lives in the per-generation ``sequence()`` callable.
+``unet_shallow_<variant>`` with the cached feature; the cache lives in the per-generation ``sequence()`` callable. The
+feature is never copied here: the full call's output tensors are sent back as the shallow calls' inputs.
 
 Inputs: ``SEED`` INT64 [1], ``STEPS`` INT32 [1], ``ETA`` FP32 [1] (optional, 0), ``BATCH`` INT32 [1] (optional, 1).
 Outputs: ``IMAGE`` UINT8 [batch, H, W, 3] and ``TIMINGS`` FP64 [3] = denoise_s, decode_s, total_s.
@@ -42,25 +43,27 @@ def _to_numpy(tensor: pb_utils.Tensor) -> np.ndarray:
     return torch.from_dlpack(tensor.to_dlpack()).cpu().numpy()
 
 
-def bls_outputs(model: str, inputs: list[tuple[str, np.ndarray]], outputs: list[str]) -> list[np.ndarray]:
-    """One synchronous BLS inference returning ``outputs`` in order; raises ``InnerModelError`` on an error."""
-    request = pb_utils.InferenceRequest(
-        model_name=model,
-        requested_output_names=list(outputs),
-        inputs=[pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs],
-    )
+def bls_exec(model: str, inputs: list[pb_utils.Tensor], outputs: list[str]) -> list[pb_utils.Tensor]:
+    """One synchronous BLS inference returning the ``outputs`` tensors in order; raises ``InnerModelError``."""
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs), inputs=inputs)
     response = request.exec()
     if response.has_error():
         error = response.error()
         code = error.code() if hasattr(error, "code") else pb_utils.TritonError.INTERNAL
         raise InnerModelError(model, error.message(), code)
-    arrays = []
+    tensors = []
     for output in outputs:
         tensor = pb_utils.get_output_tensor_by_name(response, output)
         if tensor is None:
             raise InnerModelError(model, f"response has no output {output!r}", pb_utils.TritonError.INTERNAL)
-        arrays.append(_to_numpy(tensor))
-    return arrays
+        tensors.append(tensor)
+    return tensors
+
+
+def bls_outputs(model: str, inputs: list[tuple[str, np.ndarray]], outputs: list[str]) -> list[np.ndarray]:
+    """One synchronous BLS inference returning ``outputs`` as arrays; raises ``InnerModelError`` on an error."""
+    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs]
+    return [_to_numpy(tensor) for tensor in bls_exec(model, tensors, outputs)]
 
 
 def bls_call(model: str, inputs: list[tuple[str, np.ndarray]], output: str) -> np.ndarray:
@@ -68,13 +71,8 @@ def bls_call(model: str, inputs: list[tuple[str, np.ndarray]], output: str) -> n
     return bls_outputs(model, inputs, [output])[0]
 
 
-def bls_chunked(
-    model: str, inputs: list[tuple[str, torch.Tensor]], outputs: list[str], max_batch: int
-) -> list[torch.Tensor]:
-    """BLS calls over chunks of at most ``max_batch`` items (the part's ``max_batch_size``), outputs concatenated.
-
-    Tensors are sent as fp32, except the timestep (any integer tensor), which is sent as INT64 ``[batch, 1]``.
-    """
+def _bls_arrays(inputs: list[tuple[str, torch.Tensor]]) -> list[tuple[str, np.ndarray]]:
+    """Tensors as the arrays the parts take: fp32, except the timestep (any integer tensor), INT64 ``[batch, 1]``."""
     arrays = []
     for name, tensor in inputs:
         tensor = tensor.detach().cpu()
@@ -82,10 +80,20 @@ def bls_chunked(
             arrays.append((name, tensor.float().numpy()))
         else:
             arrays.append((name, tensor.numpy().astype(np.int64).reshape(-1, 1)))
-    chunks: list[list[np.ndarray]] = []
-    for start in range(0, arrays[0][1].shape[0], max_batch):
-        chunks.append(bls_outputs(model, [(n, a[start:start + max_batch]) for n, a in arrays], outputs))
-    return [torch.from_numpy(np.concatenate([c[i] for c in chunks])) for i in range(len(outputs))]
+    return arrays
+
+
+class BlsFeature:
+    """A DeepCache deep feature left in the full part's BLS output tensors, one per chunk.
+
+    The shallow calls send these same tensors back, so the pipeline model never copies the largest tensor of the
+    loop (celebahq-256: 7.3 MB) out of Triton's shared memory and into it again. ``shape[0]`` is the batch (all
+    ``DeepCacheUNet`` looks at).
+    """
+
+    def __init__(self, chunks: list[pb_utils.Tensor], batch: int) -> None:
+        self.chunks = chunks
+        self.shape = (batch,)
 
 
 class BlsUNet:
@@ -127,16 +135,25 @@ class BlsDeepCacheParts:
         self.max_batch = max_batch
         self.sample_name, self.timestep_name, self.output_name, self.feature_name = names
 
-    def full(self, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(noise, feature)`` from the full UNet."""
-        noise, feature = bls_chunked(self.full_model, [(self.sample_name, sample), (self.timestep_name, timestep)],
-                                     [self.output_name, self.feature_name], self.max_batch)
-        return noise, feature
+    def _chunks(self, sample: torch.Tensor, timestep: torch.Tensor) -> list[list[pb_utils.Tensor]]:
+        arrays = _bls_arrays([(self.sample_name, sample), (self.timestep_name, timestep)])
+        return [[pb_utils.Tensor(name, np.ascontiguousarray(a[start:start + self.max_batch])) for name, a in arrays]
+                for start in range(0, sample.shape[0], self.max_batch)]
 
-    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        """The noise from the shallow branch over the cached ``feature``."""
-        return bls_chunked(self.shallow_model, [(self.sample_name, sample), (self.timestep_name, timestep),
-                                                (self.feature_name, feature)], [self.output_name], self.max_batch)[0]
+    def full(self, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, BlsFeature]:
+        """``(noise, feature)`` from the full UNet; the feature stays in Triton's tensors."""
+        noise, features = [], []
+        for inputs in self._chunks(sample, timestep):
+            noise_tensor, feature_tensor = bls_exec(self.full_model, inputs, [self.output_name, self.feature_name])
+            noise.append(_to_numpy(noise_tensor))
+            features.append(feature_tensor)
+        return torch.from_numpy(np.concatenate(noise)), BlsFeature(features, sample.shape[0])
+
+    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, feature: BlsFeature) -> torch.Tensor:
+        """The noise from the shallow branch over the cached ``feature`` (sent back as it came)."""
+        noise = [_to_numpy(bls_exec(self.shallow_model, [*inputs, chunk], [self.output_name])[0])
+                 for inputs, chunk in zip(self._chunks(sample, timestep), feature.chunks, strict=True)]
+        return torch.from_numpy(np.concatenate(noise))
 
 
 class BlsDecoder:

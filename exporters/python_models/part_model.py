@@ -51,8 +51,8 @@ class TritonPythonModel:
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=error)
         if batches:
             try:
-                merged = {name: np.concatenate([inputs[name] for _, inputs in batches]) for name in
-                          self.runner.input_names}
+                merged = batches[0][1] if len(batches) == 1 else {
+                    name: np.concatenate([inputs[name] for _, inputs in batches]) for name in self.runner.input_names}
                 outputs = {name: array.astype(self.output_dtypes[name], copy=False)
                            for name, array in self.runner.outputs(merged).items()}
                 start = 0
