@@ -293,10 +293,15 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def _check_ports_free(self) -> None:
-        """Refuse ports something already listens on (else its readiness could be mistaken for ours)."""
+        """Refuse ports something already listens on (else its readiness could be mistaken for ours).
+
+        SO_REUSEADDR as tritonserver binds: connections of a server that just died linger in TIME_WAIT, which must
+        not block its restart on the same ports; a live listener still makes the bind fail.
+        """
         for flag, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
                            ("--metrics-port", self.metrics_port)):
             with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     sock.bind((self.host, port))
                 except OSError as exc:

@@ -7,6 +7,7 @@ received and the allowed range. Unknown variants are INVALID_ARGUMENT; known one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,16 @@ def wire_float(value: float) -> float:
 def _short(value: Any, limit: int = 64) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+NAMES_IN_MESSAGES = 8
+"""Names an error message lists before it refers to ``ListVariants`` (the registry keeps growing)."""
+
+
+def _names(names: Sequence[str]) -> str:
+    if len(names) <= NAMES_IN_MESSAGES:
+        return ", ".join(names)
+    return f"{', '.join(names[:NAMES_IN_MESSAGES])}, ... ({len(names)} in all: ListVariants lists them)"
 
 
 def validate_generate(request: Any, backend: Backend, *, max_batch: int) -> GenerateArgs:
@@ -64,7 +75,7 @@ def validate_generate(request: Any, backend: Backend, *, max_batch: int) -> Gene
     variant = request.variant.strip() or backend.default_variant()
     known = backend.known_variants()
     if variant not in known:
-        raise InvalidArgumentError(f"variant must be one of {', '.join(known)} (empty means the server's default), "
+        raise InvalidArgumentError(f"variant must be one of {_names(known)} (empty means the server's default), "
                                    f"got {_short(request.variant)}")
     status = backend.variant_status(variant)
     if not status.available:

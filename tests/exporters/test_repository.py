@@ -131,6 +131,24 @@ def test_a_taken_port_is_refused_before_starting_triton(tmp_path, ports):
             TritonServer(repo, **ports).start()
 
 
+def test_connections_of_a_dead_server_do_not_block_its_port(tmp_path, ports):
+    # a killed tritonserver leaves its accepted connections in TIME_WAIT; restarting on the same port must work
+    import socket
+
+    port = ports["http_port"]
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+    client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the check used to do: refused while TIME_WAIT lasts
+    TritonServer(tmp_path, **ports)._check_ports_free()
+
+
 def test_a_weights_folder_is_recorded_with_its_sha256(tmp_path, tiny_components):
     from edgediff.models import save_components
 

@@ -103,7 +103,7 @@ BAD_INPUTS = [
     ({"seed": 2**64 - 1}, "INVALID_ARGUMENT", ["seed", "0..2^63-1"]),
     ({"format": "jpeg"}, "INVALID_ARGUMENT", ["format", "png", "jpeg"]),
     ({"variant": "no-such-variant"}, "INVALID_ARGUMENT", ["variant", "no-such-variant", "torch-fp32"]),
-    ({"variant": "x" * 5000}, "INVALID_ARGUMENT", ["variant", "..."]),
+    ({"variant": "x" * 5000}, "INVALID_ARGUMENT", ["variant", "...", "ListVariants lists them"]),
 ]
 
 
