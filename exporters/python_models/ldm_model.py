@@ -60,17 +60,6 @@ def bls_exec(model: str, inputs: list[pb_utils.Tensor], outputs: list[str]) -> l
     return tensors
 
 
-def bls_outputs(model: str, inputs: list[tuple[str, np.ndarray]], outputs: list[str]) -> list[np.ndarray]:
-    """One synchronous BLS inference returning ``outputs`` as arrays; raises ``InnerModelError`` on an error."""
-    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in inputs]
-    return [_to_numpy(tensor) for tensor in bls_exec(model, tensors, outputs)]
-
-
-def bls_call(model: str, inputs: list[tuple[str, np.ndarray]], output: str) -> np.ndarray:
-    """One synchronous BLS inference with one output; raises ``InnerModelError`` when the response has an error."""
-    return bls_outputs(model, inputs, [output])[0]
-
-
 def _bls_arrays(inputs: list[tuple[str, torch.Tensor]]) -> list[tuple[str, np.ndarray]]:
     """Tensors as the arrays the parts take: fp32, except the timestep (any integer tensor), INT64 ``[batch, 1]``."""
     arrays = []
@@ -81,6 +70,19 @@ def _bls_arrays(inputs: list[tuple[str, torch.Tensor]]) -> list[tuple[str, np.nd
         else:
             arrays.append((name, tensor.numpy().astype(np.int64).reshape(-1, 1)))
     return arrays
+
+
+def bls_chunks(inputs: list[tuple[str, torch.Tensor]], max_batch: int) -> list[list[pb_utils.Tensor]]:
+    """``inputs`` as BLS tensors, in chunks of at most ``max_batch`` items (the part's ``max_batch_size``)."""
+    arrays = _bls_arrays(inputs)
+    return [[pb_utils.Tensor(name, np.ascontiguousarray(a[start:start + max_batch])) for name, a in arrays]
+            for start in range(0, arrays[0][1].shape[0], max_batch)]
+
+
+def bls_chunked(model: str, inputs: list[tuple[str, torch.Tensor]], output: str, max_batch: int) -> torch.Tensor:
+    """One output of BLS calls over chunks of ``inputs`` (see ``bls_chunks``), concatenated."""
+    return torch.from_numpy(np.concatenate([_to_numpy(bls_exec(model, chunk, [output])[0])
+                                            for chunk in bls_chunks(inputs, max_batch)]))
 
 
 class BlsFeature:
@@ -105,14 +107,8 @@ class BlsUNet:
         self.sample_name, self.timestep_name, self.output_name = names
 
     def _run(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        sample_np = sample.detach().cpu().float().numpy()
-        timestep_np = timestep.detach().cpu().numpy().astype(np.int64).reshape(-1, 1)
-        chunks = []
-        for start in range(0, sample_np.shape[0], self.max_batch):
-            stop = start + self.max_batch
-            chunks.append(bls_call(self.model, [(self.sample_name, sample_np[start:stop]),
-                                                (self.timestep_name, timestep_np[start:stop])], self.output_name))
-        return torch.from_numpy(np.concatenate(chunks))
+        return bls_chunked(self.model, [(self.sample_name, sample), (self.timestep_name, timestep)], self.output_name,
+                           self.max_batch)
 
     def sequence(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The callable for one generation (stateless)."""
@@ -136,9 +132,7 @@ class BlsDeepCacheParts:
         self.sample_name, self.timestep_name, self.output_name, self.feature_name = names
 
     def _chunks(self, sample: torch.Tensor, timestep: torch.Tensor) -> list[list[pb_utils.Tensor]]:
-        arrays = _bls_arrays([(self.sample_name, sample), (self.timestep_name, timestep)])
-        return [[pb_utils.Tensor(name, np.ascontiguousarray(a[start:start + self.max_batch])) for name, a in arrays]
-                for start in range(0, sample.shape[0], self.max_batch)]
+        return bls_chunks([(self.sample_name, sample), (self.timestep_name, timestep)], self.max_batch)
 
     def full(self, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, BlsFeature]:
         """``(noise, feature)`` from the full UNet; the feature stays in Triton's tensors."""
@@ -166,10 +160,7 @@ class BlsDecoder:
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode (chunked to the part's ``max_batch_size``)."""
-        array = latents.detach().cpu().float().numpy()
-        chunks = [bls_call(self.model, [(self.input_name, array[start:start + self.max_batch])], self.output_name)
-                  for start in range(0, array.shape[0], self.max_batch)]
-        return torch.from_numpy(np.concatenate(chunks))
+        return bls_chunked(self.model, [(self.input_name, latents)], self.output_name, self.max_batch)
 
 
 def _scalar(request: pb_utils.InferenceRequest, name: str, default: object = None) -> object:
