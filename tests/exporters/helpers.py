@@ -1,8 +1,11 @@
-"""Helpers of the exporters tests: free loopback ports and ``ldm_<variant>`` request inputs."""
+"""Helpers of the exporters tests: free loopback ports, a served tiny repository, ``ldm_<variant>`` request inputs."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +16,50 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
+def serve_tiny(repo: Path, variants: list[str]) -> Iterator[Any]:
+    """Export ``variants`` of the tiny preset into ``repo`` and serve them with a real tritonserver (explicit model
+    control, free ports); yields the ``TritonServer`` and stops it afterwards (for module-scoped fixtures)."""
+    from exporters.repository import export_repository, model_names
+    from exporters.triton_server import TritonServer
+
+    export_repository(model="tiny", target="cpu", variants=variants, repo=repo)
+    models = [name for v in variants for name in model_names(v).values()]
+    ports = sorted({free_port() for _ in range(3)})
+    assert len(ports) == 3
+    server = TritonServer(repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                          model_control="explicit", load_models=models, startup_timeout_s=300)
+    server.start()
+    yield server
+    server.stop()
+    assert server.pid is None
+
+
+def grpc_client(server: Any) -> Iterator[Any]:
+    """A ``tritonclient.grpc`` client of ``server``, closed afterwards (for fixtures)."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        yield client
+
+
+MAX_PIXEL_DIFF = 1
+"""Served vs in-process images: at most 1 uint8 level per pixel (the same compiled models on the same fp32 tensors
+give identical images; the level only absorbs a different CPU kernel choice)."""
+
+
+def assert_same_images(got: np.ndarray, expected: np.ndarray) -> None:
+    """``got`` is a uint8 batch like ``expected`` within ``MAX_PIXEL_DIFF``."""
+    assert got.shape == expected.shape and got.dtype == np.uint8
+    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= MAX_PIXEL_DIFF, f"max pixel difference {diff.max()}"
+
+
+def in_process(components: Any, variant: str, **kwargs: Any) -> Any:
+    """The same generation in this process: what the served one must equal."""
+    from edgediff.variants import build_variant
+
+    return build_variant(variant, components).pipeline(components)(**kwargs)
 
 
 def ldm_inputs(*, seed: int, steps: int, eta: float | None = None, batch: int | None = None) -> list:

@@ -10,7 +10,6 @@ only absorbs a different CPU kernel choice).
 import re
 import urllib.request
 
-import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -20,14 +19,12 @@ from edgediff.constants import LDM_OUTPUT_IMAGE, UNET_FEATURE, UNET_INPUT_SAMPLE
 from edgediff.variants import get_variant
 from exporters.repository import export_repository, model_names, unet_full_model_name, unet_shallow_model_name
 from exporters.targets import TARGETS
-from exporters.triton_server import TritonServer
-from tests.exporters.helpers import free_port, ldm_inputs
+from tests.exporters.helpers import assert_same_images, grpc_client, in_process, ldm_inputs, serve_tiny
 
 DEEPCACHE = "openvino-bf16-dc3"
 INT8 = "openvino-int8"
 MIXED = "openvino-bf16-int8dec-dc3"
 SERVED = [DEEPCACHE, INT8, MIXED]
-MAX_PIXEL_DIFF = 1
 
 
 def parse(path):
@@ -90,25 +87,12 @@ def server(tmp_path_factory):
     missing = {v: get_variant(v).availability().reason for v in SERVED if not get_variant(v).availability().ok}
     if missing:
         pytest.skip(f"variants unavailable on this machine: {missing}")
-    repo = tmp_path_factory.mktemp("triton-fast") / "model_repository"
-    export_repository(model="tiny", target="cpu", variants=SERVED, repo=repo)
-    models = [name for v in SERVED for name in model_names(v).values()]
-    ports = sorted({free_port() for _ in range(3)})
-    assert len(ports) == 3
-    srv = TritonServer(repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
-                       model_control="explicit", load_models=models, startup_timeout_s=300)
-    srv.start()
-    yield srv
-    srv.stop()
-    assert srv.pid is None
+    yield from serve_tiny(tmp_path_factory.mktemp("triton-fast") / "model_repository", SERVED)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    import tritonclient.grpc as grpcclient
-
-    with grpcclient.InferenceServerClient(server.grpc_url) as c:
-        yield c
+    yield from grpc_client(server)
 
 
 def successes(server) -> dict[str, float]:
@@ -116,18 +100,6 @@ def successes(server) -> dict[str, float]:
         text = response.read().decode()
     return {m: float(v) for m, v in re.findall(r'^nv_inference_request_success\{model="([^"]+)",version="1"\} (\S+)$',
                                                 text, re.M)}
-
-
-def in_process(components, variant, **kwargs):
-    from edgediff.variants import build_variant
-
-    return build_variant(variant, components).pipeline(components)(**kwargs)
-
-
-def assert_same_images(got, expected):
-    assert got.shape == expected.shape and got.dtype == np.uint8
-    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
-    assert diff.max() <= MAX_PIXEL_DIFF, f"max pixel difference {diff.max()}"
 
 
 @pytest.mark.slow

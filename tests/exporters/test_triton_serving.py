@@ -13,49 +13,22 @@ import numpy as np
 import pytest
 
 from edgediff.constants import LDM_OUTPUT_IMAGE, LDM_OUTPUT_TIMINGS, LDM_TIMINGS_FIELDS
-from exporters.repository import export_repository, model_names
-from exporters.triton_server import TritonServer
-from tests.exporters.helpers import free_port, ldm_inputs
+from exporters.repository import model_names
+from tests.exporters.helpers import assert_same_images, grpc_client, in_process, ldm_inputs, serve_tiny
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 VARIANTS = ["torch-fp32", "onnx-fp32", "openvino-fp32"]
-MAX_PIXEL_DIFF = 1
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("triton") / "model_repository"
-    export_repository(model="tiny", target="cpu", variants=VARIANTS, repo=repo)
-    models = [name for v in VARIANTS for name in model_names(v).values()]
-    ports = sorted({free_port() for _ in range(3)})
-    assert len(ports) == 3
-    srv = TritonServer(repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
-                       model_control="explicit", load_models=models, startup_timeout_s=300)
-    srv.start()
-    yield srv
-    srv.stop()
-    assert srv.pid is None
+    yield from serve_tiny(tmp_path_factory.mktemp("triton") / "model_repository", VARIANTS)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    import tritonclient.grpc as grpcclient
-
-    with grpcclient.InferenceServerClient(server.grpc_url) as c:
-        yield c
-
-
-def in_process(components, variant, **kwargs):
-    from edgediff.variants import build_variant
-
-    return build_variant(variant, components).pipeline(components)(**kwargs)
-
-
-def assert_same_images(got, expected):
-    assert got.shape == expected.shape and got.dtype == np.uint8
-    diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
-    assert diff.max() <= MAX_PIXEL_DIFF, f"max pixel difference {diff.max()}"
+    yield from grpc_client(server)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
