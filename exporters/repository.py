@@ -314,7 +314,7 @@ def export_repository(
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "state": STATE_EXPORTING,
-        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "preset": preset.name,
         "model": preset.to_dict(),
         "target": {"name": tgt.name, "description": tgt.description, "max_batch_size": tgt.max_batch_size},

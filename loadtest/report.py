@@ -29,7 +29,8 @@ def iso(t_unix_s: float | None) -> str | None:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-01-02T03:04:05.678Z``."""
     if t_unix_s is None:
         return None
-    return dt.datetime.fromtimestamp(t_unix_s, tz=dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = dt.datetime.fromtimestamp(t_unix_s, tz=dt.timezone.utc)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ms(value_s: float | None) -> str:

@@ -294,7 +294,7 @@ def build_report(
     report = {
         "schema_version": SCHEMA_VERSION,
         "kind": REPORT_KIND,
-        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
         "config": config,
         "model": model,

@@ -20,7 +20,7 @@ EXPECTED_BASES = {
     "rtx.Dockerfile": "nvcr.io/nvidia/tritonserver:25.02-py3",
     "jetson.Dockerfile": "nvcr.io/nvidia/l4t-jetpack:r36.4.0",
 }
-PY311_ONLY = re.compile(r"\b(datetime\.UTC|from datetime import [^\n]*\bUTC\b|StrEnum|tomllib|typing\.Self|"
+PY311_ONLY = re.compile(r"(\.UTC\b|from datetime import [^\n]*\bUTC\b|StrEnum|tomllib|typing\.Self|"
                         r"import [^\n]*\bSelf\b|ExceptionGroup|except\*|hashlib\.file_digest|TaskGroup|"
                         r"typing\.Never|LiteralString|NotRequired|asyncio\.timeout\()")
 """Standard-library names and syntax new in Python 3.11 (the Jetson image runs JetPack's Python 3.10)."""
@@ -132,3 +132,10 @@ def test_sources_use_no_python_311_only_names() -> None:
     offenders = [f"{path.relative_to(ROOT)}: {m.group(0)}" for path in _sources()
                  for m in PY311_ONLY.finditer(path.read_text(encoding="utf-8"))]
     assert not offenders, "the Jetson image runs Python 3.10 (JetPack 6): " + "; ".join(offenders)
+
+
+def test_the_311_check_sees_through_module_aliases() -> None:
+    # `import datetime as dt; dt.UTC` fails on 3.10 just like `datetime.UTC` (it slipped through once)
+    for source in ("dt.datetime.now(dt.UTC)", "_dt.UTC", "datetime.UTC", "from datetime import UTC, datetime"):
+        assert PY311_ONLY.search(source), source
+    assert not PY311_ONLY.search("dt.datetime.now(dt.timezone.utc)")
