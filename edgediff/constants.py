@@ -106,12 +106,16 @@ ENV_LOADTEST_GATEWAY_METRICS_URL = "EDGEDIFF_LOADTEST_GATEWAY_METRICS_URL"
 UNET_FEATURE = "deep_feature"
 """DeepCache: the cached deep feature, an output of the ``unet-full`` part and an input of ``unet-shallow``."""
 
-# --- exporters: DeepCache variants served by Triton (two UNet part models per variant) ----------------------------
-UNET_FULL_MODEL_PREFIX = "unet_full_"
-"""``unet_full_<variant>``: the full UNet of a DeepCache variant, outputs ``noise_pred`` and ``deep_feature``."""
-UNET_SHALLOW_MODEL_PREFIX = "unet_shallow_"
-"""``unet_shallow_<variant>``: the shallow branch of a DeepCache variant, inputs ``sample``, ``timestep``,
-``deep_feature``."""
+# --- exporters: DeepCache variants served by Triton (one stateful unet_<variant> model per variant) --------------
+DEEPCACHE_SEQUENCE_IDLE_S = 120
+"""A DeepCache image (one Triton sequence) idle this long is ended by Triton's sequence batcher and its cached feature
+dropped by the model (only happens when a pipeline model dies mid-image: a finished or failed image closes its
+sequence itself). Generous because a large batch's items take turns: an item waits for all the others each step."""
+DEEPCACHE_EVALUATIONS_METRIC = "edgediff_deepcache_evaluations_total"
+"""Counter of a DeepCache ``unet_<variant>`` model (Triton's metrics port), labels ``model`` and ``kind``
+(``full``: the whole UNet, refreshing the cached feature; ``shallow``: only the shallow branch over it)."""
+DEEPCACHE_OPEN_SEQUENCES_METRIC = "edgediff_deepcache_open_sequences"
+"""Gauge of a DeepCache ``unet_<variant>`` model, label ``model``: images whose deep feature the model holds now."""
 
 # --- deployment (docker/, compose.yaml, Grafana): Triton's own metrics the dashboards use -------------------------
 TRITON_METRICS = (

@@ -34,7 +34,11 @@ class UNetFn(Protocol):
 
 
 class UNetRunner(Protocol):
-    """A UNet that runs one way; ``sequence()`` gives the callable for one generation (DeepCache keeps state there)."""
+    """A UNet that runs one way; ``sequence()`` gives the callable for one generation (DeepCache keeps state there).
+
+    A callable that holds resources outside this process (a stateful Triton model's sequences) also has ``close()``;
+    the pipeline calls it once when the generation ends, finished or not, and it must not raise.
+    """
 
     def sequence(self) -> UNetFn:
         """A callable for one generation (called once per pipeline call)."""
@@ -211,17 +215,22 @@ class LDMPipeline:
         latents = latents * scheduler.init_noise_sigma
         unet_fn = self.unet.sequence()
         step_s: list[float] = []
-        for index, t in enumerate(scheduler.timesteps):
-            if should_stop is not None and should_stop():
-                raise GenerationCancelled(f"cancelled before step {index + 1}/{steps}")
-            t0 = time.perf_counter()
-            model_input = scheduler.scale_model_input(latents, t)
-            timestep = torch.full((latents.shape[0],), int(t), dtype=torch.int64)
-            noise = unet_fn(model_input, timestep)
-            latents = scheduler.step(noise, t, latents, eta=eta, generator=generator).prev_sample
-            step_s.append(time.perf_counter() - t0)
-            if on_step is not None:
-                on_step(index + 1, steps)
+        try:
+            for index, t in enumerate(scheduler.timesteps):
+                if should_stop is not None and should_stop():
+                    raise GenerationCancelled(f"cancelled before step {index + 1}/{steps}")
+                t0 = time.perf_counter()
+                model_input = scheduler.scale_model_input(latents, t)
+                timestep = torch.full((latents.shape[0],), int(t), dtype=torch.int64)
+                noise = unet_fn(model_input, timestep)
+                latents = scheduler.step(noise, t, latents, eta=eta, generator=generator).prev_sample
+                step_s.append(time.perf_counter() - t0)
+                if on_step is not None:
+                    on_step(index + 1, steps)
+        finally:
+            close = getattr(unet_fn, "close", None)
+            if close is not None:
+                close()
         return latents, step_s
 
     def __call__(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgediff.constants import (
+    DEEPCACHE_SEQUENCE_IDLE_S,
     LDM_INPUT_BATCH,
     LDM_INPUT_ETA,
     LDM_INPUT_SEED,
@@ -27,7 +28,7 @@ from edgediff.constants import (
     VQDEC_INPUT,
     VQDEC_OUTPUT,
 )
-from exporters.targets import KIND_CPU, PYTHON_BACKEND, Placement
+from exporters.targets import DEEPCACHE_PART, KIND_CPU, PYTHON_BACKEND, Placement
 
 _MAP_FIELDS = frozenset({"parameters"})
 
@@ -105,17 +106,18 @@ def part_io(
     """Inputs and outputs of a part model (batch axis implicit: ``max_batch_size > 0``).
 
     The timestep is ``[batch]`` in the artifact; Triton batching needs at least one dim per item, so it is declared
-    ``dims: [1]`` and reshaped to ``[]`` for the native backends. The DeepCache parts (``unet-full``,
-    ``unet-shallow``) also output or take the deep feature, whose per-item dims ``feature_dims`` must be given.
+    ``dims: [1]`` and reshaped to ``[]`` for the native backends. The DeepCache artifact parts (``unet-full``,
+    ``unet-shallow``) also output or take the deep feature, whose per-item dims ``feature_dims`` must be given; the
+    served ``unet-deepcache`` part keeps the feature inside and has exactly the plain UNet's tensors.
     """
     latent = list(latent_shape)
-    if part in ("unet", "unet-full", "unet-shallow"):
+    if part in ("unet", "unet-full", "unet-shallow", DEEPCACHE_PART):
         inputs = [
             _tensor(UNET_INPUT_SAMPLE, "TYPE_FP32", latent),
             _tensor(UNET_INPUT_TIMESTEP, "TYPE_INT64", [1], reshape={"shape": []}),
         ]
         outputs = [_tensor(UNET_OUTPUT, "TYPE_FP32", latent)]
-        if part != "unet":
+        if part in ("unet-full", "unet-shallow"):
             if feature_dims is None:
                 raise ValueError(f"part {part!r} needs feature_dims (the deep feature's per-item shape)")
             feature = _tensor(UNET_FEATURE, "TYPE_FP32", list(feature_dims))
@@ -124,7 +126,7 @@ def part_io(
     if part == "vqdec":
         return [_tensor(VQDEC_INPUT, "TYPE_FP32", latent)], [_tensor(VQDEC_OUTPUT, "TYPE_FP32", [3, image_size,
                                                                                                  image_size])]
-    raise ValueError(f"part must be unet, unet-full, unet-shallow or vqdec, got {part!r}")
+    raise ValueError(f"part must be unet, {DEEPCACHE_PART}, unet-full, unet-shallow or vqdec, got {part!r}")
 
 
 def part_config(
@@ -137,18 +139,25 @@ def part_config(
     max_batch_size: int,
     parameters: Mapping[str, str],
     feature_dims: tuple[int, ...] | None = None,
+    max_sequences: int = 1,
 ) -> dict[str, Any]:
-    """The config of ``unet_<variant>``, ``vqdec_<variant>`` or a DeepCache ``unet_full_``/``unet_shallow_`` model.
+    """The config of ``unet_<variant>`` or ``vqdec_<variant>``.
+
+    A DeepCache UNet (``part`` = ``unet-deepcache``) is stateful: instead of the dynamic batcher it has Triton's
+    sequence batcher (strategy ``oldest``, so requests of different images still share an execution), which routes
+    every request of one image (one correlation ID) to the same instance, where the image's deep feature is cached.
 
     Args:
         name: Model name (``unet_onnx_fp32``).
-        part: ``unet``, ``vqdec``, ``unet-full`` or ``unet-shallow``.
+        part: ``unet``, ``vqdec``, ``unet-deepcache`` (or an artifact part, ``unet-full`` or ``unet-shallow``).
         placement: How the target serves the variant (backend/platform, instance kind, artifact file).
         latent_shape: (C, h, w) of the latents.
         image_size: Side of the decoded image.
         max_batch_size: Largest batch one execution takes (dynamic batching merges concurrent requests up to it).
         parameters: Constants for the Python model (ignored by native backends, kept for readers).
-        feature_dims: Per-item dims of the DeepCache deep feature (DeepCache parts only).
+        feature_dims: Per-item dims of the DeepCache deep feature (artifact parts ``unet-full``/``unet-shallow``).
+        max_sequences: Images a DeepCache UNet serves at once (``max_candidate_sequences``): at least the largest
+            batch of one generation, since every image of a batch is its own sequence and they all stay open.
     """
     inputs, outputs = part_io(part, latent_shape, image_size, feature_dims)
     config: dict[str, Any] = {"name": name}
@@ -162,9 +171,15 @@ def part_config(
         input=inputs,
         output=outputs,
         instance_group=[{"kind": Enum(placement.instance_kind), "count": 1}],
-        dynamic_batching={"max_queue_delay_microseconds": 0},
-        parameters=dict(parameters),
     )
+    if part == DEEPCACHE_PART:
+        config["sequence_batching"] = {
+            "max_sequence_idle_microseconds": DEEPCACHE_SEQUENCE_IDLE_S * 1_000_000,
+            "oldest": {"max_candidate_sequences": max_sequences, "max_queue_delay_microseconds": 0},
+        }
+    else:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": 0}
+    config["parameters"] = dict(parameters)
     if placement.platform == "pytorch_libtorch":
         config["parameters"] = {**config["parameters"], "INFERENCE_MODE": "true"}
     return config

@@ -7,9 +7,10 @@ Layout (``<v>`` is the variant with ``-`` replaced by ``_``)::
     <repo>/vqdec_<v>/config.pbtxt        the same for the VQ decoder
     <repo>/ldm_<v>/config.pbtxt          + 1/model.py: the DDIM pipeline, BLS calls to unet_<v> and vqdec_<v>
 
-A DeepCache variant (``openvino-bf16-dc3``) has ``unet_full_<v>`` (noise and deep feature) and ``unet_shallow_<v>``
-(noise from a cached feature) instead of ``unet_<v>``; its ``ldm_<v>`` runs the core's ``DeepCacheUNet`` over BLS
-calls to both, with the interval from its ``parameters`` (also in the manifest's ``deepcache`` entry).
+A DeepCache variant's (``openvino-bf16-dc3``) ``unet_<v>`` is stateful (part ``unet-deepcache``): both DeepCache
+artifacts (``1/unet-full/``, ``1/unet-shallow/``) in one Python model under Triton's sequence batcher, which keeps
+each image's deep feature in its own process; ``ldm_<v>`` sends each image's steps as one sequence. The interval is
+in the model's ``parameters`` and in the manifest's ``deepcache`` entry.
 
 Every model folder is assembled in a staging folder inside the repository and renamed into place only when all of
 them are complete, under a lock, with the manifest saying ``exporting`` meanwhile: an interrupted export is never
@@ -19,6 +20,7 @@ taken for a finished one. Artifacts come from the core's content-hash cache and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import logging
@@ -33,9 +35,7 @@ from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact
 from edgediff.artifacts.deepcache_modules import feature_shape
 from edgediff.constants import (
     PIPELINE_MODEL_PREFIX,
-    UNET_FULL_MODEL_PREFIX,
     UNET_MODEL_PREFIX,
-    UNET_SHALLOW_MODEL_PREFIX,
     VQDEC_MODEL_PREFIX,
     triton_model_name,
 )
@@ -61,6 +61,7 @@ from exporters.manifest import (
 )
 from exporters.part_runtime import PART_SUBFOLDER, PartSpec
 from exporters.targets import (
+    DEEPCACHE_PART,
     PYTHON_BACKEND,
     WEIGHTS_FORMAT,
     Placement,
@@ -68,14 +69,14 @@ from exporters.targets import (
     build_blocker,
     deepcache_interval,
     get_target,
-    unet_parts,
+    unet_part,
 )
 
 logger = logging.getLogger(__name__)
 
 PARTS = ("unet", "vqdec")
-PART_PREFIX = {"unet": UNET_MODEL_PREFIX, "vqdec": VQDEC_MODEL_PREFIX, UNET_FULL: UNET_FULL_MODEL_PREFIX,
-               UNET_SHALLOW: UNET_SHALLOW_MODEL_PREFIX}
+"""The part models of every variant (a DeepCache variant's ``unet`` model serves part ``unet-deepcache``)."""
+PART_PREFIX = {"unet": UNET_MODEL_PREFIX, "vqdec": VQDEC_MODEL_PREFIX}
 VERSION = "1"
 REPORT_NAME = "export_report.json"
 LOCK_NAME = ".export.lock"
@@ -87,29 +88,18 @@ _NOT_ARTIFACT = ("model.py",)
 CONFIGS_ONLY_REASON = "configs only (--configs-only): no artifact was built"
 
 
-def variant_parts(variant: str) -> tuple[str, ...]:
-    """The part models of a variant: ``("unet", "vqdec")``, or ``("unet-full", "unet-shallow", "vqdec")``."""
-    return (*unet_parts(variant), "vqdec")
+def variant_parts(variant: str) -> dict[str, str]:
+    """What each part model of a variant serves, keyed like ``model_names``.
+
+    ``{"unet": "unet", "vqdec": "vqdec"}``, or for a DeepCache variant ``{"unet": "unet-deepcache", "vqdec": "vqdec"}``.
+    """
+    return {"unet": unet_part(variant), "vqdec": "vqdec"}
 
 
 def model_names(variant: str) -> dict[str, str]:
-    """Triton model names of a variant, keyed by part and ``ldm``.
-
-    ``{"unet": "unet_onnx_fp32", "vqdec": ..., "ldm": "ldm_onnx_fp32"}``; a DeepCache variant has ``unet-full``
-    (``unet_full_openvino_bf16_dc3``) and ``unet-shallow`` (``unet_shallow_openvino_bf16_dc3``) instead of ``unet``.
-    """
-    names = {part: triton_model_name(PART_PREFIX[part], variant) for part in variant_parts(variant)}
+    """Triton model names of a variant: ``{"unet": "unet_onnx_fp32", "vqdec": ..., "ldm": "ldm_onnx_fp32"}``."""
+    names = {part: triton_model_name(PART_PREFIX[part], variant) for part in PARTS}
     return {**names, "ldm": triton_model_name(PIPELINE_MODEL_PREFIX, variant)}
-
-
-def unet_full_model_name(variant: str) -> str:
-    """``unet_full_<variant>``: the full UNet model of a DeepCache variant."""
-    return triton_model_name(UNET_FULL_MODEL_PREFIX, variant)
-
-
-def unet_shallow_model_name(variant: str) -> str:
-    """``unet_shallow_<variant>``: the shallow-branch model of a DeepCache variant."""
-    return triton_model_name(UNET_SHALLOW_MODEL_PREFIX, variant)
 
 
 def resolve_variants(target: Target, variants: Sequence[str]) -> list[str]:
@@ -170,49 +160,62 @@ def _place_artifact(components: LDMComponents, part: str, placement: Placement, 
     return report
 
 
+def _artifact_parts(part: str, filename: str) -> list[tuple[str, str]]:
+    """``(artifact part, path relative to the model folder)`` of each artifact a part model holds."""
+    if part == DEEPCACHE_PART:
+        return [(sub, f"{VERSION}/{sub}/{filename}") for sub in (UNET_FULL, UNET_SHALLOW)]
+    return [(part, f"{VERSION}/{filename}")]
+
+
 def _write_part_model(
     components: LDMComponents, part: str, placement: Placement, target: Target, model_dir: Path, skipped: str | None
 ) -> dict[str, Any]:
     name = model_dir.name
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True)
-    artifact_rel = f"{VERSION}/{placement.filename}"
-    spec = PartSpec(variant=placement.variant, part=part, preset=components.preset.name, artifact=artifact_rel)
+    artifacts = _artifact_parts(part, placement.filename)
+    spec = PartSpec(variant=placement.variant, part=part, preset=components.preset.name, artifact=artifacts[0][1])
+    if part == DEEPCACHE_PART:
+        spec = dataclasses.replace(spec, shallow_artifact=artifacts[1][1],
+                                   deepcache_interval=placement.deepcache_interval)
     config = part_config(name=name, part=part, placement=placement, latent_shape=components.preset.latent_shape,
                          image_size=components.preset.image_size, max_batch_size=target.max_batch_size,
-                         parameters=spec.to_parameters(), feature_dims=_feature_dims(components))
+                         parameters=spec.to_parameters(), feature_dims=_feature_dims(components),
+                         max_sequences=MAX_BATCH)
     atomic_write_text(model_dir / "config.pbtxt", render_config(config))
     if placement.backend == PYTHON_BACKEND:
         shutil.copyfile(PART_MODEL_SOURCE, version_dir / "model.py")
     inputs, outputs = _io_shapes(part, components)
-    entry: dict[str, Any] = {"model": name, "format": placement.format_of(part), "backend": placement.backend_label,
-                             "instance_kind": placement.instance_kind, "inputs": inputs, "outputs": outputs}
+    entry: dict[str, Any] = {"model": name, "part": part, "format": placement.format_of(part),
+                             "backend": placement.backend_label, "instance_kind": placement.instance_kind,
+                             "inputs": inputs, "outputs": outputs}
     if skipped:
         return {**entry, "artifact": None, "skipped": skipped}
-    report = _place_artifact(components, part, placement, version_dir)
+    reports = {sub: _place_artifact(components, sub, placement, (model_dir / rel).parent) for sub, rel in artifacts}
     files = tree_files(version_dir, exclude=_NOT_ARTIFACT)
     size = tree_size(version_dir, exclude=_NOT_ARTIFACT)
+    report = dict(reports[part]) if len(reports) == 1 else {"artifacts": reports}
     report.update(model=name, part=part, variant=placement.variant, format=placement.format_of(part),
-                  artifact=artifact_rel, size_bytes=size)
+                  artifact=artifacts[0][1], size_bytes=size)
     atomic_write_json(model_dir / REPORT_NAME, report)
     hashes = {str(f.relative_to(model_dir)): file_sha256(f) for f in files}
     digest = next(iter(hashes.values())) if len(hashes) == 1 else tree_sha256(version_dir, exclude=_NOT_ARTIFACT)
-    return {**entry, "artifact": f"{name}/{artifact_rel}", "files": hashes, "sha256": digest, "size_bytes": size,
-            "report": f"{name}/{REPORT_NAME}", "export_s": report.get("build_s", report.get("export_s")),
-            "cached": bool(report.get("cached")), "skipped": None}
+    export_s = [r.get("build_s", r.get("export_s")) for r in reports.values()]
+    return {**entry, "artifact": f"{name}/{artifacts[0][1]}", "files": hashes, "sha256": digest, "size_bytes": size,
+            "report": f"{name}/{REPORT_NAME}",
+            "export_s": sum(export_s) if None not in export_s else None,
+            "cached": all(bool(r.get("cached")) for r in reports.values()), "skipped": None}
 
 
 def _write_ldm_model(components: LDMComponents, variant: str, target: Target, model_dir: Path) -> dict[str, Any]:
     names = model_names(variant)
     preset = components.preset
     interval = deepcache_interval(variant)
-    unet = ({"unet_model": names["unet"]} if interval == 1 else
-            {"unet_full_model": names[UNET_FULL], "unet_shallow_model": names[UNET_SHALLOW]})
     parameters = {
         "preset": preset.name,
         "variant": variant,
         "target": target.name,
-        **unet,
+        "unet_model": names["unet"],
         "deepcache_interval": str(interval),
         "vqdec_model": names["vqdec"],
         "scheduler_config": json_parameter(components.scheduler_config),
@@ -229,8 +232,8 @@ def _write_ldm_model(components: LDMComponents, variant: str, target: Target, mo
                       render_config(ldm_config(name=model_dir.name, image_size=preset.image_size,
                                                parameters=parameters)))
     shutil.copyfile(LDM_MODEL_SOURCE, model_dir / VERSION / "model.py")
-    return {"model": model_dir.name, "backend": PYTHON_BACKEND, "instance_kind": "KIND_CPU", **unet,
-            "deepcache_interval": interval}
+    return {"model": model_dir.name, "backend": PYTHON_BACKEND, "instance_kind": "KIND_CPU",
+            "unet_model": names["unet"], "deepcache_interval": interval}
 
 
 @contextlib.contextmanager
@@ -333,17 +336,18 @@ def export_repository(
                 models = model_names(variant)
                 entry: dict[str, Any] = {"variant": variant, "backend": placement.backend_label,
                                          "instance_kind": placement.instance_kind, "models": models, "parts": {}}
-                for part in variant_parts(variant):
+                for role, part in variant_parts(variant).items():
                     say(f"{variant}: {part} ({placement.format_of(part)}) ...")
-                    entry["parts"][part] = _write_part_model(components, part, placement, tgt,
-                                                             staging / models[part], blockers[variant])
+                    entry["parts"][role] = _write_part_model(components, part, placement, tgt,
+                                                             staging / models[role], blockers[variant])
                     if blockers[variant]:
                         say(f"{variant}: {part}: skipped: {blockers[variant]}")
                 entry["ldm"] = _write_ldm_model(components, variant, tgt, staging / models["ldm"])
                 entry["skipped"] = blockers[variant]
                 if placement.deepcache_interval > 1:
-                    entry["deepcache"] = {"interval": placement.deepcache_interval, "full_model": models[UNET_FULL],
-                                          "shallow_model": models[UNET_SHALLOW]}
+                    entry["deepcache"] = {"interval": placement.deepcache_interval, "model": models["unet"],
+                                          "artifacts": [rel for _, rel in _artifact_parts(DEEPCACHE_PART,
+                                                                                          placement.filename)]}
                 manifest["variants"][variant] = entry
             _install(root, staging, manifest, say)
         finally:
@@ -359,6 +363,9 @@ def _install(root: Path, staging: Path, manifest: dict[str, Any], say: Callable[
         kept = {v: e for v, e in old["variants"].items()
                 if v not in manifest["variants"] and all((root / m).is_dir() for m in e.get("models", {}).values())}
         manifest["variants"] = {**kept, **manifest["variants"]}
+        # a re-exported variant's models that its new entry no longer has (e.g. an older repository layout)
+        obsolete = {m for v, e in old["variants"].items() if v in manifest["variants"]
+                    for m in e.get("models", {}).values()}
     elif old:
         obsolete = _owned_models(old)
         say(f"replacing the {old.get('preset')}/{old.get('target', {}).get('name')} models of {root}")

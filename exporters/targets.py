@@ -1,7 +1,8 @@
 """Deployment targets: which variants each serves, through which Triton backend, on which kind of instance.
 
 On ``cpu`` every part runs inside a Python-backend model (``KIND_CPU``) that calls the core's variant code (a
-DeepCache variant has two UNet parts, full and shallow, and its ``ldm`` model keeps the cache); on
+DeepCache variant's ``unet_<v>`` is a stateful model holding both DeepCache artifacts and each image's cached deep
+feature, see ``DEEPCACHE_PART``); on
 ``rtx`` and ``jetson`` the parts use Triton's native backends (``onnxruntime_onnx``, ``tensorrt_plan``,
 ``pytorch_libtorch``) with ``KIND_GPU``. The ``ldm_<variant>`` pipeline is a Python-backend model on every target.
 """
@@ -39,11 +40,22 @@ def deepcache_interval(variant: str) -> int:
     return found.interval if isinstance(found, DeepCacheVariant) else 1
 
 
+DEEPCACHE_PART = "unet-deepcache"
+"""The served UNet part of a DeepCache variant: one Python-backend model with the ``unet-full`` and ``unet-shallow``
+artifacts and Triton's sequence batcher; each image is one sequence (its correlation ID keys the cached deep feature),
+so the feature never leaves the model's process."""
+
+
 def unet_parts(variant: str) -> tuple[str, ...]:
     """Artifact parts of a variant's UNet: ``("unet",)``, or the DeepCache pair ``("unet-full", "unet-shallow")``."""
     from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW
 
     return ("unet",) if deepcache_interval(variant) == 1 else (UNET_FULL, UNET_SHALLOW)
+
+
+def unet_part(variant: str) -> str:
+    """The part the variant's ``unet_<v>`` model serves: ``"unet"``, or ``DEEPCACHE_PART``."""
+    return "unet" if deepcache_interval(variant) == 1 else DEEPCACHE_PART
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,11 @@ class Placement:
     def unet_parts(self) -> tuple[str, ...]:
         """See ``unet_parts``."""
         return unet_parts(self.variant)
+
+    @property
+    def unet_part(self) -> str:
+        """See ``unet_part``."""
+        return unet_part(self.variant)
 
 
 @dataclass(frozen=True)
@@ -157,7 +174,7 @@ _CPU_PLACEMENTS = (
     _cpu("openvino-bf16", "openvino", "model.xml"),
     _cpu("openvino-int8", "openvino-int8", "model.xml"),
     _cpu("openvino-bf16-int8dec", "openvino", "model.xml", decoder_format="openvino-int8"),
-    # DeepCache: two UNet part models (unet_full_<v>, unet_shallow_<v>); the ldm model caches between them
+    # DeepCache: unet_<v> is one stateful Python model (DEEPCACHE_PART) holding both DeepCache artifacts
     _cpu("openvino-bf16-dc3", "openvino", "model.xml"),
     _cpu("openvino-int8-dc3", "openvino-int8", "model.xml"),
     _cpu("openvino-bf16-int8dec-dc3", "openvino", "model.xml", decoder_format="openvino-int8"),

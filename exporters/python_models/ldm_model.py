@@ -8,11 +8,11 @@ part's ``max_batch_size``), and decoding is one call to ``vqdec_<variant>``. Eve
 never swallowed. Constants (scheduler config, latent shape, scaling factor, inner model names) come from
 ``config.pbtxt`` ``parameters``.
 
-A DeepCache variant (``deepcache_interval`` > 1 in the parameters) has no ``unet_<variant>``: its UNet runner is the
-core's ``edgediff.variants.deepcache.DeepCacheUNet`` (the cache logic is not repeated here), whose full function is
-a BLS call to ``unet_full_<variant>`` returning noise and deep feature and whose shallow function is a BLS call to
-``unet_shallow_<variant>`` with the cached feature; the cache lives in the per-generation ``sequence()`` callable. The
-feature is never copied here: the full call's output tensors are sent back as the shallow calls' inputs.
+A DeepCache variant (``deepcache_interval`` > 1 in the parameters) has a stateful ``unet_<variant>`` under Triton's
+sequence batcher, which keeps each image's deep feature (and runs the core's ``DeepCacheUNet`` there): every image of
+a generation is one sequence with its own correlation ID, its first step carries the START flag, and when the
+generation ends (finished, failed or cancelled) one request with the END flag per image closes it. The feature never
+crosses a process boundary, so a DeepCache step costs one round trip of the latents like a plain one.
 
 Inputs: ``SEED`` INT64 [1], ``STEPS`` INT32 [1], ``ETA`` FP32 [1] (optional, 0), ``BATCH`` INT32 [1] (optional, 1).
 Outputs: ``IMAGE`` UINT8 [batch, H, W, 3] and ``TIMINGS`` FP64 [3] = denoise_s, decode_s, total_s.
@@ -21,6 +21,7 @@ Outputs: ``IMAGE`` UINT8 [batch, H, W, 3] and ``TIMINGS`` FP64 [3] = denoise_s, 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 
 import numpy as np
@@ -43,9 +44,15 @@ def _to_numpy(tensor: pb_utils.Tensor) -> np.ndarray:
     return torch.from_dlpack(tensor.to_dlpack()).cpu().numpy()
 
 
-def bls_exec(model: str, inputs: list[pb_utils.Tensor], outputs: list[str]) -> list[pb_utils.Tensor]:
-    """One synchronous BLS inference returning the ``outputs`` tensors in order; raises ``InnerModelError``."""
-    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs), inputs=inputs)
+def bls_exec(
+    model: str, inputs: list[pb_utils.Tensor], outputs: list[str], *, sequence_id: int = 0, flags: int = 0
+) -> list[pb_utils.Tensor]:
+    """One synchronous BLS inference returning the ``outputs`` tensors in order; raises ``InnerModelError``.
+
+    ``sequence_id`` and ``flags`` address a stateful model (correlation ID, sequence START/END flags).
+    """
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=list(outputs), inputs=inputs,
+                                        correlation_id=sequence_id, flags=flags)
     response = request.exec()
     if response.has_error():
         error = response.error()
@@ -85,19 +92,6 @@ def bls_chunked(model: str, inputs: list[tuple[str, torch.Tensor]], output: str,
                                             for chunk in bls_chunks(inputs, max_batch)]))
 
 
-class BlsFeature:
-    """A DeepCache deep feature left in the full part's BLS output tensors, one per chunk.
-
-    The shallow calls send these same tensors back, so the pipeline model never copies the largest tensor of the
-    loop (celebahq-256: 7.3 MB) out of Triton's shared memory and into it again. ``shape[0]`` is the batch (all
-    ``DeepCacheUNet`` looks at).
-    """
-
-    def __init__(self, chunks: list[pb_utils.Tensor], batch: int) -> None:
-        self.chunks = chunks
-        self.shape = (batch,)
-
-
 class BlsUNet:
     """``UNetRunner`` whose evaluations are BLS calls to the ``unet_<variant>`` model."""
 
@@ -115,39 +109,61 @@ class BlsUNet:
         return self._run
 
 
-class BlsDeepCacheParts:
-    """The full and shallow functions of ``DeepCacheUNet`` as BLS calls to ``unet_full_<v>`` / ``unet_shallow_<v>``.
+class BlsImageSequences:
+    """One generation over a stateful DeepCache ``unet_<variant>``: each image is a Triton sequence.
 
-    Args:
-        full_model: ``unet_full_<variant>`` (sample, timestep -> noise, deep feature).
-        shallow_model: ``unet_shallow_<variant>`` (sample, timestep, deep feature -> noise).
-        max_batch: The parts' ``max_batch_size``.
-        names: Tensor names: sample, timestep, noise, deep feature.
+    The first call opens one sequence per image (START flag, fresh correlation IDs), every call sends each image's
+    latents as its own batch-1 request (the sequence batcher's rule), and ``close()`` sends each open image one
+    END-flagged request that only releases its cached feature. ``close()`` never raises: a failed release is logged
+    and Triton ends the sequence after its idle limit anyway.
     """
 
-    def __init__(self, full_model: str, shallow_model: str, max_batch: int, names: tuple[str, str, str, str]) -> None:
-        self.full_model = full_model
-        self.shallow_model = shallow_model
-        self.max_batch = max_batch
-        self.sample_name, self.timestep_name, self.output_name, self.feature_name = names
+    def __init__(self, model: str, names: tuple[str, str, str]) -> None:
+        self.model = model
+        self.sample_name, self.timestep_name, self.output_name = names
+        self.ids: list[int] = []
+        self.opened: list[int] = []
+        self.last: list[list[pb_utils.Tensor]] = []
 
-    def _chunks(self, sample: torch.Tensor, timestep: torch.Tensor) -> list[list[pb_utils.Tensor]]:
-        return bls_chunks([(self.sample_name, sample), (self.timestep_name, timestep)], self.max_batch)
-
-    def full(self, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, BlsFeature]:
-        """``(noise, feature)`` from the full UNet; the feature stays in Triton's tensors."""
-        noise, features = [], []
-        for inputs in self._chunks(sample, timestep):
-            noise_tensor, feature_tensor = bls_exec(self.full_model, inputs, [self.output_name, self.feature_name])
-            noise.append(_to_numpy(noise_tensor))
-            features.append(feature_tensor)
-        return torch.from_numpy(np.concatenate(noise)), BlsFeature(features, sample.shape[0])
-
-    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, feature: BlsFeature) -> torch.Tensor:
-        """The noise from the shallow branch over the cached ``feature`` (sent back as it came)."""
-        noise = [_to_numpy(bls_exec(self.shallow_model, [*inputs, chunk], [self.output_name])[0])
-                 for inputs, chunk in zip(self._chunks(sample, timestep), feature.chunks, strict=True)]
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """One step of every image: the noise, in order."""
+        items = bls_chunks([(self.sample_name, sample), (self.timestep_name, timestep)], 1)
+        start = not self.ids
+        if start:
+            self.ids = [secrets.randbits(63) or 1 for _ in items]  # 0 is not a correlation ID
+        elif len(items) != len(self.ids):
+            raise ValueError(f"batch changed from {len(self.ids)} to {len(items)} images within one generation")
+        self.last = items
+        flags = pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if start else 0
+        noise = []
+        for sequence_id, inputs in zip(self.ids, items, strict=True):
+            noise.append(_to_numpy(bls_exec(self.model, inputs, [self.output_name], sequence_id=sequence_id,
+                                            flags=flags)[0]))
+            if start:
+                self.opened.append(sequence_id)
         return torch.from_numpy(np.concatenate(noise))
+
+    def close(self) -> None:
+        """End every image that was opened (the inputs sent are ignored; the model only drops the feature)."""
+        for index, sequence_id in enumerate(self.opened):
+            try:
+                bls_exec(self.model, self.last[index], [], sequence_id=sequence_id,
+                         flags=pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+            except Exception as exc:  # the generation's own outcome matters more; Triton's idle limit frees it
+                pb_utils.Logger.log_warn(f"closing DeepCache sequence {sequence_id} of {self.model}: {exc}")
+        self.ids, self.opened, self.last = [], [], []
+
+
+class BlsDeepCacheUNet:
+    """``UNetRunner`` over a stateful DeepCache ``unet_<variant>``: one ``BlsImageSequences`` per generation."""
+
+    def __init__(self, model: str, names: tuple[str, str, str]) -> None:
+        self.model = model
+        self.names = names
+
+    def sequence(self) -> BlsImageSequences:
+        """The callable for one generation; the pipeline closes it when the generation ends."""
+        return BlsImageSequences(self.model, self.names)
 
 
 class BlsDecoder:
@@ -192,16 +208,12 @@ class TritonPythonModel:
         self.max_batch = int(params["max_batch"])
         torch.set_num_threads(1)  # the scheduler's arithmetic is tiny; the parts own the cores
         interval = int(params.get("deepcache_interval", "1"))
+        names = (c.UNET_INPUT_SAMPLE, c.UNET_INPUT_TIMESTEP, c.UNET_OUTPUT)
         if interval > 1:
-            from edgediff.variants.deepcache import DeepCacheUNet
-
-            parts = BlsDeepCacheParts(params["unet_full_model"], params["unet_shallow_model"], part_max_batch,
-                                      (c.UNET_INPUT_SAMPLE, c.UNET_INPUT_TIMESTEP, c.UNET_OUTPUT, c.UNET_FEATURE))
-            unet = DeepCacheUNet(full=parts.full, shallow=parts.shallow, interval=interval)
-            unet_label = f"DeepCache every {interval} steps over {parts.full_model} + {parts.shallow_model}"
+            unet = BlsDeepCacheUNet(params["unet_model"], names)
+            unet_label = f"{params['unet_model']} (DeepCache every {interval} steps, one sequence per image)"
         else:
-            unet = BlsUNet(params["unet_model"], part_max_batch,
-                           (c.UNET_INPUT_SAMPLE, c.UNET_INPUT_TIMESTEP, c.UNET_OUTPUT))
+            unet = BlsUNet(params["unet_model"], part_max_batch, names)
             unet_label = params["unet_model"]
         self.pipeline = LDMPipeline(
             unet=unet,

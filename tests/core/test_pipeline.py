@@ -66,6 +66,50 @@ def test_cancellation_stops_the_loop(pipeline):
         pipeline(seed=0, steps=10, should_stop=should_stop)
 
 
+class ClosingRunner:
+    """A UNet runner whose per-generation callable holds something to release (like Triton sequences)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.events: list[str] = []
+
+    def sequence(self):
+        runner = self
+
+        class Generation:
+            def __call__(self, sample, timestep):
+                runner.events.append("step")
+                if len(runner.events) == runner.fail_at:
+                    raise RuntimeError("inner model failed")
+                return sample * 0
+
+            def close(self):
+                runner.events.append("close")
+
+        return Generation()
+
+
+@pytest.mark.parametrize("fail_at", [None, 2])
+def test_a_generation_closes_its_unet_callable_finished_or_failed(pipeline, fail_at):
+    from edgediff.pipeline import LDMPipeline
+
+    unet = ClosingRunner(fail_at)
+    custom = LDMPipeline(unet, pipeline.decoder, pipeline.scheduler_config, pipeline.latent_shape,
+                         pipeline.scaling_factor)
+    if fail_at is None:
+        custom(seed=0, steps=3)
+        assert unet.events == ["step", "step", "step", "close"]
+    else:
+        with pytest.raises(RuntimeError, match="inner model failed"):
+            custom(seed=0, steps=3)
+        assert unet.events == ["step", "step", "close"]
+    stopped = ClosingRunner()
+    custom.unet = stopped
+    with pytest.raises(GenerationCancelled):
+        custom(seed=0, steps=3, should_stop=lambda: len(stopped.events) >= 1)
+    assert stopped.events == ["step", "close"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

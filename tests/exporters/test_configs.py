@@ -85,11 +85,12 @@ def test_cpu_configs_are_python_models_on_cpu_instances(tmp_path):
             assert config.backend == "python" and not config.platform
             assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
             assert (repo / name / "1" / "model.py").is_file()
-        for part in TARGETS["cpu"].placements[variant].unet_parts:  # "unet", or DeepCache's full and shallow
-            unet = parse(repo / model_names(variant)[part] / "config.pbtxt")
-            assert unet.parameters["variant"].string_value == variant
-            assert unet.parameters["part"].string_value == part
-            assert unet.parameters["artifact"].string_value == f"1/{TARGETS['cpu'].placements[variant].filename}"
+        placement = TARGETS["cpu"].placements[variant]
+        unet = parse(repo / model_names(variant)["unet"] / "config.pbtxt")
+        assert unet.parameters["variant"].string_value == variant
+        assert unet.parameters["part"].string_value == placement.unet_part  # "unet", or "unet-deepcache"
+        first = "1/" if placement.deepcache_interval == 1 else "1/unet-full/"  # DeepCache: full and shallow inside
+        assert unet.parameters["artifact"].string_value == f"{first}{placement.filename}"
 
 
 def test_target_and_variant_errors_name_the_flag():

@@ -83,6 +83,24 @@ def test_a_second_export_adds_variants_and_another_target_replaces_them(tmp_path
     assert unfinished_export(repo) is None
 
 
+def test_re_exporting_a_variant_removes_the_models_its_old_layout_had(tmp_path):
+    # a repository written by an older edgediff (DeepCache as unet_full_<v> + unet_shallow_<v>) loses those models
+    # when the variant is exported again; models of other variants and files nobody owns stay
+    repo = tmp_path / "r"
+    export_repository(model="tiny", target="cpu", variants=["openvino-bf16-dc3", "onnx-fp32"], repo=repo,
+                      configs_only=True)
+    manifest_path = repo / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for old in ("unet_full_openvino_bf16_dc3", "unet_shallow_openvino_bf16_dc3"):
+        (repo / old).mkdir()
+        manifest["variants"]["openvino-bf16-dc3"]["models"][old] = old
+    manifest_path.write_text(json.dumps(manifest))
+    (repo / "mine").mkdir()
+    export_repository(model="tiny", target="cpu", variants=["openvino-bf16-dc3"], repo=repo, configs_only=True)
+    assert not any((repo / old).exists() for old in ("unet_full_openvino_bf16_dc3", "unet_shallow_openvino_bf16_dc3"))
+    assert all((repo / kept).is_dir() for kept in ("unet_openvino_bf16_dc3", "unet_onnx_fp32", "mine"))
+
+
 def test_an_interrupted_export_leaves_the_previous_repository(tmp_path, monkeypatch):
     repo = tmp_path / "r"
     before = export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)

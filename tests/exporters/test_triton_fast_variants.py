@@ -1,4 +1,4 @@
-"""The fast CPU variants through Triton: DeepCache as two UNet part models, int8 OpenVINO parts.
+"""The fast CPU variants through Triton: DeepCache as one stateful UNet model (a sequence per image), int8 parts.
 
 Configs are checked without building anything; then one real tritonserver (module-scoped, explicit model control)
 serves ``openvino-bf16-dc3``, ``openvino-int8`` and ``openvino-bf16-int8dec-dc3`` (bf16 UNet parts, int8 decoder).
@@ -10,15 +10,25 @@ only absorbs a different CPU kernel choice).
 import re
 import urllib.request
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW
-from edgediff.constants import LDM_OUTPUT_IMAGE, UNET_FEATURE, UNET_INPUT_SAMPLE, UNET_OUTPUT
+from edgediff.constants import (
+    DEEPCACHE_EVALUATIONS_METRIC,
+    DEEPCACHE_OPEN_SEQUENCES_METRIC,
+    DEEPCACHE_SEQUENCE_IDLE_S,
+    LDM_OUTPUT_IMAGE,
+    UNET_INPUT_SAMPLE,
+    UNET_INPUT_TIMESTEP,
+    UNET_OUTPUT,
+)
+from edgediff.pipeline import MAX_BATCH
 from edgediff.variants import get_variant
-from exporters.repository import export_repository, model_names, unet_full_model_name, unet_shallow_model_name
-from exporters.targets import TARGETS
+from exporters.repository import export_repository, model_names
+from exporters.targets import DEEPCACHE_PART, TARGETS
 from tests.exporters.helpers import assert_same_images, grpc_client, in_process, ldm_inputs, serve_tiny
 
 DEEPCACHE = "openvino-bf16-dc3"
@@ -37,6 +47,7 @@ def test_cpu_target_serves_the_fast_variants():
         assert name in placements
     assert placements[DEEPCACHE].deepcache_interval == 3 and placements[DEEPCACHE].unet_parts == (UNET_FULL,
                                                                                                    UNET_SHALLOW)
+    assert placements[DEEPCACHE].unet_part == DEEPCACHE_PART and placements[INT8].unet_part == "unet"
     assert placements[INT8].deepcache_interval == 1 and placements[INT8].artifact_format == "openvino-int8"
     assert placements[INT8].formats == ("openvino-int8",)
     mixed = placements[MIXED]
@@ -49,7 +60,7 @@ def test_manifest_records_each_parts_format(tmp_path):
     manifest = export_repository(model="tiny", target="cpu", variants=[MIXED, INT8], repo=tmp_path / "r",
                                  configs_only=True)
     formats = {v: {part: e["format"] for part, e in manifest["variants"][v]["parts"].items()} for v in (MIXED, INT8)}
-    assert formats == {MIXED: {UNET_FULL: "openvino", UNET_SHALLOW: "openvino", "vqdec": "openvino-int8"},
+    assert formats == {MIXED: {"unet": "openvino", "vqdec": "openvino-int8"},
                        INT8: {"unet": "openvino-int8", "vqdec": "openvino-int8"}}
 
 
@@ -58,28 +69,31 @@ def test_deepcache_configs_and_manifest(tmp_path):
     manifest = export_repository(model="tiny", target="cpu", variants=[DEEPCACHE, "openvino-int8-dc3"], repo=repo,
                                  configs_only=True)
     for variant in (DEEPCACHE, "openvino-int8-dc3"):
+        v = variant.replace("-", "_")
         names = model_names(variant)
-        assert names == {UNET_FULL: unet_full_model_name(variant), UNET_SHALLOW: unet_shallow_model_name(variant),
-                         "vqdec": f"vqdec_{variant.replace('-', '_')}", "ldm": f"ldm_{variant.replace('-', '_')}"}
-        assert not (repo / f"unet_{variant.replace('-', '_')}").exists()
-        full = parse(repo / names[UNET_FULL] / "config.pbtxt")
-        shallow = parse(repo / names[UNET_SHALLOW] / "config.pbtxt")
-        assert [o.name for o in full.output] == [UNET_OUTPUT, UNET_FEATURE]
-        assert list(full.output[1].dims) == [32, 16, 16]  # tiny: block_out_channels[1] at the latent side
-        assert [i.name for i in shallow.input][-1] == UNET_FEATURE and list(shallow.input[-1].dims) == [32, 16, 16]
-        assert full.parameters["part"].string_value == UNET_FULL
-        assert shallow.parameters["part"].string_value == UNET_SHALLOW
+        assert names == {"unet": f"unet_{v}", "vqdec": f"vqdec_{v}", "ldm": f"ldm_{v}"}
+        unet = parse(repo / names["unet"] / "config.pbtxt")
+        # stateful: Triton's sequence batcher (one sequence per image), never the dynamic batcher
+        assert unet.WhichOneof("scheduling_choice") == "sequence_batching"
+        assert unet.sequence_batching.WhichOneof("strategy_choice") == "oldest"
+        assert unet.sequence_batching.oldest.max_candidate_sequences == MAX_BATCH  # a whole batch stays open
+        assert unet.sequence_batching.max_sequence_idle_microseconds == DEEPCACHE_SEQUENCE_IDLE_S * 1_000_000
+        # the feature stays inside: the same tensors as a plain UNet model
+        assert [i.name for i in unet.input] == [UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP]
+        assert [o.name for o in unet.output] == [UNET_OUTPUT]
+        params = {k: p.string_value for k, p in unet.parameters.items()}
+        assert params["part"] == DEEPCACHE_PART and params["deepcache_interval"] == "3"
+        assert (params["artifact"], params["shallow_artifact"]) == ("1/unet-full/model.xml",
+                                                                    "1/unet-shallow/model.xml")
         ldm = parse(repo / names["ldm"] / "config.pbtxt")
         assert ldm.parameters["deepcache_interval"].string_value == "3"
-        assert ldm.parameters["unet_full_model"].string_value == names[UNET_FULL]
-        assert ldm.parameters["unet_shallow_model"].string_value == names[UNET_SHALLOW]
-        assert "unet_model" not in ldm.parameters
+        assert ldm.parameters["unet_model"].string_value == names["unet"]
         entry = manifest["variants"][variant]
         assert entry["models"] == names
-        assert entry["deepcache"] == {"interval": 3, "full_model": names[UNET_FULL],
-                                      "shallow_model": names[UNET_SHALLOW]}
-        assert set(entry["parts"]) == {UNET_FULL, UNET_SHALLOW, "vqdec"}
-        assert entry["parts"][UNET_FULL]["outputs"] == {UNET_OUTPUT: [-1, 3, 16, 16], UNET_FEATURE: [-1, 32, 16, 16]}
+        assert entry["deepcache"] == {"interval": 3, "model": names["unet"],
+                                      "artifacts": ["1/unet-full/model.xml", "1/unet-shallow/model.xml"]}
+        assert set(entry["parts"]) == {"unet", "vqdec"} and entry["parts"]["unet"]["part"] == DEEPCACHE_PART
+        assert entry["parts"]["unet"]["outputs"] == {UNET_OUTPUT: [-1, 3, 16, 16]}
 
 
 @pytest.fixture(scope="module")
@@ -95,35 +109,82 @@ def client(server):
     yield from grpc_client(server)
 
 
-def successes(server) -> dict[str, float]:
+def metrics(server) -> str:
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def successes(server) -> dict[str, float]:
     return {m: float(v) for m, v in re.findall(r'^nv_inference_request_success\{model="([^"]+)",version="1"\} (\S+)$',
-                                                text, re.M)}
+                                                metrics(server), re.M)}
+
+
+def deepcache_state(server, model: str) -> dict[str, float]:
+    """The DeepCache model's own metrics: evaluations by kind and open sequences (images holding a feature)."""
+    state = {}
+    for name, labels, value in re.findall(r'^(edgediff_deepcache_\w+)\{([^}]*)\} (\S+)$', metrics(server), re.M):
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if pairs.get("model") == model:
+            key = pairs["kind"] if name == DEEPCACHE_EVALUATIONS_METRIC else name
+            state[key] = float(value)
+    return state
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_deepcache_through_triton_equals_in_process_and_calls_full_and_shallow(client, server, tiny_components):
+def test_deepcache_through_triton_equals_in_process_and_keeps_the_feature_inside(client, server, tiny_components):
     names = model_names(DEEPCACHE)
-    before = successes(server)
+    before, state_before = successes(server), deepcache_state(server, names["unet"])
     result = client.infer(names["ldm"], ldm_inputs(seed=5, steps=10))
-    after = successes(server)
-    calls = {part: after.get(names[part], 0) - before.get(names[part], 0) for part in (UNET_FULL, UNET_SHALLOW,
-                                                                                        "vqdec", "ldm")}
-    # 10 DDIM steps, interval 3: full UNet at steps 0, 3, 6, 9, the shallow branch at the six others
-    assert calls == {UNET_FULL: 4, UNET_SHALLOW: 6, "vqdec": 1, "ldm": 1}
+    after, state = successes(server), deepcache_state(server, names["unet"])
+    # 10 DDIM steps, interval 3: full UNet at steps 0, 3, 6, 9, the shallow branch at the six others; 10 step
+    # requests plus the closing one to unet_<v>, and no image left open
+    assert {k: state[k] - state_before.get(k, 0) for k in ("full", "shallow")} == {"full": 4, "shallow": 6}
+    assert state[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 0
+    calls = {part: after.get(names[part], 0) - before.get(names[part], 0) for part in ("unet", "vqdec", "ldm")}
+    assert calls == {"unet": 11, "vqdec": 1, "ldm": 1}
     expected = in_process(tiny_components, DEEPCACHE, seed=5, steps=10)
     assert_same_images(result.as_numpy(LDM_OUTPUT_IMAGE), expected.images)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_deepcache_batch_larger_than_the_part_batch(client, tiny_components):
-    # batch 5 > max_batch_size 4: each full/shallow evaluation is split into two BLS calls, feature chunks included
-    result = client.infer(model_names(DEEPCACHE)["ldm"], ldm_inputs(seed=8, steps=4, eta=0.5, batch=5))
+def test_deepcache_batch_larger_than_the_part_batch(client, server, tiny_components):
+    # batch 5 > max_batch_size 4: five images, five sequences open at once, all closed at the end
+    names = model_names(DEEPCACHE)
+    result = client.infer(names["ldm"], ldm_inputs(seed=8, steps=4, eta=0.5, batch=5))
     expected = in_process(tiny_components, DEEPCACHE, seed=8, steps=4, eta=0.5, batch=5)
     assert_same_images(result.as_numpy(LDM_OUTPUT_IMAGE), expected.images)
+    assert deepcache_state(server, names["unet"])[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 0
+
+
+def unet_inputs(step: int):
+    import tritonclient.grpc as grpcclient
+
+    sample = grpcclient.InferInput(UNET_INPUT_SAMPLE, [1, 3, 16, 16], "FP32")
+    sample.set_data_from_numpy(np.full((1, 3, 16, 16), 0.1 * step, dtype=np.float32))
+    timestep = grpcclient.InferInput(UNET_INPUT_TIMESTEP, [1, 1], "INT64")
+    timestep.set_data_from_numpy(np.array([[900 - 100 * step]], dtype=np.int64))
+    return [sample, timestep]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_deepcache_model_speaks_triton_sequences(client, server):
+    # what any Triton client (perf_analyzer --sequence-length) sees: START opens an image, END closes it unrun
+    from tritonclient.utils import InferenceServerException
+
+    unet = model_names(DEEPCACHE)["unet"]
+    with pytest.raises(InferenceServerException, match="START"):
+        client.infer(unet, unet_inputs(0), sequence_id=77)
+    first = client.infer(unet, unet_inputs(0), sequence_id=77, sequence_start=True).as_numpy(UNET_OUTPUT)
+    assert first.shape == (1, 3, 16, 16) and np.isfinite(first).all()
+    client.infer(unet, unet_inputs(1), sequence_id=77)
+    assert deepcache_state(server, unet)[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 1
+    client.infer(unet, unet_inputs(2), sequence_id=77, sequence_end=True)
+    assert deepcache_state(server, unet)[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 0
+    with pytest.raises(InferenceServerException, match="START"):
+        client.infer(unet, unet_inputs(3), sequence_id=77)  # closed: a new image needs START again
 
 
 @pytest.mark.slow
@@ -144,26 +205,26 @@ def test_mixed_precision_through_triton_equals_in_process(client, tiny_component
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_an_inner_shallow_model_error_is_returned(client):
+def test_an_inner_deepcache_model_error_is_returned(client):
     from tritonclient.utils import InferenceServerException
 
     names = model_names(DEEPCACHE)
-    client.unload_model(names[UNET_SHALLOW])
+    client.unload_model(names["unet"])
     try:
         with pytest.raises(InferenceServerException) as info:
-            client.infer(names["ldm"], ldm_inputs(seed=1, steps=2))  # step 0 full, step 1 shallow
-        assert names[UNET_SHALLOW] in info.value.message()
+            client.infer(names["ldm"], ldm_inputs(seed=1, steps=2))
+        assert names["unet"] in info.value.message()
     finally:
-        client.load_model(names[UNET_SHALLOW])
-    assert client.is_model_ready(names[UNET_SHALLOW])
+        client.load_model(names["unet"])
+    assert client.is_model_ready(names["unet"])
 
 
-def test_input_names_of_the_full_part_match_the_plain_unet():
-    # the full part takes exactly what unet_<v> takes, so clients of the plain model can call it unchanged
+def test_the_deepcache_model_has_the_plain_unets_tensors():
+    # the feature stays inside unet_<v>, so clients of a plain UNet model can call it unchanged (with sequences)
     from exporters.configs import part_io
 
-    plain, _ = part_io("unet", (3, 16, 16), 64)
+    assert part_io(DEEPCACHE_PART, (3, 16, 16), 64) == part_io("unet", (3, 16, 16), 64)
     full, _ = part_io(UNET_FULL, (3, 16, 16), 64, (32, 16, 16))
-    assert [t["name"] for t in full] == [t["name"] for t in plain] and plain[0]["name"] == UNET_INPUT_SAMPLE
+    assert [t["name"] for t in full] == [UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP]
     with pytest.raises(ValueError, match="feature_dims"):
         part_io(UNET_SHALLOW, (3, 16, 16), 64)
