@@ -71,6 +71,15 @@ METRIC_GATEWAY_STAGE_SECONDS = "edgediff_gateway_stage_duration_seconds"
 METRIC_GATEWAY_IMAGES_TOTAL = "edgediff_gateway_images_total"
 METRIC_GATEWAY_IN_FLIGHT = "edgediff_gateway_in_flight_requests"
 METRIC_GATEWAY_QUEUE_DEPTH = "edgediff_gateway_queue_depth"
+# a DeepCache unet_<variant> model: Triton custom metrics, served on Triton's metrics port
+METRIC_DEEPCACHE_EVALUATIONS_TOTAL = "edgediff_deepcache_evaluations_total"
+"""Counter, labels ``model`` and ``kind`` (``full``: the whole UNet, refreshing the cached feature; ``shallow``: only
+the shallow branch over it)."""
+METRIC_DEEPCACHE_OPEN_SEQUENCES = "edgediff_deepcache_open_sequences"
+"""Gauge, label ``model``: images whose deep feature the model holds now."""
+DEEPCACHE_METRIC_LABELS = {METRIC_DEEPCACHE_EVALUATIONS_TOTAL: ("model", "kind"),
+                           METRIC_DEEPCACHE_OPEN_SEQUENCES: ("model",)}
+"""Labels of the DeepCache model's metrics (the dashboard tests check queries against them)."""
 
 # --- environment variables ---------------------------------------------------------------------------------------
 ENV_WEIGHTS = "EDGEDIFF_WEIGHTS"
@@ -111,11 +120,6 @@ DEEPCACHE_SEQUENCE_IDLE_S = 120
 """A DeepCache image (one Triton sequence) idle this long is ended by Triton's sequence batcher and its cached feature
 dropped by the model (only happens when a pipeline model dies mid-image: a finished or failed image closes its
 sequence itself). Generous because a large batch's items take turns: an item waits for all the others each step."""
-DEEPCACHE_EVALUATIONS_METRIC = "edgediff_deepcache_evaluations_total"
-"""Counter of a DeepCache ``unet_<variant>`` model (Triton's metrics port), labels ``model`` and ``kind``
-(``full``: the whole UNet, refreshing the cached feature; ``shallow``: only the shallow branch over it)."""
-DEEPCACHE_OPEN_SEQUENCES_METRIC = "edgediff_deepcache_open_sequences"
-"""Gauge of a DeepCache ``unet_<variant>`` model, label ``model``: images whose deep feature the model holds now."""
 
 # --- deployment (docker/, compose.yaml, Grafana): Triton's own metrics the dashboards use -------------------------
 TRITON_METRICS = (

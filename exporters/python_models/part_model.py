@@ -52,10 +52,11 @@ class TritonPythonModel:
         self.evaluations: dict[str, object] = {}
         self.open_gauge = None
         try:  # Triton's custom metrics; absent when the server runs with --allow-metrics=false
-            counter = pb_utils.MetricFamily(name=c.DEEPCACHE_EVALUATIONS_METRIC, kind=pb_utils.MetricFamily.COUNTER,
-                                            description="DeepCache UNet evaluations (full: refreshes the feature)")
-            gauge = pb_utils.MetricFamily(name=c.DEEPCACHE_OPEN_SEQUENCES_METRIC, kind=pb_utils.MetricFamily.GAUGE,
-                                          description="Images whose DeepCache feature this model holds")
+            family = pb_utils.MetricFamily
+            counter = family(name=c.METRIC_DEEPCACHE_EVALUATIONS_TOTAL, kind=family.COUNTER,
+                             description="DeepCache UNet evaluations (full: refreshes the feature)")
+            gauge = family(name=c.METRIC_DEEPCACHE_OPEN_SEQUENCES, kind=family.GAUGE,
+                           description="Images whose DeepCache feature this model holds")
             self.metric_families = (counter, gauge)  # a Metric must not outlive its family
             self.evaluations = {kind: counter.Metric(labels={"model": model, "kind": kind})
                                 for kind in ("full", "shallow")}

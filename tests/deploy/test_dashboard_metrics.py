@@ -2,7 +2,8 @@
 
 Names are checked against ``edgediff.constants`` (``METRIC_*`` and the ``TRITON_METRICS`` allow-list), then the
 exporter and the gateway are run in-process and their exposition is parsed: the dashboard's ``edgediff_*`` series and
-labels must be among what they emit. Triton's names are confirmed against a real server in ``test_triton_metrics``.
+labels must be among what they emit. Triton's names are confirmed against a real server in ``test_triton_metrics``,
+the DeepCache model's custom metrics (``DEEPCACHE_METRIC_LABELS``) in ``tests/exporters/test_triton_fast_variants``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import generate_latest
 
 from edgediff import constants
 from edgediff.constants import (
+    DEEPCACHE_METRIC_LABELS,
     METRIC_PREFIX,
     PIPELINE_MODEL_PREFIX,
     TRITON_METRICS,
@@ -124,6 +126,9 @@ def test_dashboard_metrics_and_labels_are_served(
         for name in metrics:
             if name in TRITON_METRICS:
                 labels |= TRITON_LABELS
+                continue
+            if name in DEEPCACHE_METRIC_LABELS:  # Triton serves them for a DeepCache model: test_triton_fast_variants
+                labels |= set(DEEPCACHE_METRIC_LABELS[name])
                 continue
             assert name in served, f"{name} (in {expr!r}) is emitted by neither the exporter nor the gateway"
             labels |= served[name]

@@ -17,10 +17,11 @@ from tritonclient.grpc import model_config_pb2
 
 from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW
 from edgediff.constants import (
-    DEEPCACHE_EVALUATIONS_METRIC,
-    DEEPCACHE_OPEN_SEQUENCES_METRIC,
+    DEEPCACHE_METRIC_LABELS,
     DEEPCACHE_SEQUENCE_IDLE_S,
     LDM_OUTPUT_IMAGE,
+    METRIC_DEEPCACHE_EVALUATIONS_TOTAL,
+    METRIC_DEEPCACHE_OPEN_SEQUENCES,
     UNET_INPUT_SAMPLE,
     UNET_INPUT_TIMESTEP,
     UNET_OUTPUT,
@@ -124,8 +125,9 @@ def deepcache_state(server, model: str) -> dict[str, float]:
     state = {}
     for name, labels, value in re.findall(r'^(edgediff_deepcache_\w+)\{([^}]*)\} (\S+)$', metrics(server), re.M):
         pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        assert set(pairs) == set(DEEPCACHE_METRIC_LABELS[name])  # what the Grafana dashboard's queries rely on
         if pairs.get("model") == model:
-            key = pairs["kind"] if name == DEEPCACHE_EVALUATIONS_METRIC else name
+            key = pairs["kind"] if name == METRIC_DEEPCACHE_EVALUATIONS_TOTAL else name
             state[key] = float(value)
     return state
 
@@ -140,7 +142,7 @@ def test_deepcache_through_triton_equals_in_process_and_keeps_the_feature_inside
     # 10 DDIM steps, interval 3: full UNet at steps 0, 3, 6, 9, the shallow branch at the six others; 10 step
     # requests plus the closing one to unet_<v>, and no image left open
     assert {k: state[k] - state_before.get(k, 0) for k in ("full", "shallow")} == {"full": 4, "shallow": 6}
-    assert state[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 0
+    assert state[METRIC_DEEPCACHE_OPEN_SEQUENCES] == 0
     calls = {part: after.get(names[part], 0) - before.get(names[part], 0) for part in ("unet", "vqdec", "ldm")}
     assert calls == {"unet": 11, "vqdec": 1, "ldm": 1}
     expected = in_process(tiny_components, DEEPCACHE, seed=5, steps=10)
@@ -155,7 +157,7 @@ def test_deepcache_batch_larger_than_the_part_batch(client, server, tiny_compone
     result = client.infer(names["ldm"], ldm_inputs(seed=8, steps=4, eta=0.5, batch=5))
     expected = in_process(tiny_components, DEEPCACHE, seed=8, steps=4, eta=0.5, batch=5)
     assert_same_images(result.as_numpy(LDM_OUTPUT_IMAGE), expected.images)
-    assert deepcache_state(server, names["unet"])[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 0
+    assert deepcache_state(server, names["unet"])[METRIC_DEEPCACHE_OPEN_SEQUENCES] == 0
 
 
 def unet_inputs(step: int):
@@ -180,9 +182,9 @@ def test_deepcache_model_speaks_triton_sequences(client, server):
     first = client.infer(unet, unet_inputs(0), sequence_id=77, sequence_start=True).as_numpy(UNET_OUTPUT)
     assert first.shape == (1, 3, 16, 16) and np.isfinite(first).all()
     client.infer(unet, unet_inputs(1), sequence_id=77)
-    assert deepcache_state(server, unet)[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 1
+    assert deepcache_state(server, unet)[METRIC_DEEPCACHE_OPEN_SEQUENCES] == 1
     client.infer(unet, unet_inputs(2), sequence_id=77, sequence_end=True)
-    assert deepcache_state(server, unet)[DEEPCACHE_OPEN_SEQUENCES_METRIC] == 0
+    assert deepcache_state(server, unet)[METRIC_DEEPCACHE_OPEN_SEQUENCES] == 0
     with pytest.raises(InferenceServerException, match="START"):
         client.infer(unet, unet_inputs(3), sequence_id=77)  # closed: a new image needs START again
 
