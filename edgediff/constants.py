@@ -116,10 +116,11 @@ UNET_FEATURE = "deep_feature"
 """DeepCache: the cached deep feature, an output of the ``unet-full`` part and an input of ``unet-shallow``."""
 
 # --- exporters: DeepCache variants served by Triton (one stateful unet_<variant> model per variant) --------------
-DEEPCACHE_SEQUENCE_IDLE_S = 120
+DEEPCACHE_SEQUENCE_IDLE_S = 600
 """A DeepCache image (one Triton sequence) idle this long is ended by Triton's sequence batcher and its cached feature
 dropped by the model (only happens when a pipeline model dies mid-image: a finished or failed image closes its
-sequence itself). Generous because a large batch's items take turns: an item waits for all the others each step."""
+sequence itself). Generous because the images of a batch take turns: each step, an image waits for all the others'
+UNet evaluations (64 images x a full celebahq-256 step: 17 s on a 2-core Zen 4, minutes on a slow board)."""
 
 # --- deployment (docker/, compose.yaml, Grafana): Triton's own metrics the dashboards use -------------------------
 TRITON_METRICS = (
