@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from edgediff.artifacts.build import IO_NAMES, UNET_FULL, UNET_SHALLOW
-from edgediff.constants import UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP, UNET_OUTPUT
+from edgediff.constants import UNET_INPUT_TIMESTEP
 from edgediff.errors import EdgediffError, InvalidArgumentError
 from edgediff.models import get_preset
 from edgediff.pipeline import UNetFn
@@ -251,7 +251,3 @@ def _counted(fn: Callable[..., Any], kind: str, on_evaluation: Callable[[str], N
         return result
 
     return run
-
-
-DEEPCACHE_IO = ([UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP], [UNET_OUTPUT])
-"""Tensor names of a ``unet-deepcache`` model: the plain UNet's (the feature never leaves the model)."""

@@ -25,8 +25,8 @@ def check_splittable(vqvae: Any) -> None:
         raise InvalidArgumentError("the split decoder supports VQ models with group norm and codebook quantization")
 
 
-class DecoderTrunk(torch.nn.Module):
-    """``(latents [B,C,h,w]) -> hidden [B,F,h,w]``: quantize, ``post_quant_conv``, ``conv_in``, mid block.
+class _DecoderPart(torch.nn.Module):
+    """A part of a splittable ``diffusers.VQModel``'s decoder (checked with ``check_splittable``).
 
     Args:
         vqvae: A ``diffusers.VQModel``.
@@ -36,6 +36,10 @@ class DecoderTrunk(torch.nn.Module):
         super().__init__()
         check_splittable(vqvae)
         self.vqvae = vqvae
+
+
+class DecoderTrunk(_DecoderPart):
+    """``(latents [B,C,h,w]) -> hidden [B,F,h,w]``: quantize, ``post_quant_conv``, ``conv_in``, mid block."""
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:  # noqa: D102
         quant, _, _ = self.vqvae.quantize(latents)
@@ -43,17 +47,8 @@ class DecoderTrunk(torch.nn.Module):
         return self.vqvae.decoder.mid_block(hidden, None)
 
 
-class DecoderTail(torch.nn.Module):
-    """``(hidden [B,F,h,w]) -> image [B,3,H,W]`` in [-1, 1]: the up blocks and the output head.
-
-    Args:
-        vqvae: A ``diffusers.VQModel``.
-    """
-
-    def __init__(self, vqvae: Any) -> None:
-        super().__init__()
-        check_splittable(vqvae)
-        self.vqvae = vqvae
+class DecoderTail(_DecoderPart):
+    """``(hidden [B,F,h,w]) -> image [B,3,H,W]`` in [-1, 1]: the up blocks and the output head."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # noqa: D102
         decoder = self.vqvae.decoder

@@ -44,11 +44,12 @@ class TritonPythonModel:
 
     def _init_deepcache(self, model: str, spec: object, model_dir: str, config: dict) -> None:
         from edgediff import constants as c
-        from exporters.part_runtime import DEEPCACHE_IO, load_deepcache
+        from edgediff.artifacts.build import IO_NAMES
+        from exporters.part_runtime import load_deepcache
 
         idle_us = int(config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0) or 0)
         idle_s = idle_us / 1e6 if idle_us else c.DEEPCACHE_SEQUENCE_IDLE_S
-        self.input_names, (self.output_name,) = DEEPCACHE_IO
+        self.input_names, (self.output_name,) = IO_NAMES["unet"]  # the feature never leaves: a plain UNet's tensors
         self.evaluations: dict[str, object] = {}
         self.open_gauge = None
         try:  # Triton's custom metrics; absent when the server runs with --allow-metrics=false
