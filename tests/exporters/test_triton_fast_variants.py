@@ -160,6 +160,33 @@ def test_deepcache_batch_larger_than_the_part_batch(client, server, tiny_compone
     assert deepcache_state(server, names["unet"])[METRIC_DEEPCACHE_OPEN_SEQUENCES] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_cancelled_deepcache_generation_releases_its_images(client, server):
+    # a client deadline cancels ldm_<v> mid-loop; its finally-close ends every image's sequence
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    names = model_names(DEEPCACHE)
+    client.infer(names["ldm"], ldm_inputs(seed=2, steps=2))  # warm: the first request also imports the pipeline
+    before = deepcache_state(server, names["unet"])
+    with pytest.raises(InferenceServerException, match=r"(?i)deadline"):
+        client.infer(names["ldm"], ldm_inputs(seed=2, steps=1000, batch=3), client_timeout=1.0)
+
+    def released() -> bool:
+        return deepcache_state(server, names["unet"])[METRIC_DEEPCACHE_OPEN_SEQUENCES] == 0
+
+    end = time.monotonic() + 60
+    while not released() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert released()
+    # the pipeline stopped when the client gave up (cancelled) instead of running 3 images x 1000 steps
+    after = deepcache_state(server, names["unet"])
+    assert 0 < sum(after[k] - before.get(k, 0) for k in ("full", "shallow")) < 3 * 1000
+    assert client.infer(names["ldm"], ldm_inputs(seed=2, steps=2)).as_numpy(LDM_OUTPUT_IMAGE).shape[0] == 1
+
+
 def unet_inputs(step: int):
     import tritonclient.grpc as grpcclient
 
