@@ -35,6 +35,26 @@ _DISTRIBUTIONS = {
 }
 
 
+EXPORTER_SOURCES = ("configs.py", "targets.py", "repository.py", "part_runtime.py", "python_models/ldm_model.py",
+                    "python_models/part_model.py")
+"""The code that shapes a repository: its layout and configs, the Python models copied into it, and what they import
+back at serving time (paths relative to ``exporters/``)."""
+
+
+def exporter_sha256() -> str:
+    """Fingerprint of ``EXPORTER_SOURCES`` as they are now, recorded in every manifest.
+
+    A repository whose manifest has another one was written by other exporter code (an older checkout or release):
+    its configs and ``model.py`` copies may not match what this edgediff serves, so ``edgediff up`` re-exports it
+    (fast: the artifacts come from the content-hash cache).
+    """
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for relative in EXPORTER_SOURCES:
+        digest.update(relative.encode() + b"\0" + (root / relative).read_bytes())
+    return digest.hexdigest()
+
+
 def tool_versions() -> dict[str, str | None]:
     """Installed versions of the export and serving tools (None when missing), read without importing them."""
     versions: dict[str, str | None] = {"edgediff": __version__}

@@ -52,6 +52,7 @@ from exporters.manifest import (
     STATE_COMPLETE,
     STATE_EXPORTING,
     TRASH_PREFIX,
+    exporter_sha256,
     file_sha256,
     read_manifest,
     tool_versions,
@@ -250,10 +251,12 @@ def _export_lock(repo: Path) -> Iterator[None]:
 
 
 def _same_model(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether the old repository's models can stay beside the new ones: same preset, target, weights and exporter."""
     if not old:
         return False
     return (old.get("preset") == new["preset"] and old.get("target", {}).get("name") == new["target"]["name"]
-            and old.get("weights", {}).get("sha256") == new["weights"]["sha256"])
+            and old.get("weights", {}).get("sha256") == new["weights"]["sha256"]
+            and old.get("exporter_sha256") == new["exporter_sha256"])
 
 
 def _owned_models(manifest: dict[str, Any]) -> set[str]:
@@ -273,8 +276,9 @@ def export_repository(
 ) -> dict:
     """Export ``variants`` of preset ``model`` for ``target`` into the Triton repository ``repo``.
 
-    Variants already in ``repo`` for the same preset, target and weights are kept (the export adds or replaces);
-    a repository of another preset, target or weights has its models replaced. Files in ``repo`` that no manifest
+    Variants already in ``repo`` for the same preset, target, weights and exporter code (``exporter_sha256``) are
+    kept (the export adds or replaces); a repository of another preset, target, weights or exporter code has its
+    models replaced. Files in ``repo`` that no manifest
     names (its README, models of your own) are left alone.
 
     Args:
@@ -323,6 +327,7 @@ def export_repository(
         "target": {"name": tgt.name, "description": tgt.description, "max_batch_size": tgt.max_batch_size},
         "weights": {**components.weights.to_dict(), "label": components.weights.label()},
         "versions": tool_versions(),
+        "exporter_sha256": exporter_sha256(),
         "variants": {},
     }
     with _export_lock(root):
@@ -368,7 +373,8 @@ def _install(root: Path, staging: Path, manifest: dict[str, Any], say: Callable[
                     for m in e.get("models", {}).values()}
     elif old:
         obsolete = _owned_models(old)
-        say(f"replacing the {old.get('preset')}/{old.get('target', {}).get('name')} models of {root}")
+        say(f"replacing the {old.get('preset')}/{old.get('target', {}).get('name')} models of {root} (another "
+            "preset, target, weights or exporter code)")
     atomic_write_json(root / MANIFEST_NAME, manifest)  # state: exporting
     trash = root / f"{TRASH_PREFIX}{os.getpid()}"
     trash.mkdir()

@@ -107,7 +107,7 @@ def repository_is_current(config: LocalStackConfig) -> tuple[bool, str]:
     """
     from edgediff.models import get_preset
     from edgediff.models.weights import weights_origin
-    from exporters.manifest import read_manifest, unfinished_export
+    from exporters.manifest import exporter_sha256, read_manifest, unfinished_export
 
     unfinished = unfinished_export(config.repo)
     if unfinished:
@@ -119,6 +119,8 @@ def repository_is_current(config: LocalStackConfig) -> tuple[bool, str]:
         return False, f"it holds preset {manifest.get('preset')}, not {config.model}"
     if manifest.get("target", {}).get("name") != config.profile:
         return False, f"it was exported for target {manifest.get('target', {}).get('name')}, not {config.profile}"
+    if manifest.get("exporter_sha256") != exporter_sha256():
+        return False, "it was written by other exporter code (another edgediff checkout or release)"
     wanted = weights_origin(get_preset(config.model), config.weights).sha256
     if manifest.get("weights", {}).get("sha256") != wanted:
         return False, "its weights differ from the ones asked for"

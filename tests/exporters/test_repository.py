@@ -101,6 +101,20 @@ def test_re_exporting_a_variant_removes_the_models_its_old_layout_had(tmp_path):
     assert all((repo / kept).is_dir() for kept in ("unet_openvino_bf16_dc3", "unet_onnx_fp32", "mine"))
 
 
+def test_an_export_by_other_exporter_code_replaces_every_model(tmp_path):
+    # the old models' configs and model.py copies may not fit this edgediff, so none of them is kept
+    repo = tmp_path / "r"
+    export_repository(model="tiny", target="cpu", variants=["onnx-fp32", "openvino-fp32"], repo=repo,
+                      configs_only=True)
+    manifest_path = repo / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["exporter_sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    manifest = export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)
+    assert set(manifest["variants"]) == {"onnx-fp32"} and not (repo / "unet_openvino_fp32").exists()
+    assert json.loads(manifest_path.read_text())["exporter_sha256"] != "0" * 64
+
+
 def test_an_interrupted_export_leaves_the_previous_repository(tmp_path, monkeypatch):
     repo = tmp_path / "r"
     before = export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)

@@ -107,3 +107,25 @@ def test_prometheus_config_is_the_compose_one_on_loopback():
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert targets == {"gateway": ["127.0.0.1:19401"], "exporter": ["127.0.0.1:19400"],
                        "triton": ["127.0.0.1:18002"], "prometheus": ["127.0.0.1:19090"]}
+
+
+def test_a_repository_written_by_other_exporter_code_is_re_exported(tmp_path):
+    # `edgediff up` reuses a finished export only when this edgediff's exporter wrote it: a repository from another
+    # checkout or release may hold configs and model.py copies of another layout (e.g. DeepCache before it was one
+    # stateful model), so it is exported again
+    import json
+
+    from exporters.manifest import exporter_sha256
+    from exporters.repository import export_repository
+    from services.stack.local_runtime import LocalStackConfig, repository_is_current
+
+    repo = tmp_path / "repo"
+    export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)
+    config = LocalStackConfig(profile="cpu", model="tiny", variants=["onnx-fp32"], repo=repo, state_dir=tmp_path)
+    assert repository_is_current(config) == (True, "")
+    manifest = json.loads((repo / "manifest.json").read_text())
+    assert manifest["exporter_sha256"] == exporter_sha256()
+    manifest["exporter_sha256"] = "0" * 64
+    (repo / "manifest.json").write_text(json.dumps(manifest))
+    current, why = repository_is_current(config)
+    assert not current and "other exporter code" in why
