@@ -46,13 +46,6 @@ artifacts and Triton's sequence batcher; each image is one sequence (its correla
 so the feature never leaves the model's process."""
 
 
-def unet_parts(variant: str) -> tuple[str, ...]:
-    """Artifact parts of a variant's UNet: ``("unet",)``, or the DeepCache pair ``("unet-full", "unet-shallow")``."""
-    from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW
-
-    return ("unet",) if deepcache_interval(variant) == 1 else (UNET_FULL, UNET_SHALLOW)
-
-
 def unet_part(variant: str) -> str:
     """The part the variant's ``unet_<v>`` model serves: ``"unet"``, or ``DEEPCACHE_PART``."""
     return "unet" if deepcache_interval(variant) == 1 else DEEPCACHE_PART
@@ -98,11 +91,6 @@ class Placement:
     def deepcache_interval(self) -> int:
         """See ``deepcache_interval``."""
         return deepcache_interval(self.variant)
-
-    @property
-    def unet_parts(self) -> tuple[str, ...]:
-        """See ``unet_parts``."""
-        return unet_parts(self.variant)
 
     @property
     def unet_part(self) -> str:
