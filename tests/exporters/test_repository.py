@@ -83,21 +83,27 @@ def test_a_second_export_adds_variants_and_another_target_replaces_them(tmp_path
     assert unfinished_export(repo) is None
 
 
+def rewrite_manifest(repo, edit) -> None:
+    """Change ``repo``'s manifest in place with ``edit(manifest)`` (to stand for one an older edgediff wrote)."""
+    path = repo / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
 def test_re_exporting_a_variant_removes_the_models_its_old_layout_had(tmp_path):
     # a repository written by an older edgediff (DeepCache as unet_full_<v> + unet_shallow_<v>) loses those models
     # when the variant is exported again; models of other variants and files nobody owns stay
     repo = tmp_path / "r"
     export_repository(model="tiny", target="cpu", variants=["openvino-bf16-dc3", "onnx-fp32"], repo=repo,
                       configs_only=True)
-    manifest_path = repo / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    for old in ("unet_full_openvino_bf16_dc3", "unet_shallow_openvino_bf16_dc3"):
+    old_models = ("unet_full_openvino_bf16_dc3", "unet_shallow_openvino_bf16_dc3")
+    for old in old_models:
         (repo / old).mkdir()
-        manifest["variants"]["openvino-bf16-dc3"]["models"][old] = old
-    manifest_path.write_text(json.dumps(manifest))
+    rewrite_manifest(repo, lambda m: m["variants"]["openvino-bf16-dc3"]["models"].update({o: o for o in old_models}))
     (repo / "mine").mkdir()
     export_repository(model="tiny", target="cpu", variants=["openvino-bf16-dc3"], repo=repo, configs_only=True)
-    assert not any((repo / old).exists() for old in ("unet_full_openvino_bf16_dc3", "unet_shallow_openvino_bf16_dc3"))
+    assert not any((repo / old).exists() for old in old_models)
     assert all((repo / kept).is_dir() for kept in ("unet_openvino_bf16_dc3", "unet_onnx_fp32", "mine"))
 
 
@@ -106,13 +112,10 @@ def test_an_export_by_other_exporter_code_replaces_every_model(tmp_path):
     repo = tmp_path / "r"
     export_repository(model="tiny", target="cpu", variants=["onnx-fp32", "openvino-fp32"], repo=repo,
                       configs_only=True)
-    manifest_path = repo / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["exporter_sha256"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    rewrite_manifest(repo, lambda m: m.update(exporter_sha256="0" * 64))
     manifest = export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)
     assert set(manifest["variants"]) == {"onnx-fp32"} and not (repo / "unet_openvino_fp32").exists()
-    assert json.loads(manifest_path.read_text())["exporter_sha256"] != "0" * 64
+    assert json.loads((repo / "manifest.json").read_text())["exporter_sha256"] != "0" * 64
 
 
 def test_an_interrupted_export_leaves_the_previous_repository(tmp_path, monkeypatch):
