@@ -21,7 +21,6 @@ from edgediff.constants import (
     LDM_OUTPUT_IMAGE,
     LDM_OUTPUT_TIMINGS,
     LDM_TIMINGS_FIELDS,
-    UNET_FEATURE,
     UNET_INPUT_SAMPLE,
     UNET_INPUT_TIMESTEP,
     UNET_OUTPUT,
@@ -100,33 +99,24 @@ def _tensor(name: str, data_type: str, dims: list[int], **extra: Any) -> dict[st
     return {"name": name, "data_type": Enum(data_type), "dims": list(dims), **extra}
 
 
-def part_io(
-    part: str, latent_shape: tuple[int, int, int], image_size: int, feature_dims: tuple[int, ...] | None = None
-) -> tuple[list[dict], list[dict]]:
+def part_io(part: str, latent_shape: tuple[int, int, int], image_size: int) -> tuple[list[dict], list[dict]]:
     """Inputs and outputs of a part model (batch axis implicit: ``max_batch_size > 0``).
 
     The timestep is ``[batch]`` in the artifact; Triton batching needs at least one dim per item, so it is declared
-    ``dims: [1]`` and reshaped to ``[]`` for the native backends. The DeepCache artifact parts (``unet-full``,
-    ``unet-shallow``) also output or take the deep feature, whose per-item dims ``feature_dims`` must be given; the
-    served ``unet-deepcache`` part keeps the feature inside and has exactly the plain UNet's tensors.
+    ``dims: [1]`` and reshaped to ``[]`` for the native backends. A DeepCache UNet (``unet-deepcache``) keeps its deep
+    feature inside and has exactly the plain UNet's tensors.
     """
     latent = list(latent_shape)
-    if part in ("unet", "unet-full", "unet-shallow", DEEPCACHE_PART):
+    if part in ("unet", DEEPCACHE_PART):
         inputs = [
             _tensor(UNET_INPUT_SAMPLE, "TYPE_FP32", latent),
             _tensor(UNET_INPUT_TIMESTEP, "TYPE_INT64", [1], reshape={"shape": []}),
         ]
-        outputs = [_tensor(UNET_OUTPUT, "TYPE_FP32", latent)]
-        if part in ("unet-full", "unet-shallow"):
-            if feature_dims is None:
-                raise ValueError(f"part {part!r} needs feature_dims (the deep feature's per-item shape)")
-            feature = _tensor(UNET_FEATURE, "TYPE_FP32", list(feature_dims))
-            (outputs if part == "unet-full" else inputs).append(feature)
-        return inputs, outputs
+        return inputs, [_tensor(UNET_OUTPUT, "TYPE_FP32", latent)]
     if part == "vqdec":
         return [_tensor(VQDEC_INPUT, "TYPE_FP32", latent)], [_tensor(VQDEC_OUTPUT, "TYPE_FP32", [3, image_size,
                                                                                                  image_size])]
-    raise ValueError(f"part must be unet, {DEEPCACHE_PART}, unet-full, unet-shallow or vqdec, got {part!r}")
+    raise ValueError(f"part must be unet, {DEEPCACHE_PART} or vqdec, got {part!r}")
 
 
 def part_config(
@@ -138,7 +128,6 @@ def part_config(
     image_size: int,
     max_batch_size: int,
     parameters: Mapping[str, str],
-    feature_dims: tuple[int, ...] | None = None,
     max_sequences: int = 1,
 ) -> dict[str, Any]:
     """The config of ``unet_<variant>`` or ``vqdec_<variant>``.
@@ -149,17 +138,16 @@ def part_config(
 
     Args:
         name: Model name (``unet_onnx_fp32``).
-        part: ``unet``, ``vqdec``, ``unet-deepcache`` (or an artifact part, ``unet-full`` or ``unet-shallow``).
+        part: ``unet``, ``vqdec`` or ``unet-deepcache``.
         placement: How the target serves the variant (backend/platform, instance kind, artifact file).
         latent_shape: (C, h, w) of the latents.
         image_size: Side of the decoded image.
         max_batch_size: Largest batch one execution takes (dynamic batching merges concurrent requests up to it).
         parameters: Constants for the Python model (ignored by native backends, kept for readers).
-        feature_dims: Per-item dims of the DeepCache deep feature (artifact parts ``unet-full``/``unet-shallow``).
         max_sequences: Images a DeepCache UNet serves at once (``max_candidate_sequences``): at least the largest
             batch of one generation, since every image of a batch is its own sequence and they all stay open.
     """
-    inputs, outputs = part_io(part, latent_shape, image_size, feature_dims)
+    inputs, outputs = part_io(part, latent_shape, image_size)
     config: dict[str, Any] = {"name": name}
     if placement.platform:
         config["platform"] = placement.platform

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact
-from edgediff.artifacts.deepcache_modules import feature_shape
 from edgediff.constants import (
     PIPELINE_MODEL_PREFIX,
     UNET_MODEL_PREFIX,
@@ -120,15 +119,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _feature_dims(components: LDMComponents) -> tuple[int, ...]:
-    """Per-item dims of the DeepCache deep feature of this model."""
-    return feature_shape(components.preset.unet_config)[1:]
-
-
 def _io_shapes(part: str, components: LDMComponents) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Artifact I/O shapes with the batch axis as -1 (the timestep is ``[batch]`` in every artifact)."""
-    inputs, outputs = part_io(part, components.preset.latent_shape, components.preset.image_size,
-                              _feature_dims(components))
+    inputs, outputs = part_io(part, components.preset.latent_shape, components.preset.image_size)
 
     def shape(t: dict) -> list[int]:
         return [-1, *t.get("reshape", {}).get("shape", t["dims"])]
@@ -181,8 +174,7 @@ def _write_part_model(
                                    deepcache_interval=placement.deepcache_interval)
     config = part_config(name=name, part=part, placement=placement, latent_shape=components.preset.latent_shape,
                          image_size=components.preset.image_size, max_batch_size=target.max_batch_size,
-                         parameters=spec.to_parameters(), feature_dims=_feature_dims(components),
-                         max_sequences=MAX_BATCH)
+                         parameters=spec.to_parameters(), max_sequences=MAX_BATCH)
     atomic_write_text(model_dir / "config.pbtxt", render_config(config))
     if placement.backend == PYTHON_BACKEND:
         shutil.copyfile(PART_MODEL_SOURCE, version_dir / "model.py")

@@ -92,8 +92,8 @@ def rewrite_manifest(repo, edit) -> None:
 
 
 def test_re_exporting_a_variant_removes_the_models_its_old_layout_had(tmp_path):
-    # a repository written by an older edgediff (DeepCache as unet_full_<v> + unet_shallow_<v>) loses those models
-    # when the variant is exported again; models of other variants and files nobody owns stay
+    # models a variant's manifest entry owned but its new export does not write (say, DeepCache's former
+    # unet_full_<v> + unet_shallow_<v>) go when it is exported again; other variants' models and files nobody owns stay
     repo = tmp_path / "r"
     export_repository(model="tiny", target="cpu", variants=["openvino-bf16-dc3", "onnx-fp32"], repo=repo,
                       configs_only=True)

@@ -15,7 +15,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW
+from edgediff.artifacts.build import UNET_SHALLOW
 from edgediff.constants import (
     DEEPCACHE_METRIC_LABELS,
     DEEPCACHE_SEQUENCE_IDLE_S,
@@ -251,7 +251,8 @@ def test_the_deepcache_model_has_the_plain_unets_tensors():
     from exporters.configs import part_io
 
     assert part_io(DEEPCACHE_PART, (3, 16, 16), 64) == part_io("unet", (3, 16, 16), 64)
-    full, _ = part_io(UNET_FULL, (3, 16, 16), 64, (32, 16, 16))
-    assert [t["name"] for t in full] == [UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP]
-    with pytest.raises(ValueError, match="feature_dims"):
-        part_io(UNET_SHALLOW, (3, 16, 16), 64)
+    inputs, outputs = part_io(DEEPCACHE_PART, (3, 16, 16), 64)
+    assert [t["name"] for t in inputs] == [UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP]
+    assert [t["name"] for t in outputs] == [UNET_OUTPUT]
+    with pytest.raises(ValueError, match="part must be"):
+        part_io(UNET_SHALLOW, (3, 16, 16), 64)  # an artifact part, never a model of its own
