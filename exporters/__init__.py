@@ -5,6 +5,7 @@
 - ``repository``: ``export_repository(...)``, the staged, all-or-nothing repository writer, and its manifest.
 - ``part_runtime``: loads one part (UNet or VQ decoder) of a variant inside a Python-backend model on the CPU.
 - ``python_models/``: the Triton ``model.py`` files (a CPU part model and the ``ldm_<variant>`` BLS pipeline).
-- ``triton_server``: starts and stops a real ``tritonserver`` over a repository.
-- ``export_command`` / ``triton_command``: ``edgediff export`` and ``edgediff triton``.
+
+The server that serves the repository is started by ``services.triton.launcher``; the commands are ``cli/export.py``
+and ``cli/triton.py``.
 """

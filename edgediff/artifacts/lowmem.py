@@ -2,8 +2,8 @@
 
 All are int8 OpenVINO IR quantized with NNCF on the pipeline's own calibration trajectories (the same recorded
 inputs as ``openvino-int8``, pushed through the fp32 stages, or cropped to the tile). They are built by a process
-that holds the fp32 model (``edgediff.artifacts.prepare``) and found later by fingerprint alone (``find_*``), so the
-low-memory process never builds a torch module.
+that holds the fp32 model (``edgediff.artifacts.prepare_worker``) and found later by fingerprint alone
+(``find_*``), so the low-memory process never builds a torch module.
 """
 
 from __future__ import annotations

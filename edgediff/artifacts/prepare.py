@@ -1,22 +1,19 @@
-"""Build every artifact a variant needs, in a process of its own: ``python -m edgediff.artifacts.prepare``.
+"""Build every artifact a variant needs, in a process of its own (``prepare_worker`` is that process).
 
 Exports need the fp32 PyTorch modules (about 1.3 GB for celebahq-256); a low-memory process must never hold them.
 Such a process runs this module as a child: the child loads the model, exports and calibrates what is missing into
 the artifact cache, prints a JSON summary on stdout and exits, returning its memory; the parent then loads only the
 artifacts. Useful by hand too, to prepare a machine before timing runs::
 
-    python -m edgediff.artifacts.prepare --model celebahq-256 --variant openvino-int8 --deepcache 3
+    python -m edgediff.artifacts.prepare_worker --model celebahq-256 --variant openvino-int8 --deepcache 3
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
 
 from edgediff.errors import EdgediffError
 
@@ -37,8 +34,8 @@ def prepare_in_subprocess(
     Raises:
         EdgediffError: the child failed; the message carries the end of its stderr.
     """
-    cmd = [sys.executable, "-m", "edgediff.artifacts.prepare", "--model", model, "--weights-seed", str(weights_seed),
-           "--variant", variant, "--deepcache", str(deepcache)]
+    cmd = [sys.executable, "-m", "edgediff.artifacts.prepare_worker", "--model", model,
+           "--weights-seed", str(weights_seed), "--variant", variant, "--deepcache", str(deepcache)]
     if weights:
         cmd += ["--weights", str(weights)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ), check=False)
@@ -46,31 +43,3 @@ def prepare_in_subprocess(
         tail = proc.stderr.strip().splitlines()[-5:]
         raise EdgediffError(f"preparing the artifacts of {variant} failed: {' | '.join(tail)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Build the variant's artifacts (loading the full model) and print a JSON summary line."""
-    from edgediff.commands.common import add_model_arguments
-    from edgediff.models import get_preset, load_components
-    from edgediff.variants import BuildOptions, get_variant
-
-    parser = argparse.ArgumentParser(prog="python -m edgediff.artifacts.prepare", description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
-    parser.add_argument("--variant", required=True)
-    parser.add_argument("--deepcache", type=int, default=1)
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        components = load_components(get_preset(args.model), args.weights, seed=args.weights_seed, warn=False)
-        variant = get_variant(args.variant)
-        artifacts = variant.prepare(components, BuildOptions(deepcache_interval=args.deepcache))
-    except EdgediffError as exc:
-        print(f"prepare: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"variant": args.variant, "fingerprint": components.fingerprint(), "artifacts": artifacts,
-                      "prepare_s": time.perf_counter() - t0}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ Peak memory is what breaks a phone (the study's needed 2.4 GB and swap), so this
 than it needs at that moment:
 
 * it never builds the fp32 torch model: it runs from a ``ModelSpec`` and artifacts exported beforehand (a child
-  process exports whatever the cache lacks; ``edgediff.artifacts.prepare``);
+  process exports whatever the cache lacks; ``edgediff.artifacts.prepare_worker``);
 * the UNet is cut into int8 stages of bounded size (``edgediff.artifacts.unet_stages``); each is compiled right
   before it runs and released right after, so only one stage's weights are resident at a time;
 * with DeepCache the small shallow branch stays compiled, so cached steps load nothing;

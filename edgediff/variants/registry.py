@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgediff.errors import InvalidArgumentError, UnknownVariantError, VariantUnavailableError
+from edgediff.models.presets import get_preset
 from edgediff.models.spec import ModelSpec
 from edgediff.models.weights import LDMComponents, load_components
 from edgediff.variants.base import BuildOptions, BuiltVariant, Variant
@@ -12,6 +13,7 @@ from edgediff.variants.openvino_lowmem import LowMemoryVariant
 from edgediff.variants.openvino_runtime import OpenVinoVariant
 from edgediff.variants.tensorrt_engine import TensorRTVariant
 from edgediff.variants.torch_eager import CompileVariant, TorchVariant
+from edgediff.variants.torch_lowmem import TorchLowMemoryVariant
 from edgediff.variants.torchscript import JitVariant
 
 BASELINE = "torch-fp32"
@@ -29,6 +31,7 @@ def register(variant: Variant) -> Variant:
 
 _OPENVINO_BF16, _OPENVINO_INT8, _LOWMEM = OpenVinoVariant("bf16"), OpenVinoVariant("int8"), LowMemoryVariant()
 _OPENVINO_BF16_INT8DEC = OpenVinoVariant("bf16", decoder_precision="int8")
+_TORCH_INT8_LOWMEM = TorchLowMemoryVariant("int8")
 
 for _variant in (
     TorchVariant("torch-fp32", "fp32", "eager PyTorch, fp32: the study's baseline (CUDA when present, else CPU)", 0.0),
@@ -47,6 +50,9 @@ for _variant in (
     DeepCacheVariant(_OPENVINO_BF16_INT8DEC, 3),
     _LOWMEM,
     DeepCacheVariant(_LOWMEM, 3),
+    TorchLowMemoryVariant("fp16"),
+    _TORCH_INT8_LOWMEM,
+    DeepCacheVariant(_TORCH_INT8_LOWMEM, 3),
     TensorRTVariant(),
     CompileVariant(),
 ):
@@ -101,6 +107,20 @@ def parse_variant_list(spec: str) -> list[str]:
     for name in names:
         get_variant(name)
     return names
+
+
+def load_model(
+    model: str, weights: str | None = None, *, seed: int = 0, variant: str | None = None
+) -> LDMComponents | ModelSpec:
+    """Load the preset ``model`` with ``weights`` (or bundled / seeded synthetic ones) as ``variant`` needs it.
+
+    A variant that runs from exported artifacts alone (the low-memory one) gets a ``ModelSpec``, and the torch modules
+    are never built; any other variant (or none) gets the modules.
+    """
+    preset = get_preset(model)
+    if variant is not None and not get_variant(variant).needs_modules:
+        return get_variant(variant).load_model(preset, weights, seed=seed)
+    return load_components(preset, weights, seed=seed, warn=False)
 
 
 def build_variant(

@@ -179,7 +179,7 @@ def remove_shm_regions(prefix: str) -> list[str]:
 
 def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
     """The services of the local stack, with their commands, health checks and dependencies."""
-    from exporters.triton_server import TritonServer, is_bundled, server_environment
+    from services.triton.launcher import TritonServer, is_bundled, server_environment
 
     ports = config.ports
     prefix = shm_prefix(config.state_dir)
@@ -198,7 +198,7 @@ def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
         ),
         ServiceSpec(
             name="gateway",
-            argv=[sys.executable, "-m", "services.gateway", "--backend", "triton", "--model", config.model,
+            argv=[sys.executable, "-m", "cli", "serve", "--backend", "triton", "--model", config.model,
                   "--variant", config.variants[0], "--triton-url", triton.grpc_url, "--host", DEFAULT_HOST,
                   "--port", str(ports["gateway"]), "--metrics-port", str(ports["gateway-metrics"])],
             health=HealthCheck("grpc", f"{DEFAULT_HOST}:{ports['gateway']}"), port=ports["gateway"],
@@ -207,7 +207,7 @@ def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
         ),
         ServiceSpec(
             name="exporter",
-            argv=[sys.executable, "-m", "services.exporter", "--host", DEFAULT_HOST, "--port", str(ports["exporter"]),
+            argv=[sys.executable, "-m", "cli", "exporter", "--host", DEFAULT_HOST, "--port", str(ports["exporter"]),
                   *config.exporter_args],
             health=HealthCheck("http", f"http://{DEFAULT_HOST}:{ports['exporter']}/metrics"), port=ports["exporter"],
             startup_timeout_s=60.0, env={"PYTHONPATH": str(REPO_ROOT)},

@@ -27,7 +27,7 @@ class CliBench:
 def cli_bench(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: Path) -> CliBench:
     """``edgediff bench`` as a user runs it: tiny preset, isolated workers, a fixture power reader, 2 runs."""
     out = tmp_path_factory.mktemp("bench") / "report"
-    cmd = [sys.executable, "-m", "edgediff.cli", "bench", "--model", "tiny", "--variants", ",".join(CLI_VARIANTS),
+    cmd = [sys.executable, "-m", "cli.main", "bench", "--model", "tiny", "--variants", ",".join(CLI_VARIANTS),
            "--steps", "3", "--runs", str(CLI_RUNS), "--warmup", "1", "--idle-s", "0.3",
            "--fixture-power-watts", str(FIXTURE_POWER_W), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)

@@ -7,8 +7,8 @@ import jsonschema
 import pytest
 from PIL import Image
 
+from cli.main import main
 from edgediff.bench.schema import SCHEMA_PATH
-from edgediff.cli import main
 from edgediff.variants import get_variant
 from tests.bench.conftest import CLI_RUNS, CLI_VARIANTS, FIXTURE_POWER_W, CliBench
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cli.main import main
 from edgediff.bench.compare import ReportMismatchError, compare_reports, load_report, render_markdown
-from edgediff.cli import main
 from edgediff.errors import InvalidArgumentError
 from tests.bench.reports import fake_run, make_report
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from edgediff import constants
-from edgediff.cli import COMMANDS, build_parser
+from cli.main import COMMANDS, build_parser
 from edgediff.constants import (
     EXPORTER_PORT,
     GATEWAY_GRPC_PORT,
@@ -247,7 +247,7 @@ def test_healthcheck_commands_parse() -> None:
 @pytest.mark.parametrize("profile", ["rtx", "jetson"])
 def test_tritonserver_flags_exist(profile: str) -> None:
     from edgediff.errors import BackendMissingError
-    from exporters.triton_server import find_tritonserver
+    from services.triton.launcher import find_tritonserver
 
     command = _COMPOSE["services"][f"{profile}-triton"]["command"]
     assert command[0] == "tritonserver"

@@ -65,7 +65,7 @@ def _samples(text: str) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def exporter_samples() -> Iterator[dict[str, set[str]]]:
     """A real exporter (fixture power reader, short idle baseline) on a free port, scraped over HTTP."""
-    from services.exporter.server import run_exporter
+    from services.telemetry_exporter.server import run_exporter
 
     stop = threading.Event()
     ready: list[int] = []

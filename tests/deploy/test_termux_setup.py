@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgediff.cli import build_parser
+from cli.main import build_parser
 from edgediff.constants import DEFAULT_HOST, EXPORTER_PORT, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT
 
 from .deployfiles import TERMUX_SCRIPT, require_tool

@@ -50,7 +50,7 @@ def _free_ports(count: int) -> list[int]:
 @pytest.mark.timeout(180)
 def test_triton_serves_every_allowed_metric(tmp_path: Path) -> None:
     pytest.importorskip("pytriton", reason="nvidia-pytriton (Triton's bundled server) is not installed")
-    from exporters.triton_server import TritonServer
+    from services.triton.launcher import TritonServer
 
     model_dir = tmp_path / "repo" / PROBE_MODEL
     (model_dir / "1").mkdir(parents=True)

@@ -21,7 +21,7 @@ def serve_tiny(repo: Path, variants: list[str]) -> Iterator[Any]:
     """Export ``variants`` of the tiny preset into ``repo`` and serve them with a real tritonserver (explicit model
     control, free ports); yields the ``TritonServer`` and stops it afterwards (for module-scoped fixtures)."""
     from exporters.repository import export_repository, model_names
-    from exporters.triton_server import TritonServer
+    from services.triton.launcher import TritonServer
 
     export_repository(model="tiny", target="cpu", variants=variants, repo=repo)
     models = [name for v in variants for name in model_names(v).values()]

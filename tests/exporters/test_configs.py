@@ -103,7 +103,7 @@ def test_target_and_variant_errors_name_the_flag():
 
 
 def test_export_cli_rejects_a_variant_the_target_cannot_serve(tmp_path, capsys):
-    from edgediff.cli import main
+    from cli.main import main
 
     code = main(["export", "--target", "jetson", "--model", "tiny", "--variants", "openvino-fp32",
                  "--repo", str(tmp_path / "r")])

@@ -12,7 +12,7 @@ from exporters import repository
 from exporters.manifest import MANIFEST_NAME, file_sha256, unfinished_export
 from exporters.part_runtime import PartRunner, PartSpec
 from exporters.repository import export_repository, model_names
-from exporters.triton_server import TritonServer, TritonStartError
+from services.triton.launcher import TritonServer, TritonStartError
 
 
 @pytest.fixture(scope="module")

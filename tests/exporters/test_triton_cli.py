@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def triton_cli(repo: Path, *extra: str) -> subprocess.Popen:
     ports = sorted({free_port() for _ in range(3)})
     args = ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
-    return subprocess.Popen([sys.executable, "-m", "edgediff.cli", "triton", "--repo", str(repo), *args, *extra],
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "triton", "--repo", str(repo), *args, *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ), start_new_session=True)
 

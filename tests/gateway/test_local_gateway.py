@@ -36,7 +36,7 @@ def _requests(port: int, method: str, code: str) -> float:
 def test_generate_equals_edgediff_generate(local_client: GeneratorClient, tmp_path: Path) -> None:
     # eta 0.3 is not a float32 number: the gateway must run the eta the client meant, as the CLI does.
     out = tmp_path / "cli.png"
-    cmd = [sys.executable, "-m", "edgediff.cli", "generate", "--model", "tiny", "--steps", "6", "--seed", "7",
+    cmd = [sys.executable, "-m", "cli.main", "generate", "--model", "tiny", "--steps", "6", "--seed", "7",
            "--eta", "0.3", "--batch", "2", "--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""``edgediff serve`` / ``python -m services.gateway`` as real processes: flags, graceful SIGTERM, the phone setup."""
+"""``edgediff serve`` / ``python -m cli serve`` as real processes: flags, graceful SIGTERM, the phone setup."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ LISTENING = re.compile(r"listening on (\S+) ")
 
 
 def _start(args: list[str]) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m services.gateway ARGS`` and return it with the address it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "services.gateway", *args], cwd=REPO, stdout=subprocess.PIPE,
+    """Start ``python -m cli serve ARGS`` and return it with the address it printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     found: list[str] = []
 
@@ -94,7 +94,7 @@ def test_sigterm_finishes_in_flight_requests(processes: list[subprocess.Popen]) 
     (["--variant", "nope"], "unknown variant 'nope'"),
 ])
 def test_bad_flags_exit_2_with_one_line(flags: list[str], words: str) -> None:
-    cmd = [sys.executable, "-m", "edgediff.cli", "serve", "--backend", "local", "--model", "tiny", "--port", "0",
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--backend", "local", "--model", "tiny", "--port", "0",
            "--metrics-port", "0", "--no-preload", *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2, proc.stderr

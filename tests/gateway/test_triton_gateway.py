@@ -71,7 +71,7 @@ def triton_ports() -> dict[str, int]:
 
 
 def _start_triton(repo: Path, ports: dict[str, int]) -> Any:
-    triton_server = pytest.importorskip("exporters.triton_server", reason="exporters.triton_server is not there yet")
+    triton_server = pytest.importorskip("services.triton.launcher", reason="services.triton.launcher is not there yet")
     from edgediff.errors import BackendMissingError
 
     try:

@@ -82,7 +82,7 @@ def _gateway(tmp_path: Path, name: str, *extra: str) -> Iterator[Service]:
 
     port, metrics_port = free_port(), free_port()
     log = tmp_path / f"{name}.log"
-    process = _start([sys.executable, "-m", "services.gateway", "--backend", "local", "--model", "tiny",
+    process = _start([sys.executable, "-m", "cli", "serve", "--backend", "local", "--model", "tiny",
                       "--port", str(port), "--metrics-port", str(metrics_port), "--max-queue", "16", *extra], log)
     try:
         with GeneratorClient(f"127.0.0.1:{port}") as client:
@@ -115,7 +115,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The telemetry exporter with a constant fixture power (and its idle baseline measured at start)."""
     folder = tmp_path_factory.mktemp("exporter")
     port, log = free_port(), folder / "exporter.log"
-    process = _start([sys.executable, "-m", "services.exporter", "--port", str(port), "--interval", "0.05",
+    process = _start([sys.executable, "-m", "cli", "exporter", "--port", str(port), "--interval", "0.05",
                       "--fixture-power-watts", str(FIXTURE_POWER_W), "--idle-seconds", "0.5", "--no-nvml",
                       "--tegrastats-command", ""], log)
     try:
@@ -144,6 +144,6 @@ class LoadtestRun:
 def run_loadtest(out: Path, *args: str, timeout_s: float = 150.0) -> LoadtestRun:
     """Run ``edgediff loadtest --out OUT ARGS...`` as a subprocess."""
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "edgediff.cli", "loadtest", "--out", str(out), *args],
+    done = subprocess.run([sys.executable, "-m", "cli.main", "loadtest", "--out", str(out), *args],
                           capture_output=True, text=True, timeout=timeout_s, cwd=REPO_ROOT, env=_env())
     return LoadtestRun(done.returncode, done.stdout, done.stderr, out, started, time.time())

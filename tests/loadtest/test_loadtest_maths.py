@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
+from cli.loadtest import check_target, metrics_url, parse_duration_s
 from edgediff.errors import InvalidArgumentError
-from loadtest.command import check_target, metrics_url, parse_duration_s
 from loadtest.energy import EnergyResult, per_domain
 from loadtest.mix import RequestMix, parse_seeds, parse_weighted
 from loadtest.records import RecordBook, RequestRecord, WindowMarks, read_records
@@ -95,7 +95,7 @@ def test_urls_and_targets():
 
 
 def test_loadtest_help_lists_the_flags():
-    done = subprocess.run([sys.executable, "-m", "edgediff.cli", "loadtest", "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli.main", "loadtest", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0
     for flag in ("--target", "--users", "--spawn-rate", "--duration", "--variant", "--steps", "--exporter",
@@ -106,7 +106,7 @@ def test_loadtest_help_lists_the_flags():
 def test_smoke_profile_and_explicit_flags():
     import argparse
 
-    from loadtest.command import _resolved, add_arguments
+    from cli.loadtest import _resolved, add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -119,7 +119,7 @@ def test_smoke_profile_and_explicit_flags():
 
 
 def test_cli_bad_arguments_exit_2_with_one_line(capsys):
-    from edgediff.cli import main
+    from cli.main import main
 
     assert main(["loadtest", "--target", "nohost"]) == 2
     assert main(["loadtest", "--target", "127.0.0.1:1", "--steps", "0"]) == 2

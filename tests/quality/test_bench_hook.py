@@ -87,7 +87,7 @@ def test_bench_cli_on_digits_writes_quality_into_the_report(tmp_path):
     import sys
 
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "edgediff.cli", "bench", "--model", "digits", "--variants", "torch-fp32",
+    cmd = [sys.executable, "-m", "cli.main", "bench", "--model", "digits", "--variants", "torch-fp32",
            "--steps", "5", "--runs", "1", "--warmup", "0", "--no-isolate", "--no-energy", "--no-plots",
            "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ), check=False)

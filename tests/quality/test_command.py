@@ -13,7 +13,7 @@ from edgediff.quality.dataset import load_split
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "edgediff.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ))
 
 

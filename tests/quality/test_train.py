@@ -17,7 +17,7 @@ FEW = {"classifier_steps": 3, "vq_steps": 4, "unet_steps": 3, "eval_samples": 2,
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "edgediff.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ))
 
 

@@ -476,7 +476,7 @@ def test_compose_environment_sets_variables_compose_yaml_reads(tmp_path: Path) -
 
 def test_cli_up_without_engine_prints_one_line_and_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from edgediff.cli import main
+    from cli.main import main
 
     def unreachable(*_: Any, **__: Any) -> Any:
         raise docker.errors.DockerException("Error while fetching server API version: Connection refused")

@@ -30,7 +30,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def edgediff(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "edgediff.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ})
 
 
@@ -41,8 +41,8 @@ def stack(tmp_path_factory):
     names = ["gateway", "gateway-metrics", "exporter", "triton-http", "triton-grpc", "triton-metrics", "prometheus"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     state_dir = root / "state"
-    proc = edgediff("up", "--profile", "cpu", "--model", "tiny", "--variants", "onnx-fp32", "--repo",
-                    str(root / "repo"), "--state-dir", str(state_dir), "--detach", "--timeout", "400",
+    proc = edgediff("up", "--runtime", "local", "--profile", "cpu", "--model", "tiny", "--variants", "onnx-fp32",
+                    "--repo", str(root / "repo"), "--state-dir", str(state_dir), "--detach", "--timeout", "400",
                     "--ports", ",".join(f"{k}={v}" for k, v in ports.items()))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield {"ports": ports, "state_dir": state_dir, "up": proc}

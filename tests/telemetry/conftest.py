@@ -57,7 +57,7 @@ def proc_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_exporter(tmp_path: Path):
-    """Start ``python -m services.exporter ARGS`` on a free port; returns ``(process, port, log_path)``.
+    """Start ``python -m cli exporter ARGS`` on a free port; returns ``(process, port, log_path)``.
 
     NVML and tegrastats probing are off so the test behaves the same on every machine; any process still running at
     teardown is killed.
@@ -66,7 +66,7 @@ def start_exporter(tmp_path: Path):
 
     def start(*args: str) -> tuple[subprocess.Popen, int, Path]:
         log = tmp_path / f"exporter-{len(started)}.log"
-        argv = [sys.executable, "-m", "services.exporter", "--port", "0", "--no-nvml", "--tegrastats-command", ""]
+        argv = [sys.executable, "-m", "cli", "exporter", "--port", "0", "--no-nvml", "--tegrastats-command", ""]
         with log.open("w") as stderr:
             proc = subprocess.Popen(
                 [*argv, *args],

@@ -18,7 +18,7 @@ from edgediff.telemetry import ConstantPowerReader, EnergyMonitor, Reader, Reade
 from edgediff.telemetry.android_battery import AndroidBatteryReader
 from edgediff.telemetry.memory import MemoryReader
 from edgediff.telemetry.rapl import RaplReader, find_rapl_zones
-from services.exporter.collector import TelemetryCollector
+from services.telemetry_exporter.collector import TelemetryCollector
 
 FIX = Path(__file__).parent / "fixtures"
 KIB = 1024

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli import exporter as exporter_cli
 from edgediff.constants import DEFAULT_HOST, EXPORTER_PORT
-from services.exporter import server
+from services.telemetry_exporter import server
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -28,7 +29,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 def test_cli_flags_and_defaults():
     parser = argparse.ArgumentParser()
-    server.add_arguments(parser)
+    exporter_cli.add_arguments(parser)
     args = parser.parse_args([])
     assert (args.host, args.port, args.interval, args.root, args.idle_seconds) == (
         DEFAULT_HOST,
@@ -38,7 +39,7 @@ def test_cli_flags_and_defaults():
         0.0,
     )
     assert args.fixture_power_watts is None and args.estimated_cpu_tdp_watts is None
-    args = server.build_parser().parse_args(
+    args = parse(
         ["--host", "0.0.0.0", "--port", "0", "--interval", "0.05", "--idle-seconds", "3", "--fixture-power-watts", "9"]
     )
     assert (args.host, args.port, args.interval, args.idle_seconds, args.fixture_power_watts) == (
@@ -50,8 +51,14 @@ def test_cli_flags_and_defaults():
     )
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    exporter_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
 def test_bad_argument_exits_2(caplog):
-    assert server.main(["--interval", "0", "--no-nvml", "--tegrastats-command", ""]) == 2
+    assert exporter_cli.run_from_args(parse(["--interval", "0", "--no-nvml", "--tegrastats-command", ""])) == 2
     assert "--interval must be > 0 seconds, got 0.0" in caplog.text
 
 
@@ -123,7 +130,7 @@ def test_subprocess_with_fixture_power_counts_joules_and_stops_on_sigterm(start_
 def test_jetson_rails_through_a_running_tegrastats(proc_root):
     fixtures = Path(__file__).parent / "fixtures" / "tegrastats"
     command = [sys.executable, str(fixtures / "fake_tegrastats.py"), str(fixtures / "nano_jp4.txt")]
-    args = server.build_parser().parse_args(
+    args = parse(
         ["--tegrastats-command", shlex.join(command), "--tegrastats-interval", "0.05"]
     )
     assert shlex.split(args.tegrastats_command) == command

@@ -1,14 +1,11 @@
 """The telemetry exporter process: discover sensors, sample them, serve Prometheus metrics until SIGTERM/SIGINT.
 
-``edgediff exporter`` is wired by the CLI through ``add_arguments(parser)`` and ``run_from_args(args)``;
-``python -m services.exporter`` runs the same thing standalone (``main(argv)``).
+``run_exporter(...)`` is the whole process; ``edgediff exporter`` (``cli/exporter.py``) parses its arguments.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import shlex
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -19,74 +16,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from edgediff.constants import DEFAULT_HOST, EXPORTER_PORT
 from edgediff.errors import InvalidArgumentError
 from edgediff.telemetry.window import DEFAULT_INTERVAL_S, EnergyMonitor
-from services.exporter.collector import TelemetryCollector
+from services.telemetry_exporter.collector import TelemetryCollector
 
 logger = logging.getLogger(__name__)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the exporter's options to ``parser`` (the ``edgediff exporter`` sub-command or a standalone parser)."""
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
-    parser.add_argument(
-        "--port", type=int, default=EXPORTER_PORT, help="port to listen on; 0 picks a free one (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--interval",
-        type=float,
-        default=DEFAULT_INTERVAL_S,
-        metavar="SECONDS",
-        help="sampling interval of the power sensors, seconds (default: %(default)s = 10 Hz)",
-    )
-    parser.add_argument(
-        "--root", default="/", help="filesystem root holding sys/ and proc/ (a fixture tree in tests; default: /)"
-    )
-    parser.add_argument(
-        "--idle-seconds",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="measure an idle baseline for this long at start and export edgediff_idle_power_watts (default: 0 = no)",
-    )
-    parser.add_argument(
-        "--tegrastats-command",
-        default="tegrastats",
-        metavar="COMMAND",
-        help="tegrastats executable and leading arguments, shell-quoted (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--tegrastats-interval",
-        type=float,
-        default=0.1,
-        metavar="SECONDS",
-        help="tegrastats sampling interval, seconds (default: %(default)s)",
-    )
-    parser.add_argument("--no-nvml", action="store_true", help="do not probe NVIDIA GPUs through NVML")
-    parser.add_argument(
-        "--pid", type=int, default=None, help="report the memory of this process instead of the exporter's own"
-    )
-    parser.add_argument(
-        "--estimated-cpu-tdp-watts",
-        type=float,
-        default=None,
-        metavar="WATTS",
-        help="turn on ESTIMATED CPU power = utilization x this TDP (labelled source=estimated; off by default)",
-    )
-    parser.add_argument(
-        "--fixture-power-watts",
-        type=float,
-        default=None,
-        metavar="WATTS",
-        help="add a constant made-up power in domain 'fixture' (source=fixture): for tests only",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the standalone parser of ``python -m services.exporter``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m services.exporter", description="Serve edgediff power, energy and memory metrics."
-    )
-    add_arguments(parser)
-    return parser
 
 
 def run_exporter(
@@ -195,32 +127,3 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, object]:
 def _restore_signal_handlers(previous: dict[int, object]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)  # type: ignore[arg-type]
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the exporter from parsed arguments (see ``add_arguments``) and return the exit code (2: bad argument)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = shlex.split(args.tegrastats_command) if args.tegrastats_command else None
-    try:
-        return run_exporter(
-            args.host,
-            args.port,
-            args.interval,
-            args.root,
-            idle_seconds=args.idle_seconds,
-            tegrastats_command=command,
-            tegrastats_interval_s=args.tegrastats_interval,
-            nvml_enabled=not args.no_nvml,
-            memory_pid=args.pid,
-            estimated_cpu_tdp_w=args.estimated_cpu_tdp_watts,
-            fixture_power_w=args.fixture_power_watts,
-        )
-    except InvalidArgumentError as exc:
-        logger.error("%s", exc)
-        return 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m services.exporter``."""
-    return run_from_args(build_parser().parse_args(argv))

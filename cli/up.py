@@ -131,7 +131,7 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "up.log"
     with log_path.open("ab") as log:
-        child = subprocess.Popen([sys.executable, "-m", "edgediff.cli", *argv], stdout=log,
+        child = subprocess.Popen([sys.executable, "-m", "cli.main", *argv], stdout=log,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
@@ -142,7 +142,7 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
             raise EdgediffError(f"the stack exited with code {code} while starting (log: {log_path})")
         state = read_state(state_dir)
         if state and state.get("services") and all(s["status"] == "healthy" for s in state["services"].values()):
-            from services.stack.status_command import print_status
+            from cli.status import print_status
 
             print_status(state)
             print(f"stack is up in the background (supervisor pid {child.pid}, log {log_path}); "

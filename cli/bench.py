@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from edgediff.commands.common import add_build_arguments, add_model_arguments, add_sampling_arguments
+from cli.args import add_build_arguments, add_model_arguments, add_sampling_arguments
 from edgediff.errors import InvalidArgumentError
 
 

@@ -18,20 +18,20 @@ from edgediff.errors import EdgediffError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("edgediff.commands.generate", "generate images with one variant, in-process"),
-    "variants": ("edgediff.commands.variants", "list the variants and whether they can run here"),
-    "export": ("exporters.export_command", "build a Triton model repository for a target (cpu, rtx, jetson)"),
-    "triton": ("exporters.triton_command", "start a Triton server over a model repository"),
-    "serve": ("services.gateway.serve_command", "serve the gRPC Generator API (Triton or local PyTorch backend)"),
-    "exporter": ("services.exporter.server", "serve power, energy and memory metrics for Prometheus"),
-    "bench": ("edgediff.bench.command", "benchmark variants: latency, memory, energy, fidelity; write a report"),
-    "compare": ("edgediff.bench.compare_command", "compare bench reports across devices (the study's Table 4)"),
-    "loadtest": ("loadtest.command", "drive the gateway with Locust; latency percentiles and energy per image"),
-    "train-reference": ("edgediff.quality.train_command", "train the small digits reference model"),
-    "quality": ("edgediff.quality.command", "score generated images: digits classifier, digits-FD, FID"),
-    "up": ("services.stack.command", "start the whole serving stack (triton, gateway, exporter, prometheus)"),
-    "down": ("services.stack.down_command", "stop the stack started by 'edgediff up'"),
-    "status": ("services.stack.status_command", "show the services of the stack and their health"),
+    "generate": ("cli.generate", "generate images with one variant, in-process"),
+    "variants": ("cli.variants", "list the variants and whether they can run here"),
+    "export": ("cli.export", "build a Triton model repository for a target (cpu, rtx, jetson)"),
+    "triton": ("cli.triton", "start a Triton server over a model repository"),
+    "serve": ("cli.serve", "serve the gRPC Generator API (Triton or local PyTorch backend)"),
+    "exporter": ("cli.exporter", "serve power, energy and memory metrics for Prometheus"),
+    "bench": ("cli.bench", "benchmark variants: latency, memory, energy, fidelity; write a report"),
+    "compare": ("cli.compare", "compare bench reports across devices (the study's Table 4)"),
+    "loadtest": ("cli.loadtest", "drive the gateway with Locust; latency percentiles and energy per image"),
+    "train-reference": ("cli.train_reference", "train the small digits reference model"),
+    "quality": ("cli.quality", "score generated images: digits classifier, digits-FD, FID"),
+    "up": ("cli.up", "start the whole serving stack (triton, gateway, exporter, prometheus)"),
+    "down": ("cli.down", "stop the stack started by 'edgediff up'"),
+    "status": ("cli.status", "show the services of the stack and their health"),
 }
 
 

@@ -11,7 +11,7 @@ import argparse
 import shlex
 import sys
 
-from edgediff.commands.common import check_positive
+from cli.args import check_positive
 from edgediff.errors import InvalidArgumentError
 
 

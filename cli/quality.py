@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.commands.common import (
+from cli.args import (
     add_build_arguments,
     add_model_arguments,
     add_sampling_arguments,

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from edgediff.commands.common import add_model_arguments
+from cli.args import add_model_arguments
 
 DEFAULT_REPO = "model_repository"
 FIGURE3_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Div", "Cast", "Reshape", "Identity", "Mul",

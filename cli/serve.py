@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from edgediff.commands.common import add_model_arguments
+from cli.args import add_model_arguments
 from edgediff.constants import DEFAULT_HOST, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, TRITON_GRPC_PORT
 from edgediff.pipeline import MAX_BATCH
 
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     """The ``GatewayConfig`` the arguments describe (the token file is read here; its content is never printed)."""
-    from edgediff.commands.common import check_positive
+    from cli.args import check_positive
     from services.gateway.auth import read_token_file
     from services.gateway.server import GatewayConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgediff.commands.common import (
+from cli.args import (
     add_build_arguments,
     add_model_arguments,
     add_sampling_arguments,

@@ -15,8 +15,8 @@ from edgediff.constants import DEFAULT_HOST, TRITON_GRPC_PORT, TRITON_HTTP_PORT,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff triton``."""
-    from exporters.export_command import DEFAULT_REPO
-    from exporters.triton_server import MODEL_CONTROL_MODES
+    from cli.export import DEFAULT_REPO
+    from services.triton.launcher import MODEL_CONTROL_MODES
 
     parser.add_argument("--repo", default=DEFAULT_REPO, metavar="DIR",
                         help="model repository written by 'edgediff export' (default: %(default)s)")
@@ -46,8 +46,8 @@ def repository_index(http_url: str) -> list[dict]:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Start the server, print where it listens, wait; exit non-zero with Triton's errors when it fails."""
-    from edgediff.commands.common import check_positive
-    from exporters.triton_server import TritonServer, error_lines
+    from cli.args import check_positive
+    from services.triton.launcher import TritonServer, error_lines
 
     for name in ("http_port", "grpc_port", "metrics_port"):
         check_positive(name.replace("_", "-"), getattr(args, name))

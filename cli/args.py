@@ -1,12 +1,13 @@
-"""Arguments and checks that several commands share (model, weights, variant, generation options)."""
+"""Arguments and checks that several subcommands share (model, weights, variant, generation options)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from edgediff import variants
 from edgediff.errors import InvalidArgumentError
-from edgediff.models import LDMComponents, get_preset, list_presets, load_components
+from edgediff.models import LDMComponents, list_presets
 from edgediff.models.spec import ModelSpec
 from edgediff.models.weights import SYNTHETIC_WARNING
 from edgediff.pipeline import MAX_STEPS
@@ -47,19 +48,8 @@ def check_positive(name: str, value: int | None, *, minimum: int = 1) -> None:
 
 
 def load_model(args: argparse.Namespace, variant: str | None = None) -> LDMComponents | ModelSpec:
-    """Load the preset and weights the arguments name; print the synthetic-weights warning on stderr.
-
-    With ``variant``, load what that variant needs: a variant that runs from exported artifacts alone (the
-    low-memory one) gets a ``ModelSpec`` and the torch modules are never built.
-    """
-    from edgediff.variants import get_variant
-
-    preset = get_preset(args.model)
-    seed = getattr(args, "weights_seed", 0)
-    if variant is not None and not get_variant(variant).needs_modules:
-        components: LDMComponents | ModelSpec = get_variant(variant).load_model(preset, args.weights, seed=seed)
-    else:
-        components = load_components(preset, args.weights, seed=seed, warn=False)
+    """Load the preset and weights the arguments name, as ``variant`` needs them; warn on stderr if synthetic."""
+    components = variants.load_model(args.model, args.weights, seed=getattr(args, "weights_seed", 0), variant=variant)
     if components.weights.synthetic:
-        print(SYNTHETIC_WARNING.format(preset=preset.name), file=sys.stderr)
+        print(SYNTHETIC_WARNING.format(preset=components.preset.name), file=sys.stderr)
     return components

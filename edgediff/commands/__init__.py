@@ -1,1 +1,0 @@
-"""Subcommands of the core package (``generate``, ``variants``) and the argument helpers every command shares."""
