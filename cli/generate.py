@@ -12,7 +12,7 @@ from cli.args import (
     check_positive,
     load_model,
 )
-from edgediff.pipeline import validate_request
+from edgediff.request import GenerationRequest
 from edgediff.variants import BASELINE, BuildOptions, build_variant, require_available
 
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Generate and save."""
-    validate_request(steps=args.steps, eta=args.eta, batch=args.batch, seed=args.seed)
+    GenerationRequest.validated(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch)  # enters here
     check_positive("deepcache", args.deepcache)
     check_positive("threads", args.threads)
     require_available(args.variant)

@@ -63,10 +63,10 @@ def _generate(args: argparse.Namespace, variant: str, components: LDMComponents)
 def run_from_args(args: argparse.Namespace) -> int:
     """Score, print, optionally gate and write JSON."""
     from edgediff.io import atomic_write_json
-    from edgediff.pipeline import validate_request
     from edgediff.quality.classifier import load_classifier
     from edgediff.quality.gate import evaluate, quality_gate
     from edgediff.quality.metrics import load_image_folder
+    from edgediff.request import GenerationRequest
     from edgediff.variants import require_available
 
     if (args.fid_reference is None) != (args.inception_weights is None):
@@ -88,7 +88,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         components = load_model(args)
         if args.steps is None:
             args.steps = components.preset.default_steps
-        validate_request(steps=args.steps, eta=args.eta, batch=args.batch, seed=args.seed)
+        GenerationRequest.validated(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch)
         require_available(args.variant)
         if components.preset.name != "digits":
             print(f"note: the digits classifier scores only mean something for --model digits, not "

@@ -19,10 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from edgediff.errors import InvalidArgumentError
-
-MAX_STEPS = 1000
-MAX_BATCH = 64
+from edgediff.request import MAX_BATCH as MAX_BATCH  # the pipeline's limits live with the request
+from edgediff.request import MAX_STEPS as MAX_STEPS
 
 
 class UNetFn(Protocol):
@@ -136,22 +134,6 @@ def run_metadata(base: dict[str, str], *, steps: int, eta: float, seed: int, bat
     return {**base, "steps": str(steps), "eta": str(eta), "seed": str(seed), "batch": str(batch)}
 
 
-def validate_request(*, steps: int, eta: float, batch: int, seed: int, max_batch: int = MAX_BATCH) -> None:
-    """Check generation arguments before any work; messages name the argument, the value and the range.
-
-    Raises:
-        InvalidArgumentError: an argument is out of range.
-    """
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
-        raise InvalidArgumentError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
-    if not isinstance(eta, int | float) or not 0.0 <= float(eta) <= 1.0 or eta != eta:
-        raise InvalidArgumentError(f"eta must be a number in 0..1, got {eta!r}")
-    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= max_batch:
-        raise InvalidArgumentError(f"batch must be an integer in 1..{max_batch}, got {batch!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise InvalidArgumentError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
-
-
 def initial_latents(generator: torch.Generator, batch: int, latent_shape: tuple[int, int, int]) -> torch.Tensor:
     """The starting noise: diffusers' ``randn_tensor`` on a CPU generator (the same numbers on every device)."""
     from diffusers.utils.torch_utils import randn_tensor
@@ -253,11 +235,13 @@ class LDMPipeline:
             should_stop: Polled before each step; returning True raises ``GenerationCancelled``.
             on_step: Called with (step, steps) after each step (progress bars).
 
+        ``seed``, ``steps``, ``eta`` and ``batch`` are trusted: they were checked where the request entered
+        (``edgediff.request.GenerationRequest.validated`` in the CLI, the gateway or Triton's pipeline model) or are
+        the program's own constants, and are not checked again here.
+
         Raises:
-            InvalidArgumentError: an argument is out of range (checked before any work).
             GenerationCancelled: ``should_stop`` returned True.
         """
-        validate_request(steps=steps, eta=eta, batch=batch, seed=seed)
         t_start = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = initial_latents(generator, batch, self.latent_shape)

@@ -2,8 +2,11 @@
 
 Each dimension is a weighted list written ``value[:weight],...`` (``onnx-fp32:3,torch-fp32:1`` sends three ONNX
 requests for one PyTorch request, on average); a bare value has weight 1. Seeds are ``random`` (uniform over
-0..2**32-1), one seed ``N`` for every request, or a range ``A-B`` drawn uniformly. The same text comes from the
-``edgediff loadtest`` flags, the Locust options of ``locustfile.py`` or the ``EDGEDIFF_LOADTEST_*`` variables.
+0..2**63-1), one seed ``N`` for every request, or a range ``A-B`` drawn uniformly. The ranges are the core's
+(``edgediff.request``): a mix is checked with ``GenerationRequest.validated``, so it never draws a request the
+gateway would refuse for its range (a server's ``--max-batch`` may still be lower than the core's 64). The same text
+comes from the ``edgediff loadtest`` flags, the Locust options of ``locustfile.py`` or the ``EDGEDIFF_LOADTEST_*``
+variables.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from edgediff.errors import InvalidArgumentError
+from edgediff.request import SEED_MAX, GenerationRequest
 
 T = TypeVar("T")
 
 DEFAULT_VARIANT = "default"
 """Variant name meaning "the server's default variant" (sent as an empty string)."""
-SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class SeedSpec:
 
 
 def parse_seeds(text: str, what: str = "seeds") -> SeedSpec:
-    """Parse ``random``, ``N`` or ``A-B`` (0 <= A <= B <= 2**32-1).
+    """Parse ``random``, ``N`` or ``A-B`` (0 <= A <= B <= 2**63-1, ``edgediff.request.SEED_MAX``).
 
     Raises:
         InvalidArgumentError: Anything else, naming ``what``.
@@ -179,7 +182,8 @@ class RequestMix:
             names: The option name of each field for error messages (default: the field names).
 
         Raises:
-            InvalidArgumentError: A spec that does not parse, naming the option.
+            InvalidArgumentError: A spec that does not parse, or a value outside the core's ranges (those of
+                ``GenerationRequest``), naming the option.
         """
         label = {"variants": "variants", "steps": "steps", "batch": "batch", "eta": "eta", "seeds": "seeds"}
         label.update(names or {})
@@ -187,15 +191,18 @@ class RequestMix:
             eta_value = float(eta)
         except (TypeError, ValueError):
             raise InvalidArgumentError(f"{label['eta']}: {eta!r} is not a number") from None
-        if not 0.0 <= eta_value <= 1.0:
-            raise InvalidArgumentError(f"{label['eta']}: must be in 0..1, got {eta_value}")
-        return cls(
+        mix = cls(
             variants=parse_weighted(variants or DEFAULT_VARIANT, label["variants"]),
             steps=parse_weighted(steps, label["steps"], int),
             batch=parse_weighted(batch, label["batch"], int),
             eta=eta_value,
             seeds=parse_seeds(seeds, label["seeds"]),
         )
+        # The lowest values are >= 1 and the seeds >= 0 already; the largest must be in the core's ranges too.
+        GenerationRequest.validated(seed=mix.seeds.high, steps=max(mix.steps.values), eta=eta_value,
+                                    batch=max(mix.batch.values),
+                                    names={k: label[k] for k in ("steps", "batch", "eta")} | {"seed": label["seeds"]})
+        return mix
 
     def next_request(self, rng: random.Random) -> RequestSpec:
         """Draw the next request."""

@@ -116,9 +116,9 @@ def validate_config(config: BenchConfig) -> None:
         InvalidArgumentError: an argument is out of range.
     """
     from edgediff.models import get_preset
-    from edgediff.pipeline import validate_request
+    from edgediff.request import GenerationRequest
 
-    validate_request(steps=config.steps, eta=config.eta, batch=config.batch, seed=config.seed)
+    GenerationRequest.validated(seed=config.seed, steps=config.steps, eta=config.eta, batch=config.batch)
     get_preset(config.model)
     if config.warmup < 0:
         raise InvalidArgumentError(f"--warmup must be >= 0, got {config.warmup}")

@@ -227,16 +227,19 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: DDIM over {unet_label} + {params['vqdec_model']}")
 
     def _generate(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
-        from edgediff.pipeline import validate_request
+        from edgediff.request import GenerationRequest
 
         c = self.c
-        seed = int(_scalar(request, c.LDM_INPUT_SEED))
-        steps = int(_scalar(request, c.LDM_INPUT_STEPS))
-        eta = float(_scalar(request, c.LDM_INPUT_ETA, 0.0))
-        batch = int(_scalar(request, c.LDM_INPUT_BATCH, 1))
-        validate_request(steps=steps, eta=eta, batch=batch, seed=seed, max_batch=self.max_batch)
+        checked = GenerationRequest.validated(  # the model's inputs enter here; the pipeline trusts them
+            seed=int(_scalar(request, c.LDM_INPUT_SEED)),
+            steps=int(_scalar(request, c.LDM_INPUT_STEPS)),
+            eta=float(_scalar(request, c.LDM_INPUT_ETA, 0.0)),
+            batch=int(_scalar(request, c.LDM_INPUT_BATCH, 1)),
+            max_batch=self.max_batch,
+        )
         is_cancelled = getattr(request, "is_cancelled", None)
-        result = self.pipeline(seed=seed, steps=steps, eta=eta, batch=batch, should_stop=is_cancelled)
+        result = self.pipeline(seed=checked.seed, steps=checked.steps, eta=checked.eta, batch=checked.batch,
+                               should_stop=is_cancelled)
         timings = np.array([getattr(result.timings, f) for f in c.LDM_TIMINGS_FIELDS], dtype=np.float64)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor(c.LDM_OUTPUT_IMAGE, np.ascontiguousarray(result.images, dtype=np.uint8)),

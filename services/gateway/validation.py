@@ -1,7 +1,8 @@
 """``GenerateRequest`` -> ``GenerateArgs``: defaults applied, every field checked before any work.
 
-Ranges come from the core (``edgediff.pipeline.validate_request``); each message names the request field, the value
-received and the allowed range. Unknown variants are INVALID_ARGUMENT; known ones the backend cannot run raise
+The gateway is where a gRPC request enters: it is checked here once, into the core's ``GenerationRequest`` (whose
+ranges the whole program shares), and the backends trust what they are given. Each message names the request field,
+the value received and the allowed range. Unknown variants are INVALID_ARGUMENT; known ones the backend cannot run raise
 ``VariantUnavailableError`` (FAILED_PRECONDITION) with the reason.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgediff.errors import InvalidArgumentError, VariantUnavailableError
-from edgediff.pipeline import MAX_BATCH, validate_request
+from edgediff.request import MAX_BATCH, GenerationRequest
 from services.gateway.backends.base import Backend, GenerateArgs
 
 DEFAULT_STEPS = 20
@@ -21,6 +22,8 @@ DEFAULT_STEPS = 20
 DEFAULT_BATCH = 1
 FORMAT_PNG = "png"
 FORMATS = (FORMAT_PNG,)
+FIELD_NAMES = {"batch": "batch_size (0 means 1)"}
+"""The ``GenerateRequest`` fields' names in messages, where they differ from ``GenerationRequest``'s."""
 
 
 def wire_float(value: float) -> float:
@@ -60,13 +63,14 @@ def validate_generate(request: Any, backend: Backend, *, max_batch: int) -> Gene
         VariantUnavailableError: the variant exists but this server cannot run it (the reason is in the message).
         BackendUnavailableError: the backend cannot be asked which variants run (Triton down).
     """
-    steps = int(request.steps) or DEFAULT_STEPS
-    batch = int(request.batch_size) or DEFAULT_BATCH
-    eta = wire_float(request.eta)
-    seed = int(request.seed)
-    if not 1 <= batch <= max_batch:
-        raise InvalidArgumentError(f"batch_size must be an integer in 1..{max_batch} (0 means 1), got {batch}")
-    validate_request(steps=steps, eta=eta, batch=batch, seed=seed, max_batch=max_batch)
+    checked = GenerationRequest.validated(
+        seed=int(request.seed),
+        steps=int(request.steps) or DEFAULT_STEPS,
+        eta=wire_float(request.eta),
+        batch=int(request.batch_size) or DEFAULT_BATCH,
+        max_batch=max_batch,
+        names=FIELD_NAMES,
+    )
     fmt = request.format.strip().lower() or FORMAT_PNG
     if fmt not in FORMATS:
         raise InvalidArgumentError(
@@ -80,7 +84,8 @@ def validate_generate(request: Any, backend: Backend, *, max_batch: int) -> Gene
     status = backend.variant_status(variant)
     if not status.available:
         raise VariantUnavailableError(f"variant {variant} is unavailable on this server: {status.reason}")
-    return GenerateArgs(seed=seed, steps=steps, eta=eta, variant=variant, batch=batch, format=fmt)
+    return GenerateArgs(seed=checked.seed, steps=checked.steps, eta=checked.eta, variant=variant, batch=checked.batch,
+                        format=fmt)
 
 
 def check_max_batch(max_batch: int) -> None:

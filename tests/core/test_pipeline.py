@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from edgediff.errors import InvalidArgumentError
-from edgediff.pipeline import GenerationCancelled, validate_request
+from edgediff.pipeline import GenerationCancelled
+from edgediff.request import SEED_MAX, GenerationRequest
 from edgediff.variants import build_variant
 
 
@@ -121,9 +122,29 @@ def test_a_generation_closes_its_unet_callable_finished_or_failed(pipeline, fail
         ({"batch": 0}, "batch"),
         ({"batch": 65}, "batch"),
         ({"seed": -1}, "seed"),
+        ({"seed": SEED_MAX + 1}, "seed"),
+        ({"steps": 2.0}, "steps"),
+        ({"batch": True}, "batch"),
+        ({"eta": "0.5"}, "eta"),
     ],
 )
 def test_validation_names_the_field(kwargs, field):
     args = {"steps": 20, "eta": 0.0, "batch": 1, "seed": 0, **kwargs}
     with pytest.raises(InvalidArgumentError, match=rf"^{field} must be"):
-        validate_request(**args)
+        GenerationRequest.validated(**args)
+
+
+def test_validated_request_is_typed_and_frozen():
+    request = GenerationRequest.validated(seed=SEED_MAX, steps=1000, eta=1, batch=64)
+    assert (request.seed, request.steps, request.eta, request.batch) == (SEED_MAX, 1000, 1.0, 64)
+    assert isinstance(request.eta, float)
+    with pytest.raises(AttributeError):
+        request.steps = 2  # type: ignore[misc]
+
+
+def test_validation_uses_the_entry_points_names_and_max_batch():
+    with pytest.raises(InvalidArgumentError, match=r"^batch_size must be an integer in 1\.\.4, got 5$"):
+        GenerationRequest.validated(seed=0, steps=1, eta=0.0, batch=5, max_batch=4, names={"batch": "batch_size"})
+    with pytest.raises(InvalidArgumentError, match=r"^--steps must be an integer in 1\.\.1000, got 0$"):
+        GenerationRequest.validated(seed=0, steps=0, eta=0.0, batch=1, names={"steps": "--steps"})
+

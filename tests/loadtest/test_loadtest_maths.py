@@ -12,6 +12,7 @@ import pytest
 
 from cli.loadtest import check_target, metrics_url, parse_duration_s
 from edgediff.errors import InvalidArgumentError
+from edgediff.request import MAX_BATCH, MAX_STEPS, SEED_MAX, GenerationRequest
 from loadtest.energy import EnergyResult, per_domain
 from loadtest.mix import RequestMix, parse_seeds, parse_weighted
 from loadtest.records import RecordBook, RequestRecord, WindowMarks, read_records
@@ -53,13 +54,29 @@ def test_integer_specs_must_be_positive():
         RequestMix.parse(steps="0", names={"steps": "--steps"})
     with pytest.raises(InvalidArgumentError, match="--batch: 'two' is not an integer"):
         RequestMix.parse(batch="two", names={"batch": "--batch"})
-    with pytest.raises(InvalidArgumentError, match=r"--eta: must be in 0\.\.1"):
+    with pytest.raises(InvalidArgumentError, match=r"--eta must be a number in 0\.\.1, got 1\.5"):
         RequestMix.parse(eta=1.5, names={"eta": "--eta"})
+
+
+def test_mix_bounds_are_the_cores():
+    # The mix takes its ranges from GenerationRequest: what it can draw, the gateway accepts (for its range).
+    too_many = MAX_STEPS + 1
+    with pytest.raises(InvalidArgumentError, match=rf"--steps must be an integer in 1\.\.{MAX_STEPS}, got {too_many}"):
+        RequestMix.parse(steps=f"20,{MAX_STEPS + 1}", names={"steps": "--steps"})
+    with pytest.raises(InvalidArgumentError, match=rf"--batch must be an integer in 1\.\.{MAX_BATCH}"):
+        RequestMix.parse(batch=str(MAX_BATCH + 1), names={"batch": "--batch"})
+    with pytest.raises(InvalidArgumentError, match="--seeds"):
+        RequestMix.parse(seeds=f"0-{SEED_MAX + 1}", names={"seeds": "--seeds"})
+    mix = RequestMix.parse(steps=str(MAX_STEPS), batch=str(MAX_BATCH), seeds=str(SEED_MAX))
+    drawn = mix.next_request(random.Random(0))
+    checked = GenerationRequest.validated(seed=drawn.seed, steps=drawn.steps, eta=drawn.eta, batch=drawn.batch)
+    assert (checked.seed, checked.steps, checked.batch) == (SEED_MAX, MAX_STEPS, MAX_BATCH)
 
 
 def test_seed_specs():
     rng = random.Random(1)
-    assert parse_seeds("random").pick(rng) in range(2**32)
+    assert parse_seeds("random").pick(rng) in range(SEED_MAX + 1)
+    assert parse_seeds("random").high == SEED_MAX == 2**63 - 1  # the pipeline's seed range, not 2**32-1
     assert parse_seeds("42").pick(rng) == 42
     assert {parse_seeds("5-6").pick(rng) for _ in range(50)} == {5, 6}
     with pytest.raises(InvalidArgumentError, match="seeds"):
