@@ -24,16 +24,7 @@ from typing import Any
 from edgediff.availability import require
 from edgediff.constants import ENV_WEIGHTS
 from edgediff.errors import EdgediffError, InvalidArgumentError
-from services.stack.compose_model import (
-    CONDITION_COMPLETED,
-    CONDITION_HEALTHY,
-    CONDITION_STARTED,
-    ComposeError,
-    ComposeProject,
-    ComposeService,
-    load_compose,
-)
-from services.stack.docker_mapping import (
+from services.stack.compose.docker_args import (
     LABEL_CONFIG_HASH,
     LABEL_IMAGE,
     LABEL_NETWORK,
@@ -44,6 +35,15 @@ from services.stack.docker_mapping import (
     config_hash,
     image_reference,
     run_arguments,
+)
+from services.stack.compose.project import (
+    CONDITION_COMPLETED,
+    CONDITION_HEALTHY,
+    CONDITION_STARTED,
+    ComposeError,
+    ComposeProject,
+    ComposeService,
+    load_compose,
 )
 from services.stack.state import default_state_dir, read_state, remove_state, write_state
 from services.stack.supervisor import StackError
@@ -66,6 +66,10 @@ CONTAINER_WEIGHTS_DIR = "/weights"
 """Where compose.yaml mounts ``$EDGEDIFF_WEIGHTS_DIR`` inside the containers."""
 
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+OPTIONAL_SERVICES = ("grafana",)
+"""Services ``up`` leaves out, with a note, when their image is neither present nor pullable."""
+LOCAL_IMAGE_DEFAULTS = {"EDGEDIFF_PROMETHEUS_IMAGE": "edgediff-prometheus:bookworm"}
+"""compose.yaml's image variables -> the image ``make images`` builds from Debian packages in its place."""
 
 
 class DockerEngineUnavailableError(EdgediffError):
@@ -199,8 +203,22 @@ class DockerRuntime:
     def compose(self) -> ComposeProject:
         """The parsed compose file (read once)."""
         if self._compose is None:
-            self._compose = load_compose(self.compose_file, self.project, self.env)
+            self._compose = load_compose(self.compose_file, self.project, self._variables())
         return self._compose
+
+    def _variables(self) -> dict[str, str]:
+        """The interpolation variables, with the images ``make images`` built locally where the file's are missing."""
+        env = dict(os.environ if self.env is None else self.env)
+        for variable, image in LOCAL_IMAGE_DEFAULTS.items():
+            if env.get(variable):
+                continue
+            try:
+                self.client.images.get(image)
+            except self._docker.errors.DockerException:
+                continue
+            env[variable] = image
+            self.echo(f"  {variable}={image} (built from Debian packages by 'make images')")
+        return env
 
     def services(self) -> list[ComposeService]:
         """The services of the active profiles, in dependency order.
@@ -213,13 +231,12 @@ class DockerRuntime:
         if unknown:
             raise InvalidArgumentError(f"profile {unknown[0]!r} is not in {self.compose.path.name}; "
                                        f"choose from {', '.join(declared)}")
-        services = self.compose.active_services(self.profiles)
         for name, count in self.scale.items():
             if name not in self.compose.services:
                 raise InvalidArgumentError(f"scale: unknown service {name!r}")
-            if count < 1:
-                raise InvalidArgumentError(f"scale: {name} needs at least 1 replica, got {count}")
-        return services
+            if count < 0:
+                raise InvalidArgumentError(f"scale: {name} needs 0 (left out) or more replicas, got {count}")
+        return self.compose.active_services(self.profiles, without=[n for n, c in self.scale.items() if c == 0])
 
     def _replicas(self, service: ComposeService) -> int:
         return self.scale.get(service.name, service.replicas)
@@ -243,7 +260,7 @@ class DockerRuntime:
             StackError: a build, a pull, a container start or a wait failed (the message names the service and ends
                 with the last lines of its log).
         """
-        services = self.services()
+        services = self._leave_out_unavailable(self.services())
         self._started = []
         self._created_networks = []
         try:
@@ -274,6 +291,30 @@ class DockerRuntime:
             port = f"port {entry['port']}" if entry.get("port") else ""
             self.echo(f"  {service.name:<16} {entry['status']:<10} {entry['container']:<32} {port}".rstrip())
         return state
+
+    def _leave_out_unavailable(self, services: list[ComposeService]) -> list[ComposeService]:
+        """Leave out the optional services (Grafana) whose image is neither here nor pullable, saying so.
+
+        ``docker compose`` would stop there; the dashboards are the one part of the stack nothing else needs, and
+        sites without a registry have no other way to get Grafana. The state file records what was left out.
+        """
+        errors = self._docker.errors
+        for service in [s for s in services if s.name in OPTIONAL_SERVICES and s.build is None]:
+            ref = image_reference(self.project, service)
+            try:
+                self.client.images.get(ref)
+                continue
+            except errors.ImageNotFound:
+                pass
+            try:
+                self._pull(service, ref)
+                continue
+            except StackError as exc:
+                why = str(exc)
+            self.echo(f"  {service.name} left out: {why} (the rest of the stack does not need it)")
+            self.scale[service.name] = 0
+            self.meta.setdefault("left_out", []).append(service.name)
+        return self.services()
 
     def _undo(self, services: Sequence[ComposeService]) -> None:
         """After a failed ``up``: remove the containers it started (newest first) and the network it created.
@@ -710,4 +751,6 @@ def runtime_from_state(state: Mapping[str, Any], client: Any = None, *, state_di
     profiles: Iterable[str] = str(state.get("profile") or "cpu").split(",")
     return DockerRuntime(client, project=str(state.get("project") or DEFAULT_PROJECT),
                          compose_file=Path(str(state.get("compose_file") or "compose.yaml")),
-                         profile=list(profiles), env=env, state_dir=state_dir, echo=echo)
+                         profile=list(profiles), env=env, state_dir=state_dir, echo=echo,
+                         scale=dict.fromkeys(state.get("left_out") or [], 0),
+                         meta={"left_out": list(state.get("left_out") or [])} if state.get("left_out") else None)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,17 @@ import docker
 import pytest
 import yaml
 
-from edgediff.constants import ENV_WEIGHTS, GATEWAY_GRPC_PORT, GRAFANA_PORT, LOCUST_WEB_PORT, PROMETHEUS_PORT
+from edgediff.constants import (
+    ENV_WEIGHTS,
+    EXPORTER_PORT,
+    GATEWAY_GRPC_PORT,
+    GATEWAY_METRICS_PORT,
+    GRAFANA_PORT,
+    LOCUST_WEB_PORT,
+    PROMETHEUS_PORT,
+)
 from edgediff.errors import EdgediffError, InvalidArgumentError
-from services.stack.docker_mapping import LABEL_CONFIG_HASH, LABEL_NUMBER, LABEL_PROJECT, LABEL_SERVICE
+from services.stack.compose.docker_args import LABEL_CONFIG_HASH, LABEL_NUMBER, LABEL_PROJECT, LABEL_SERVICE
 from services.stack.docker_runtime import (
     COMPOSE_ENV_MODEL,
     COMPOSE_ENV_VARIANT,
@@ -40,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REPO_COMPOSE = ROOT / "compose.yaml"
 FIXTURE_COMPOSE = Path(__file__).parent / "fixtures" / "docker" / "compose.yaml"
 NO_ENGINE = "no Docker engine reachable"
-PUBLISHED_PORT = {"gateway": GATEWAY_GRPC_PORT, "prometheus": PROMETHEUS_PORT, "grafana": GRAFANA_PORT,
-                  "locust-master": LOCUST_WEB_PORT}
+PUBLISHED_PORT = {"gateway": (GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT), "exporter": (EXPORTER_PORT,),
+                  "prometheus": (PROMETHEUS_PORT,), "grafana": (GRAFANA_PORT,), "locust-master": (LOCUST_WEB_PORT,)}
 """Host ports compose.yaml publishes, by service role, from the one place they live."""
 
 
@@ -64,6 +74,41 @@ def make_client(kind: str, behaviour: dict[str, Behaviour] | None = None, images
     if not ok:
         pytest.skip(why)  # "no Docker engine reachable (...): start Docker or use --runtime local"
     return RecordingClient(docker.from_env())
+
+
+LOCAL_BUSYBOX = "edgediff-fixture-busybox:1"
+"""busybox from Debian's static binary (busybox-static), where busybox:1.36 cannot be pulled."""
+_FIXTURE_IMAGE: str | None = None
+
+
+def fixture_image(client: Any) -> str:
+    """A busybox image on the real engine: busybox:1.36 when present or pullable, else one built from /bin/busybox."""
+    global _FIXTURE_IMAGE
+    if _FIXTURE_IMAGE is None:
+        for name in ("busybox:1.36", LOCAL_BUSYBOX):
+            try:
+                client.images.get(name)
+                _FIXTURE_IMAGE = name
+                return name
+            except docker.errors.ImageNotFound:
+                continue
+        try:
+            client.images.pull("busybox:1.36")
+            _FIXTURE_IMAGE = "busybox:1.36"
+            return _FIXTURE_IMAGE
+        except docker.errors.APIError:
+            pass
+        busybox = Path("/bin/busybox")
+        if not busybox.is_file():
+            pytest.fail("busybox:1.36 cannot be pulled and /bin/busybox is missing (make system-deps installs "
+                        "busybox-static)")
+        with tempfile.TemporaryDirectory() as context:
+            shutil.copy2(busybox, Path(context) / "busybox")
+            (Path(context) / "Dockerfile").write_text(
+                'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n')
+            client.images.build(path=context, tag=LOCAL_BUSYBOX, rm=True)
+        _FIXTURE_IMAGE = LOCAL_BUSYBOX
+    return _FIXTURE_IMAGE
 
 
 def free_port() -> int:
@@ -183,8 +228,9 @@ def check_up_against_compose(client: RecordingClient, raw: dict[str, Any], profi
         assert sorted(host.get("Binds") or []) == sorted(expected_binds(spec, env, project, directory)), service
         role = next((r for r in PUBLISHED_PORT if service == r or service.endswith("-" + r)), None)
         if role is not None and directory == ROOT:
-            port = PUBLISHED_PORT[role]
-            assert host["PortBindings"] == {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+            for port in PUBLISHED_PORT[role]:
+                assert host["PortBindings"][f"{port}/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+            assert len(host["PortBindings"]) == len(PUBLISHED_PORT[role])
         if "healthcheck" in spec:
             check = spec["healthcheck"]
             test = check["test"]
@@ -249,7 +295,7 @@ def test_up_starts_exactly_the_profile_services_as_compose_says(kind: str, profi
         assert sorted(c.name for c in client.of("images.build")) == sorted(built)
         for call in client.of("images.build"):
             assert (Path(call.kwargs["path"]) / call.kwargs["dockerfile"]).is_file()
-        pulled = {raw["services"][n]["image"] for n in expected} - built
+        pulled = {resolve(raw["services"][n]["image"], env) for n in expected} - built
         if kind == "fake":
             assert {c.name for c in client.of("images.pull")} == pulled
 
@@ -282,6 +328,8 @@ def fixture_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
     client = make_client(kind, behaviour)
     project = "fx" if kind == "fake" else f"edgediff-test-{uuid.uuid4().hex[:8]}"
     env = {"FIXTURE_PORT": str(free_port()), "FIXTURE_MODE": "ci"}
+    if kind == "real":
+        env["FIXTURE_IMAGE"] = fixture_image(client.inner)
     stack = runtime(client, FIXTURE_COMPOSE, ["extra"], env, tmp_path / "state", project=project)
     try:
         yield stack, client, env
@@ -302,7 +350,8 @@ def test_fixture_project_up_status_down(fixture_stack: tuple[DockerRuntime, Reco
     assert sorted(started[3:]) == [f"{stack.project}-worker-1", f"{stack.project}-worker-2"]
 
     (build,) = client.of("images.build")
-    assert build.kwargs["buildargs"] == {"GREETING": "hello"} and build.kwargs["tag"] == "edgediff-fixture-prepare:1"
+    assert build.kwargs["buildargs"] == {"GREETING": "hello", "BASE": env.get("FIXTURE_IMAGE", "busybox:1.36")}
+    assert build.kwargs["tag"] == "edgediff-fixture-prepare:1"
     frontend = container_attrs(client, f"{stack.project}-frontend-1")
     assert frontend["HostConfig"]["PortBindings"] == {
         "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": env["FIXTURE_PORT"]}]}
@@ -496,11 +545,11 @@ def test_every_mapped_field_passes_the_sdk(tmp_path: Path) -> None:
         "services": {
             "all": {
                 "image": "busybox:1.36", "entrypoint": "/bin/sh -c", "command": ["sleep 1"],
-                "env_file": "app.env", "environment": {"FLAG": True, "N": 3},
+                "env_file": "app.env", "environment": {"FLAG": "true", "N": 3},
                 "ports": ["9000", {"target": 53, "published": 5353, "protocol": "udp"}],
                 "volumes": [{"type": "bind", "source": ".", "target": "/src", "read_only": True}],
                 "tmpfs": ["/run"], "devices": ["/dev/null:/dev/nothing"],
-                "gpus": "all", "user": "1000:1000", "working_dir": "/src", "privileged": False,
+                "user": "1000:1000", "working_dir": "/src", "privileged": False,
                 "cap_add": ["NET_ADMIN"], "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
                 "hostname": "allhost", "extra_hosts": ["db:10.0.0.2", "cache=10.0.0.3"], "shm_size": "64m",
                 "ipc": "private", "init": True, "tty": True, "stdin_open": True, "read_only": True,
@@ -510,7 +559,7 @@ def test_every_mapped_field_passes_the_sdk(tmp_path: Path) -> None:
                 "cpus": 0.5, "platform": "linux/amd64", "logging": {"driver": "json-file",
                                                                     "options": {"max-size": "1m"}},
                 "healthcheck": {"disable": True}, "restart": "always",
-                "deploy": {"resources": {"limits": {"pids": 64}}},
+                "deploy": {"resources": {"reservations": {"devices": [{"capabilities": ["gpu"]}]}}},
             },
             "sidecar": {"image": "busybox:1.36", "network_mode": "service:all", "depends_on": ["all"]},
         },
@@ -538,7 +587,7 @@ def test_every_mapped_field_passes_the_sdk(tmp_path: Path) -> None:
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048},
                                {"Name": "nproc", "Soft": 512, "Hard": 512}]
     assert host["Sysctls"] == {"net.core.somaxconn": "1024"} and host["GroupAdd"] == ["video"]
-    assert host["Memory"] == 256 << 20 and host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 64
+    assert host["Memory"] == 256 << 20 and host["NanoCpus"] == 500_000_000
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m"}}
     assert config["Healthcheck"]["Test"] == ["NONE"] and host["RestartPolicy"] == {"Name": "always"}
     (platform_call,) = [c for c in client.of("containers.run") if c.name == "every-all-1"]
