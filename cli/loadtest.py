@@ -303,7 +303,8 @@ def _print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
     if not energy["available"]:
         print(f"energy per image: unavailable: {energy['reason']}")
     for d in energy["domains"]:
-        net = f"{d['net_j_per_image']:.4f} J net" if d["net_j_per_image"] is not None else "net unavailable"
-        gross = f"{d['gross_j_per_image']:.4f} J" if d["gross_j_per_image"] is not None else "-"
+        net = f"{d['net_energy_per_image_j']:.4f} J net" if d["net_energy_per_image_j"] is not None \
+            else "net unavailable"
+        gross = f"{d['energy_per_image_j']:.4f} J" if d["energy_per_image_j"] is not None else "-"
         print(f"energy per image [{d['domain']}/{d['source']}, {d['label']}]: {gross} gross, {net}")
     print(f"report: {paths['markdown']}")

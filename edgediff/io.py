@@ -1,10 +1,16 @@
-"""Atomic file writes: a reader never sees a half-written report, image or artifact."""
+"""Atomic file writes: a reader never sees a half-written report, image or artifact.
+
+Every report (bench, compare, load test) writes its JSON, CSV and Markdown through these.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +45,17 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """CSV text with a header of ``columns`` and one line per row (missing keys empty, LF line ends)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def atomic_write_csv(path: str | os.PathLike[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` as CSV atomically (see ``csv_text``)."""
+    return atomic_write_text(path, csv_text(columns, rows))

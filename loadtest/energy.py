@@ -7,10 +7,12 @@ Two ways to read the counter's increase over the window ``[start, end]``:
 * ``prometheus``: ask a Prometheus server that scrapes the exporter for
   ``increase(edgediff_energy_joules_total[<window>ms] @ <end>)``, after waiting for a scrape past the window's end.
 
-Gross energy per image = increase / images served in the window. Net energy per image subtracts the idle baseline
-(``edgediff_idle_power_watts`` x window) when the exporter measured one. Estimated sources (``source="estimated"``)
-and fixture sources (tests) are labelled as such. Without a power sensor the result is "unavailable", with the
-reason from ``edgediff_sensor_up``: never a made-up number.
+The counter is the exporter's ``EnergyMonitor`` odometer, so the window is the core's (``edgediff.telemetry.window``:
+``odometer_window``, ``energy_from_increase``): the same ``DomainEnergy`` as a bench window, the same net energy
+(gross minus ``edgediff_idle_power_watts`` x window), the same labels (``estimated`` and ``fixture`` sources say so)
+and the same per-image row (``energy_row``) in the report. This module keeps what is the load test's own: reading the
+counter from scrapes or from Prometheus. Without a power sensor the result is "unavailable", with the reason from
+``edgediff_sensor_up``: never a made-up number.
 """
 
 from __future__ import annotations
@@ -22,21 +24,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgediff.constants import METRIC_ENERGY_JOULES_TOTAL, METRIC_IDLE_POWER_WATTS, METRIC_SENSOR_UP
+from edgediff.telemetry.window import DomainEnergy, DomainKey, energy_from_increase, energy_row, odometer_window
 
-SOURCE_ESTIMATED = "estimated"
-SOURCE_FIXTURE = "fixture"
 METHOD_EXPORTER = "exporter"
 METHOD_PROMETHEUS = "prometheus"
 DEFAULT_SCRAPE_TIMEOUT_S = 5.0
-
-DomainKey = tuple[str, str]
-"""``(domain, source)`` of one energy series."""
 
 
 @dataclass(frozen=True)
@@ -126,35 +124,6 @@ def _key(labels: Mapping[str, str]) -> DomainKey:
 
 
 @dataclass(frozen=True)
-class DomainEnergy:
-    """Energy of one domain over the window, and per image.
-
-    Attributes:
-        domain: The power domain (``gpu-board``, ``soc-total``, ``cpu-package``, ``battery``, ``fixture``...).
-        source: The sensor (``nvml:0``, ``rapl``, ``tegrastats``, ``estimated``, ``fixture``...).
-        label: ``measured``, ``estimated`` or ``fixture (made-up, tests only)``.
-        gross_j: Counter increase over the window, joules.
-        mean_power_w: ``gross_j / window_s``, watts.
-        gross_j_per_image: ``gross_j / images``; ``None`` when no image was served.
-        idle_power_w: The exporter's idle baseline, watts; ``None`` when none was measured.
-        net_j: ``gross_j - idle_power_w * window_s``; ``None`` without a baseline.
-        net_j_per_image: ``net_j / images``; ``None`` without a baseline or images.
-        net_note: Why net is missing, or ``None``.
-    """
-
-    domain: str
-    source: str
-    label: str
-    gross_j: float
-    mean_power_w: float
-    gross_j_per_image: float | None
-    idle_power_w: float | None
-    net_j: float | None
-    net_j_per_image: float | None
-    net_note: str | None
-
-
-@dataclass(frozen=True)
 class EnergyResult:
     """Energy per image over a window, or why it is unavailable.
 
@@ -168,7 +137,7 @@ class EnergyResult:
         window_s: ``end - start``, seconds.
         images: Images served in the window (the denominator).
         images_source: Where ``images`` comes from (``locust`` or ``gateway``).
-        domains: One entry per ``(domain, source)``.
+        domains: The core's energy of each ``(domain, source)`` over the window (valid ones only).
         notes: Caveats (domains that appeared mid-window, extrapolation...).
     """
 
@@ -185,52 +154,11 @@ class EnergyResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
-
-
-def source_label(source: str) -> str:
-    """``measured``, ``estimated`` or ``fixture (made-up, tests only)`` for a ``source`` label."""
-    if source == SOURCE_ESTIMATED or source.startswith(SOURCE_ESTIMATED + ":"):
-        return "estimated"
-    if source == SOURCE_FIXTURE:
-        return "fixture (made-up, tests only)"
-    return "measured"
-
-
-def per_domain(
-    increase_j: Mapping[DomainKey, float],
-    idle_power_w: Mapping[DomainKey, float],
-    window_s: float,
-    images: int,
-) -> list[DomainEnergy]:
-    """Gross and net energy per image of each domain.
-
-    Args:
-        increase_j: Counter increase over the window per ``(domain, source)``, joules.
-        idle_power_w: Idle baseline per ``(domain, source)``, watts (missing: no net for that domain).
-        window_s: Window length, seconds (> 0).
-        images: Images served in the window (0: no per-image numbers).
-    """
-    rows = []
-    for (domain, source), gross_j in sorted(increase_j.items()):
-        idle_w = idle_power_w.get((domain, source))
-        net_j = gross_j - idle_w * window_s if idle_w is not None else None
-        rows.append(
-            DomainEnergy(
-                domain=domain,
-                source=source,
-                label=source_label(source),
-                gross_j=gross_j,
-                mean_power_w=gross_j / window_s,
-                gross_j_per_image=gross_j / images if images > 0 else None,
-                idle_power_w=idle_w,
-                net_j=net_j,
-                net_j_per_image=net_j / images if net_j is not None and images > 0 else None,
-                net_note=None if idle_w is not None else "net unavailable: no idle baseline (exporter --idle-seconds)",
-            )
-        )
-    return rows
+        """JSON-ready form; each domain is the core's report row (``energy_row``), as in a bench report."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["domains"] = [energy_row(d, self.window_s or 0.0, self.images) for d in self.domains]
+        out["notes"] = list(self.notes)
+        return out
 
 
 def _unavailable(reason: str, method: str, url: str | None, start: float | None, end: float | None, images: int,
@@ -266,31 +194,14 @@ def energy_from_scrapes(start: Scrape, end: Scrape, images: int, images_source: 
     first, last = parse_exporter(start.text or ""), parse_exporter(end.text or "")
     if not last.energy_j:
         return _unavailable(no_sensor_reason(last.sensor_up), *args)
-    notes = []
-    increase: dict[DomainKey, float] = {}
-    for key, value_j in sorted(last.energy_j.items()):
-        if key not in first.energy_j:
-            notes.append(f"{key[0]}/{key[1]} appeared during the window: left out")
-            continue
-        delta_j = value_j - first.energy_j[key]
-        if delta_j < 0:
-            notes.append(f"{key[0]}/{key[1]} went backwards ({delta_j:.3f} J; exporter restarted?): left out")
-            continue
-        increase[key] = delta_j
-    if not increase:
+    window = odometer_window(first.energy_j, last.energy_j, window_s, last.idle_power_w)
+    notes = [f"{d.domain}/{d.source} {d.reason}: left out" for d in window if not d.valid]
+    measured = [d for d in window if d.valid]
+    if not measured:
         return _unavailable("; ".join(notes) or no_sensor_reason(last.sensor_up), *args)
     return EnergyResult(
-        True,
-        None,
-        METHOD_EXPORTER,
-        start.url,
-        start.t_unix_s,
-        end.t_unix_s,
-        window_s,
-        images,
-        images_source,
-        per_domain(increase, last.idle_power_w, window_s, images),
-        notes,
+        True, None, METHOD_EXPORTER, start.url, start.t_unix_s, end.t_unix_s, window_s, images, images_source,
+        measured, notes,
     )
 
 
@@ -404,5 +315,5 @@ def energy_from_prometheus(
         return _unavailable(str(exc), *args)
     return EnergyResult(
         True, None, METHOD_PROMETHEUS, base_url, start_unix_s, end_unix_s, window_s, images, images_source,
-        per_domain(increase, idle, window_s, images), notes,
+        energy_from_increase(increase, window_s, idle), notes,
     )

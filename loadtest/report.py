@@ -1,7 +1,10 @@
 """The load test's report: ``loadtest.json`` (machine-readable), ``loadtest.md`` (for people) and a timeline PNG.
 
-Every file is written atomically. Energy that is estimated, or comes from a fixture, is labelled so in both files;
-energy that could not be measured is "unavailable" with its reason, never a number.
+Every file is written atomically, with the helpers a bench report uses (``edgediff.io``, ``markdown_table``); the
+latency statistics and the energy rows are the core's too (``edgediff.stats``, ``edgediff.telemetry.window``), so a
+load test and a bench speak of the same numbers with the same names. Energy that is estimated, or comes from a
+fixture, is labelled so in both files; energy that could not be measured is "unavailable" with its reason, never a
+number.
 """
 
 from __future__ import annotations
@@ -9,19 +12,26 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from edgediff.availability import require
-from edgediff.io import atomic_write_json, atomic_write_text
+from edgediff.bench.plots import save_figure
+from edgediff.bench.report_writers import markdown_table
+from edgediff.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from edgediff.stats import LatencyStats
 from loadtest.energy import EnergyResult
 from loadtest.records import Window
 from loadtest.summary import LocustTotals, Summary, TimelineBin
 
-SCHEMA = "edgediff.loadtest/1"
+SCHEMA = "edgediff.loadtest/2"
+"""2: latency as the core's ``LatencyStats`` (``n``, ``std_s``), energy domains as the core's ``energy_row``."""
 JSON_NAME = "loadtest.json"
 MARKDOWN_NAME = "loadtest.md"
+CSV_NAME = "loadtest.csv"
+LATENCY_COLUMNS = tuple(f.name for f in fields(LatencyStats))
+CSV_COLUMNS = ("name", "requests", "failures", "images", *LATENCY_COLUMNS)
 TIMELINE_PNG = "loadtest_timeline.png"
 
 
@@ -108,53 +118,53 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Requests",
         "",
-        "| requests | succeeded | failed | cancelled at stop | images | requests/s | images/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {req['requests']} | {req['succeeded']} | {req['failed']} | {req['cancelled_at_stop']} | {req['images']} "
-        f"| {req['requests_per_s']:.2f} | {req['images_per_s']:.2f} |",
+        markdown_table(("requests", "succeeded", "failed", "cancelled at stop", "images", "requests/s", "images/s"),
+                       [[str(req["requests"]), str(req["succeeded"]), str(req["failed"]),
+                         str(req["cancelled_at_stop"]), str(req["images"]), f"{req['requests_per_s']:.2f}",
+                         f"{req['images_per_s']:.2f}"]]),
         "",
         "Throughput counts the calls completed inside the window. Calls cancelled at stop were in flight when Locust "
         "stopped its users: not failures of the server.",
     ]
     if req["failures_by_status"]:
-        lines += ["", "### Failures by gRPC status", "", "| status | count |", "|---|---:|"]
-        lines += [f"| {status} | {count} |" for status, count in req["failures_by_status"].items()]
-        lines += ["", "| message | count |", "|---|---:|"]
-        lines += [f"| {msg.replace('|', '/')} | {count} |" for msg, count in req["failure_messages"].items()]
+        lines += ["", "### Failures by gRPC status", "",
+                  markdown_table(("status", "count"), [[status, str(count)]
+                                                       for status, count in req["failures_by_status"].items()]),
+                  "",
+                  markdown_table(("message", "count"), [[msg.replace("|", "/"), str(count)]
+                                                        for msg, count in req["failure_messages"].items()])]
+    rows = [*req["by_name"], {"name": "**all**", "requests": req["requests"], "failures": req["failed"],
+                              "images": req["images"], "latency": req["latency"]}]
+    latency_rows = []
+    for row in rows:
+        lat = row["latency"] or {}
+        latency_rows.append([row["name"], str(row["requests"]), str(row["failures"]), str(row["images"]),
+                             *(_ms(lat.get(key)) for key in ("p50_s", "p90_s", "p95_s", "p99_s", "max_s"))])
     lines += [
         "",
         "## Latency of successful calls (ms, exact percentiles)",
         "",
-        "| name | calls | failures | images | p50 | p90 | p95 | p99 | max |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        markdown_table(("name", "calls", "failures", "images", "p50", "p90", "p95", "p99", "max"), latency_rows),
     ]
-    rows = [*req["by_name"], {"name": "**all**", "requests": req["requests"], "failures": req["failed"],
-                              "images": req["images"], "latency": req["latency"]}]
-    for row in rows:
-        lat = row["latency"] or {}
-        lines.append(
-            f"| {row['name']} | {row['requests']} | {row['failures']} | {row['images']} | {_ms(lat.get('p50_s'))} "
-            f"| {_ms(lat.get('p90_s'))} | {_ms(lat.get('p95_s'))} | {_ms(lat.get('p99_s'))} | {_ms(lat.get('max_s'))} |"
-        )
     lines += ["", "## Energy per image", ""]
     energy = report["energy"]
     if not energy["available"]:
         lines.append(f"unavailable: {energy['reason']}")
     else:
+        energy_rows = [
+            [d["domain"], d["source"], d["label"], _num(d["gross_j"]), _num(d["power_w"]),
+             _num(d["energy_per_image_j"], 4), _num(d["idle_power_w"]),
+             _num(d["net_energy_per_image_j"], 4) if d["net_j"] is not None else "unavailable: no idle baseline"]
+            for d in energy["domains"]
+        ]
         lines += [
             f"- method: {energy['method']} ({energy['url']})",
             f"- images: {energy['images']} ({energy['images_source']}) over {energy['window_s']:.3f} s",
             "",
-            "| domain | source | label | gross J | mean W | gross J/image | idle W | net J/image |",
-            "|---|---|---|---:|---:|---:|---:|---:|",
+            markdown_table(("domain", "source", "label", "gross J", "mean W", "gross J/image", "idle W", "net J/image"),
+                           energy_rows),
+            "",
         ]
-        for d in energy["domains"]:
-            net = _num(d["net_j_per_image"], 4) if d["net_j"] is not None else "unavailable: no idle baseline"
-            lines.append(
-                f"| {d['domain']} | {d['source']} | {d['label']} | {_num(d['gross_j'])} | {_num(d['mean_power_w'])} "
-                f"| {_num(d['gross_j_per_image'], 4)} | {_num(d['idle_power_w'])} | {net} |"
-            )
-        lines.append("")
         lines.append("Domains are not additive when one is part of another (a Jetson's GPU rail is inside its input "
                      "rail). Net = gross - idle power x window.")
     for note in energy.get("notes", []) + report.get("notes", []):
@@ -176,8 +186,6 @@ def plot_timeline(bins: list[TimelineBin], title: str, path: Path) -> Path:
     matplotlib = require("matplotlib")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-
-    from edgediff.bench.plots import save_figure
 
     t = [b.t_s for b in bins]
     edges = [*t, bins[-1].t_s + bins[-1].width_s]  # step plots need the last bin's end too
@@ -207,12 +215,26 @@ def plot_timeline(bins: list[TimelineBin], title: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per request name and one for all calls (``CSV_COLUMNS``); seconds, empty where nothing succeeded."""
+    req = report["requests"]
+    rows = []
+    for row in [*req["by_name"], {"name": "all", "requests": req["requests"], "failures": req["failed"],
+                                  "images": req["images"], "latency": req["latency"]}]:
+        lat = row["latency"] or {}
+        rows.append({"name": row["name"], "requests": row["requests"], "failures": row["failures"],
+                     "images": row["images"], **{key: lat.get(key, "") for key in LATENCY_COLUMNS}})
+    return rows
+
+
 def write_report(report: dict[str, Any], bins: list[TimelineBin], out_dir: Path) -> dict[str, Path]:
-    """Write the JSON, the Markdown and the timeline PNG into ``out_dir``; returns their paths."""
-    paths = {"json": out_dir / JSON_NAME, "markdown": out_dir / MARKDOWN_NAME, "timeline": out_dir / TIMELINE_PNG}
+    """Write the JSON, the CSV, the Markdown and the timeline PNG into ``out_dir``; returns their paths."""
+    paths = {"json": out_dir / JSON_NAME, "csv": out_dir / CSV_NAME, "markdown": out_dir / MARKDOWN_NAME,
+             "timeline": out_dir / TIMELINE_PNG}
     cfg = report["config"]
     title = f"{cfg['target']}: {cfg['users']} users, {report['requests']['images']} images"
     plot_timeline(bins, title, paths["timeline"])
     atomic_write_json(paths["json"], report)
+    atomic_write_csv(paths["csv"], CSV_COLUMNS, csv_rows(report))
     atomic_write_text(paths["markdown"], render_markdown(report))
     return paths

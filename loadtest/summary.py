@@ -1,8 +1,9 @@
 """Counts, latency percentiles, throughput and a per-second timeline from the per-request records.
 
-Percentiles are exact over every successful call (numpy's linear interpolation between order statistics), not
-Locust's rounded histogram buckets. Throughput counts the calls that completed inside the measurement window, so it
-shares its denominator with the energy per image.
+Latency statistics are the core's (``edgediff.stats``, the same as ``edgediff bench``): exact percentiles over every
+successful call (numpy's linear interpolation between order statistics), not Locust's rounded histogram buckets.
+Throughput counts the calls that completed inside the measurement window, so it shares its denominator with the
+energy per image.
 """
 
 from __future__ import annotations
@@ -15,45 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from edgediff.stats import LatencyStats
+from edgediff.stats import summarize as summarize_latency
 from loadtest.records import RequestRecord
-
-PERCENTILES = (50, 90, 95, 99)
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency of successful calls, seconds.
-
-    Attributes:
-        count: Calls measured.
-        mean_s: Mean.
-        min_s: Fastest.
-        p50_s: Median.
-        p90_s: 90th percentile.
-        p95_s: 95th percentile.
-        p99_s: 99th percentile.
-        max_s: Slowest.
-    """
-
-    count: int
-    mean_s: float
-    min_s: float
-    p50_s: float
-    p90_s: float
-    p95_s: float
-    p99_s: float
-    max_s: float
 
 
 def latency_stats(latencies_s: Sequence[float]) -> LatencyStats | None:
-    """Exact percentiles of ``latencies_s``; ``None`` when empty."""
-    if not latencies_s:
-        return None
-    values = np.asarray(latencies_s, dtype=np.float64)
-    p50, p90, p95, p99 = (float(v) for v in np.percentile(values, PERCENTILES))
-    return LatencyStats(len(values), float(values.mean()), float(values.min()), p50, p90, p95, p99, float(values.max()))
+    """The core's ``LatencyStats`` of ``latencies_s``; ``None`` when no call succeeded."""
+    return summarize_latency(latencies_s) if latencies_s else None
 
 
 @dataclass(frozen=True)
@@ -87,8 +57,7 @@ def timeline(records: Iterable[RequestRecord], start_unix_s: float, end_unix_s: 
     for index in range(n_bins):
         in_bin = done.get(index, [])
         width_s = bin_s if index < n_bins - 1 else max(window_s - index * bin_s, 1e-9)
-        ok = [r.latency_s for r in in_bin if r.ok]
-        p50, p95 = (float(v) for v in np.percentile(ok, (50, 95))) if ok else (None, None)
+        stats = latency_stats([r.latency_s for r in in_bin if r.ok])
         bins.append(
             TimelineBin(
                 t_s=index * bin_s,
@@ -96,8 +65,8 @@ def timeline(records: Iterable[RequestRecord], start_unix_s: float, end_unix_s: 
                 requests_per_s=len(in_bin) / width_s,
                 images_per_s=sum(r.images for r in in_bin) / width_s,
                 failures_per_s=sum(1 for r in in_bin if not r.ok) / width_s,
-                p50_s=p50,
-                p95_s=p95,
+                p50_s=stats.p50_s if stats else None,
+                p95_s=stats.p95_s if stats else None,
             )
         )
     return bins

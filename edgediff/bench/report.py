@@ -13,14 +13,11 @@ from typing import Any
 from edgediff.bench import fidelity
 from edgediff.bench.runner import STATUS_OK, VariantRun
 from edgediff.bench.schema import SCHEMA_VERSION
-from edgediff.bench.stats import check_stability, summarize
-from edgediff.telemetry.base import SOURCE_FIXTURE
+from edgediff.stats import check_stability, summarize
+from edgediff.telemetry.window import LABEL_MEASURED, Measurement, energy_label, energy_row
 
 REPORT_KIND = "edgediff-bench-report"
 STAGES = ("denoise", "decode", "total")
-LABEL_MEASURED = "measured"
-LABEL_ESTIMATED = "estimated"
-LABEL_FIXTURE = "fixture"
 MEMORY_DEVICE_KINDS = {"tegrastats-ram-used": "device-wide RAM (Jetson: CPU and GPU share it; tegrastats)"}
 
 
@@ -34,13 +31,6 @@ def latency_section(run: VariantRun) -> dict[str, Any]:
 
 
 # --- energy -----------------------------------------------------------------------------------------------------
-def energy_label(*, estimated: bool, fixture: bool) -> str:
-    """``fixture`` beats ``estimated`` beats ``measured``: the weakest provenance wins the label."""
-    if fixture:
-        return LABEL_FIXTURE
-    return LABEL_ESTIMATED if estimated else LABEL_MEASURED
-
-
 def _per(value: float | None, count: float) -> float | None:
     return value / count if value is not None and count > 0 else None
 
@@ -59,30 +49,10 @@ def energy_section(window: dict[str, Any] | None, images: int, telemetry: dict[s
     if window is None:
         base["reason"] = "unavailable: " + ("; ".join(unavailable_sensors) or "energy not measured")
         return base
-    duration_s = float(window["duration_s"])
+    measurement = Measurement.from_dict(window)
+    duration_s = measurement.duration_s
     base["window_s"] = duration_s
-    domains = []
-    for name, d in window.get("energy_j", {}).items():
-        fixture = d["source"] == SOURCE_FIXTURE
-        domains.append({
-            "domain": name,
-            "source": d["source"],
-            "method": d["method"],
-            "estimated": bool(d["estimated"]),
-            "fixture": fixture,
-            "label": energy_label(estimated=bool(d["estimated"]), fixture=fixture),
-            "part_of": d["part_of"],
-            "valid": bool(d["valid"]),
-            "reason": d["reason"],
-            "samples": d["samples"],
-            "idle_power_w": d["idle_power_w"],
-            "gross_j": d["gross_j"],
-            "net_j": d["net_j"],
-            "energy_per_image_j": _per(d["gross_j"], images),
-            "net_energy_per_image_j": _per(d["net_j"], images),
-            "power_w": _per(d["gross_j"], duration_s),
-            "net_power_w": _per(d["net_j"], duration_s),
-        })
+    domains = [energy_row(e, duration_s, images) for e in measurement.energy_j.values()]
     base["domains"] = domains
     wholes = [d for d in domains if d["part_of"] is None and d["valid"]]
     if not wholes:

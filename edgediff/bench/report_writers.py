@@ -7,13 +7,11 @@ the table; estimated or fixture energy carries its label in every cell where it 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
 
-from edgediff.io import atomic_write_json, atomic_write_text
+from edgediff.io import atomic_write_csv, atomic_write_json, atomic_write_text, csv_text
 
 MB = 1_000_000
 """Bytes per MB in the tables (SI)."""
@@ -104,11 +102,7 @@ def _blank(value: Any) -> Any:
 
 def render_csv(report: dict[str, Any]) -> str:
     """``report.csv``'s text."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_rows(report))
-    return buf.getvalue()
+    return csv_text(CSV_COLUMNS, csv_rows(report))
 
 
 # --- Markdown ---------------------------------------------------------------------------------------------------
@@ -271,7 +265,7 @@ def write_report_files(report: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write ``report.json``, ``report.csv`` and ``report.md`` into ``out`` (atomically); returns their paths."""
     paths = {"json": out / "report.json", "csv": out / "report.csv", "md": out / "report.md"}
     atomic_write_json(paths["json"], report)
-    atomic_write_text(paths["csv"], render_csv(report))
+    atomic_write_csv(paths["csv"], CSV_COLUMNS, csv_rows(report))
     atomic_write_text(paths["md"], render_markdown(report))
     return paths
 

@@ -13,7 +13,9 @@ boundaries are exact for polled readers; a streamed reader's last sample is held
 once ``measure_idle`` ran, and the peak of each memory kind seen during the window.
 
 The same odometers feed the exporter's ``edgediff_energy_joules_total``: one window API for bench, exporter and
-load-test reports.
+load-test reports. A load test reads the odometers from outside, as two scrapes of that counter (or Prometheus'
+``increase()`` of it): ``odometer_window`` and ``energy_from_increase`` turn those into the same ``DomainEnergy``
+that ``end_window`` returns, and ``energy_row`` gives every report the same per-image numbers and labels.
 """
 
 from __future__ import annotations
@@ -27,13 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgediff.telemetry.base import EnergySample, PowerSample, Reader, ReaderError, Unavailable
+from edgediff.telemetry.base import SOURCE_FIXTURE, EnergySample, PowerSample, Reader, ReaderError, Unavailable
+from edgediff.telemetry.estimated_cpu import SOURCE as SOURCE_ESTIMATED
 from edgediff.telemetry.integrate import counter_delta_j, trapezoid_step_j
 
 logger = logging.getLogger(__name__)
 
 METHOD_COUNTER = "counter"
 METHOD_TRAPEZOID = "trapezoid"
+METHOD_ODOMETER = "odometer"
+"""Energy read from outside the monitor: the increase of the exporter's counter (fed by either method above)."""
+LABEL_MEASURED = "measured"
+LABEL_ESTIMATED = "estimated"
+LABEL_FIXTURE = "fixture"
 DEFAULT_INTERVAL_S = 0.1
 """Sampler period: 10 Hz, the slowest rate at which trapezoidal integration is trusted by default."""
 
@@ -92,7 +100,8 @@ class DomainEnergy:
         valid: False when a sample in the window was invalid, the domain appeared mid-window or the sensor went
             silent; ``gross_j``/``net_j`` are then ``None``.
         reason: Why it is not valid.
-        samples: How many samples (power samples or counter reads) the window contains.
+        samples: How many samples (power samples or counter reads) the window contains; ``None`` when the energy
+            was read from outside the monitor (the exporter's counter).
     """
 
     domain: str
@@ -105,7 +114,153 @@ class DomainEnergy:
     part_of: str | None
     valid: bool
     reason: str | None
-    samples: int
+    samples: int | None
+
+    @classmethod
+    def over(
+        cls,
+        *,
+        domain: str,
+        source: str,
+        method: str,
+        gross_j: float | None,
+        duration_s: float,
+        idle_power_w: float | None,
+        estimated: bool,
+        part_of: str | None = None,
+        reason: str | None = None,
+        samples: int | None = None,
+    ) -> DomainEnergy:
+        """The energy of one domain over a window of ``duration_s`` seconds: the one place net energy is computed.
+
+        Args:
+            domain: The power domain.
+            source: The sensor.
+            method: ``counter``, ``trapezoid`` or ``odometer``.
+            gross_j: Joules over the window (ignored when ``reason`` says the window is not valid).
+            duration_s: The window's length, seconds.
+            idle_power_w: The idle baseline, watts, or ``None``.
+            estimated: True for estimates.
+            part_of: The domain this one is a part of.
+            reason: Why the window is not valid for this domain; ``None`` when it is.
+            samples: Samples in the window, or ``None`` when unknown.
+        """
+        gross = gross_j if reason is None else None
+        net_j = gross - idle_power_w * duration_s if gross is not None and idle_power_w is not None else None
+        return cls(domain=domain, source=source, method=method, gross_j=gross, net_j=net_j, idle_power_w=idle_power_w,
+                   estimated=estimated, part_of=part_of, valid=reason is None, reason=reason, samples=samples)
+
+    @property
+    def fixture(self) -> bool:
+        """True for a fixture reader's made-up numbers (tests only)."""
+        return self.source == SOURCE_FIXTURE
+
+    @property
+    def label(self) -> str:
+        """``measured``, ``estimated`` or ``fixture``: the weakest provenance wins (see ``energy_label``)."""
+        return energy_label(estimated=self.estimated, fixture=self.fixture)
+
+
+def energy_label(*, estimated: bool, fixture: bool) -> str:
+    """``fixture`` beats ``estimated`` beats ``measured``: the weakest provenance wins the label."""
+    if fixture:
+        return LABEL_FIXTURE
+    return LABEL_ESTIMATED if estimated else LABEL_MEASURED
+
+
+def is_estimated_source(source: str) -> bool:
+    """True for the ``source`` label of an estimate (``estimated`` or ``estimated:<how>``), as the exporter shows it."""
+    return source == SOURCE_ESTIMATED or source.startswith(SOURCE_ESTIMATED + ":")
+
+
+def _per(value: float | None, count: float) -> float | None:
+    return value / count if value is not None and count > 0 else None
+
+
+def energy_row(energy: DomainEnergy, duration_s: float, images: int) -> dict[str, Any]:
+    """One domain's row in a report (bench and load test alike): the window's energy, per image and as mean power.
+
+    Args:
+        energy: The domain's energy over the window.
+        duration_s: The window's length, seconds.
+        images: Images produced in the window (0: no per-image numbers).
+    """
+    return {
+        "domain": energy.domain,
+        "source": energy.source,
+        "method": energy.method,
+        "estimated": energy.estimated,
+        "fixture": energy.fixture,
+        "label": energy.label,
+        "part_of": energy.part_of,
+        "valid": energy.valid,
+        "reason": energy.reason,
+        "samples": energy.samples,
+        "idle_power_w": energy.idle_power_w,
+        "gross_j": energy.gross_j,
+        "net_j": energy.net_j,
+        "energy_per_image_j": _per(energy.gross_j, images),
+        "net_energy_per_image_j": _per(energy.net_j, images),
+        "power_w": _per(energy.gross_j, duration_s),
+        "net_power_w": _per(energy.net_j, duration_s),
+    }
+
+
+DomainKey = tuple[str, str]
+"""``(domain, source)``: how an energy series is labelled outside the monitor (the exporter's counter)."""
+
+
+def energy_from_increase(
+    increase_j: Mapping[DomainKey, float], duration_s: float, idle_power_w: Mapping[DomainKey, float]
+) -> list[DomainEnergy]:
+    """The ``DomainEnergy`` of each series whose odometer increased by ``increase_j`` over the window.
+
+    Args:
+        increase_j: Joules per ``(domain, source)`` over the window (e.g. Prometheus' ``increase()``).
+        duration_s: The window's length, seconds.
+        idle_power_w: Idle baseline per ``(domain, source)``, watts (missing: no net energy for that series).
+    """
+    return [
+        DomainEnergy.over(domain=domain, source=source, method=METHOD_ODOMETER, gross_j=gross_j,
+                          duration_s=duration_s, idle_power_w=idle_power_w.get((domain, source)),
+                          estimated=is_estimated_source(source))
+        for (domain, source), gross_j in sorted(increase_j.items())
+    ]
+
+
+def odometer_window(
+    start_j: Mapping[DomainKey, float],
+    end_j: Mapping[DomainKey, float],
+    duration_s: float,
+    idle_power_w: Mapping[DomainKey, float],
+) -> list[DomainEnergy]:
+    """The window between two readings of the odometers (two scrapes of the exporter's counter).
+
+    A series that appeared after the first reading, or whose counter went backwards (the exporter restarted), is
+    not valid for the window and says why.
+
+    Args:
+        start_j: Odometer per ``(domain, source)`` at the window's start, joules.
+        end_j: The same at its end.
+        duration_s: The window's length, seconds.
+        idle_power_w: Idle baseline per ``(domain, source)``, watts.
+    """
+    increase_j: dict[DomainKey, float] = {}
+    invalid: list[DomainEnergy] = []
+    for key, value_j in sorted(end_j.items()):
+        reason = None
+        if key not in start_j:
+            reason = "appeared during the window"
+        elif value_j < start_j[key]:
+            reason = f"went backwards ({value_j - start_j[key]:.3f} J; restarted?)"
+        if reason is None:
+            increase_j[key] = value_j - start_j[key]
+            continue
+        invalid.append(DomainEnergy.over(domain=key[0], source=key[1], method=METHOD_ODOMETER, gross_j=None,
+                                         duration_s=duration_s, idle_power_w=idle_power_w.get(key),
+                                         estimated=is_estimated_source(key[1]), reason=reason))
+    measured = energy_from_increase(increase_j, duration_s, idle_power_w)
+    return sorted(measured + invalid, key=lambda e: (e.domain, e.source))
 
 
 @dataclass(frozen=True)
@@ -137,6 +292,16 @@ class Measurement:
             "energy_j": {d: dataclasses.asdict(e) for d, e in self.energy_j.items()},
             "peak_memory": dict(self.peak_memory),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
+        """Inverse of ``to_dict`` (a window measured in a bench's child process comes back as JSON)."""
+        return cls(
+            name=str(data.get("name", "")),
+            duration_s=float(data["duration_s"]),
+            energy_j={d: DomainEnergy(**e) for d, e in data.get("energy_j", {}).items()},
+            peak_memory={k: int(v) for k, v in data.get("peak_memory", {}).items()},
+        )
 
 
 @dataclass
@@ -508,19 +673,15 @@ class EnergyMonitor:
                 reason = f"no sample from {state.source} during the window"
             elif not status.up:
                 reason = f"{state.reader} is down: {status.reason}"
-            gross_j = state.energy_at(t_end_s) - mark.energy_j[domain] if reason is None else None
-            idle_w = idle_power_w.get(domain)
-            net_j = gross_j - idle_w * duration_s if gross_j is not None and idle_w is not None else None
-            energy[domain] = DomainEnergy(
+            energy[domain] = DomainEnergy.over(
                 domain=domain,
                 source=state.source,
                 method=state.method,
-                gross_j=gross_j,
-                net_j=net_j,
-                idle_power_w=idle_w,
+                gross_j=state.energy_at(t_end_s) - mark.energy_j[domain] if reason is None else None,
+                duration_s=duration_s,
+                idle_power_w=idle_power_w.get(domain),
                 estimated=state.estimated,
                 part_of=state.part_of,
-                valid=reason is None,
                 reason=reason,
                 samples=samples,
             )

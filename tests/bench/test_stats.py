@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from edgediff.bench.stats import check_stability, summarize
+from edgediff.stats import check_stability, summarize
 
 
 def test_summarize_known_values() -> None:
@@ -10,6 +10,7 @@ def test_summarize_known_values() -> None:
     assert (s.n, s.min_s, s.max_s, s.mean_s) == (4, 1.0, 4.0, 2.5)
     assert s.p50_s == pytest.approx(2.5)
     assert s.p90_s == pytest.approx(3.7)  # linear interpolation: 3 + 0.7 * (4 - 3)
+    assert (s.p95_s, s.p99_s) == (pytest.approx(3.85), pytest.approx(3.97))  # the load test's percentiles too
     assert s.std_s == pytest.approx(math.sqrt(5 / 3))  # sample standard deviation
 
 

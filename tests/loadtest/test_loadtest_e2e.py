@@ -22,6 +22,8 @@ def _check_served_and_energy(run, users: int) -> dict:
     assert run.returncode == 0, run.stderr + run.stdout
     report = run.report
     assert (run.out / "loadtest.md").is_file() and (run.out / "loadtest_timeline.png").stat().st_size > 1000
+    csv_lines = (run.out / "loadtest.csv").read_text().splitlines()  # written by the same helper as report.csv
+    assert csv_lines[0].startswith("name,requests,failures,images,n,p50_s") and csv_lines[-1].startswith("all,")
     for csv_name in ("locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv"):
         assert (run.out / csv_name).is_file(), csv_name
     req = report["requests"]
@@ -38,10 +40,10 @@ def _check_served_and_energy(run, users: int) -> dict:
     energy = report["energy"]
     assert energy["available"], energy
     (fixture,) = [d for d in energy["domains"] if d["domain"] == "fixture"]
-    assert fixture["label"] == "fixture (made-up, tests only)"
+    assert fixture["label"] == "fixture" and fixture["fixture"]  # the core's label, as in a bench report
     expected_j_per_image = FIXTURE_POWER_W * window["duration_s"] / energy["images"]
-    assert fixture["gross_j_per_image"] == pytest.approx(expected_j_per_image, rel=REL_TOLERANCE)
-    assert fixture["mean_power_w"] == pytest.approx(FIXTURE_POWER_W, rel=REL_TOLERANCE)
+    assert fixture["energy_per_image_j"] == pytest.approx(expected_j_per_image, rel=REL_TOLERANCE)
+    assert fixture["power_w"] == pytest.approx(FIXTURE_POWER_W, rel=REL_TOLERANCE)
     # the idle baseline is the same constant power: nothing is left net of idle
     assert fixture["idle_power_w"] == pytest.approx(FIXTURE_POWER_W)
     assert abs(fixture["net_j"]) <= REL_TOLERANCE * fixture["gross_j"]
@@ -138,8 +140,8 @@ def test_energy_from_a_real_prometheus(gateway, exporter, tmp_path):
     energy = report["energy"]
     assert energy["available"] and energy["method"] == "prometheus", energy
     (fixture,) = [d for d in energy["domains"] if d["domain"] == "fixture"]
-    assert fixture["mean_power_w"] == pytest.approx(FIXTURE_POWER_W, rel=REL_TOLERANCE)
+    assert fixture["power_w"] == pytest.approx(FIXTURE_POWER_W, rel=REL_TOLERANCE)
     expected = FIXTURE_POWER_W * report["window"]["duration_s"] / energy["images"]
-    assert fixture["gross_j_per_image"] == pytest.approx(expected, rel=REL_TOLERANCE)
+    assert fixture["energy_per_image_j"] == pytest.approx(expected, rel=REL_TOLERANCE)
     assert fixture["idle_power_w"] == pytest.approx(FIXTURE_POWER_W)
 

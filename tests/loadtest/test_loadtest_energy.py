@@ -12,14 +12,13 @@ from typing import ClassVar
 
 import pytest
 
+from edgediff.telemetry.window import energy_from_increase, energy_row, is_estimated_source
 from loadtest.energy import (
     Scrape,
     energy_from_prometheus,
     energy_from_scrapes,
     increase_query,
     parse_exporter,
-    per_domain,
-    source_label,
     sum_counter,
 )
 
@@ -47,31 +46,35 @@ def test_energy_from_two_scrapes_gross_net_and_labels():
                                  images=10, images_source="locust")
     assert result.available and result.reason is None and result.method == "exporter"
     assert result.window_s == pytest.approx(2.1)
-    rows = {d.domain: d for d in result.domains}
+    rows = {d["domain"]: d for d in result.to_dict()["domains"]}  # the core's energy_row, as in a bench report
     fixture, cpu = rows["fixture"], rows["cpu-package"]
     gross_j = END_FIXTURE_J - START_FIXTURE_J
-    assert fixture.gross_j == pytest.approx(gross_j)
-    assert fixture.gross_j_per_image == pytest.approx(gross_j / 10)
-    assert fixture.mean_power_w == pytest.approx(gross_j / 2.1)
-    assert fixture.net_j == pytest.approx(gross_j - 50.0 * 2.1)
-    assert fixture.net_j_per_image == pytest.approx((gross_j - 50.0 * 2.1) / 10)
-    assert fixture.label == "fixture (made-up, tests only)"
-    assert cpu.label == "estimated"
-    assert cpu.gross_j == pytest.approx(END_ESTIMATED_J - START_ESTIMATED_J)
+    assert fixture["gross_j"] == pytest.approx(gross_j)
+    assert fixture["energy_per_image_j"] == pytest.approx(gross_j / 10)
+    assert fixture["power_w"] == pytest.approx(gross_j / 2.1)
+    assert fixture["net_j"] == pytest.approx(gross_j - 50.0 * 2.1)
+    assert fixture["net_energy_per_image_j"] == pytest.approx((gross_j - 50.0 * 2.1) / 10)
+    assert fixture["net_power_w"] == pytest.approx((gross_j - 50.0 * 2.1) / 2.1)
+    assert (fixture["label"], fixture["fixture"], fixture["estimated"]) == ("fixture", True, False)
+    assert (cpu["label"], cpu["estimated"]) == ("estimated", True)
+    assert cpu["gross_j"] == pytest.approx(END_ESTIMATED_J - START_ESTIMATED_J)
+    assert cpu["method"] == "odometer" and cpu["valid"] and cpu["reason"] is None
 
 
 def test_no_images_gives_gross_energy_without_per_image_numbers():
     result = energy_from_scrapes(_scrape("exporter_start.prom", 0.0), _scrape("exporter_end.prom", 2.0), 0, "locust")
     assert result.available
-    assert all(d.gross_j > 0 and d.gross_j_per_image is None and d.net_j_per_image is None for d in result.domains)
+    rows = result.to_dict()["domains"]
+    assert rows and all(d["gross_j"] > 0 and d["energy_per_image_j"] is None and d["net_energy_per_image_j"] is None
+                        for d in rows)
 
 
-def test_without_idle_baseline_net_is_unavailable_with_reason():
-    rows = per_domain({("gpu-board", "nvml:0"): 100.0}, {}, window_s=10.0, images=4)
-    assert rows[0].gross_j_per_image == pytest.approx(25.0)
-    assert rows[0].net_j is None and rows[0].net_j_per_image is None
-    assert "no idle baseline" in rows[0].net_note
-    assert rows[0].label == "measured"
+def test_without_idle_baseline_net_is_unavailable():
+    (energy,) = energy_from_increase({("gpu-board", "nvml:0"): 100.0}, 10.0, {})
+    row = energy_row(energy, 10.0, images=4)
+    assert row["energy_per_image_j"] == pytest.approx(25.0) and row["power_w"] == pytest.approx(10.0)
+    assert row["net_j"] is None and row["net_energy_per_image_j"] is None and row["idle_power_w"] is None
+    assert row["label"] == "measured"
 
 
 def test_no_power_sensor_is_unavailable_with_the_readers_that_are_down():
@@ -93,7 +96,7 @@ def test_counter_going_backwards_is_left_out():
     start, end = _scrape("exporter_end.prom", 0.0), _scrape("exporter_start.prom", 2.0)  # swapped: a restart
     result = energy_from_scrapes(start, end, 3, "locust")
     assert not result.available
-    assert "went backwards" in result.reason
+    assert "fixture/fixture went backwards" in result.reason and "left out" in result.reason
 
 
 def test_sum_counter_declared_without_series_is_zero_and_absent_is_none():
@@ -105,9 +108,11 @@ def test_sum_counter_declared_without_series_is_zero_and_absent_is_none():
 
 
 def test_source_labels():
-    assert source_label("estimated") == "estimated"
-    assert source_label("fixture") == "fixture (made-up, tests only)"
-    assert source_label("tegrastats") == "measured"
+    labels = {source: energy_from_increase({("d", source): 1.0}, 1.0, {})[0].label
+              for source in ("estimated", "estimated:cpu-util", "fixture", "tegrastats")}
+    assert labels == {"estimated": "estimated", "estimated:cpu-util": "estimated", "fixture": "fixture",
+                      "tegrastats": "measured"}
+    assert is_estimated_source("estimated") and not is_estimated_source("nvml:0")
 
 
 def test_increase_query_uses_the_exact_window_in_milliseconds():
@@ -166,10 +171,11 @@ def test_energy_from_prometheus(fake_prometheus):
     }
     result = energy_from_prometheus(url, end - 10.0, end, images=30, images_source="gateway", wait_s=1.0)
     assert result.available and result.method == "prometheus"
-    (row,) = result.domains
-    assert row.gross_j_per_image == pytest.approx(20.0)
-    assert row.net_j == pytest.approx(600.0 - 20.0 * 10.0)
-    assert row.net_j_per_image == pytest.approx(400.0 / 30)
+    (row,) = result.to_dict()["domains"]
+    assert row["energy_per_image_j"] == pytest.approx(20.0)
+    assert row["net_j"] == pytest.approx(600.0 - 20.0 * 10.0)
+    assert row["net_energy_per_image_j"] == pytest.approx(400.0 / 30)
+    assert (row["idle_power_w"], row["label"], row["method"]) == (20.0, "measured", "odometer")
     assert any(q.startswith("sum by (domain, source) (increase(edgediff_energy_joules_total[10000ms] @ 2000.000))")
                and at == "2000.000" for q, at in handler.queries)
 

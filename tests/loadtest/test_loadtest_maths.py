@@ -13,10 +13,12 @@ import pytest
 from cli.loadtest import check_target, metrics_url, parse_duration_s
 from edgediff.errors import InvalidArgumentError
 from edgediff.request import MAX_BATCH, MAX_STEPS, SEED_MAX, GenerationRequest
-from loadtest.energy import EnergyResult, per_domain
+from edgediff.stats import summarize as summarize_latency
+from edgediff.telemetry.window import energy_from_increase
+from loadtest.energy import EnergyResult
 from loadtest.mix import RequestMix, parse_seeds, parse_weighted
 from loadtest.records import RecordBook, RequestRecord, WindowMarks, read_records
-from loadtest.report import build_report, render_markdown
+from loadtest.report import CSV_COLUMNS, build_report, csv_rows, render_markdown
 from loadtest.summary import latency_stats, read_locust_totals, summarize, timeline
 
 # --- the request mix ------------------------------------------------------------------------------------------------
@@ -159,8 +161,10 @@ def _record(start: float, latency: float, status: str = "OK", images: int = 1,
 
 
 def test_latency_percentiles_are_exact():
-    stats = latency_stats([0.1 * i for i in range(1, 11)])  # 0.1 .. 1.0
-    assert stats.count == 10
+    values = [0.1 * i for i in range(1, 11)]  # 0.1 .. 1.0
+    stats = latency_stats(values)
+    assert stats == summarize_latency(values)  # the core's statistics, the same as a bench's
+    assert stats.n == 10
     assert stats.p50_s == pytest.approx(0.55)
     assert stats.p90_s == pytest.approx(0.91)
     assert stats.p95_s == pytest.approx(0.955)
@@ -186,7 +190,7 @@ def test_summarize_counts_failures_by_status_and_the_window():
     assert s.images == 5
     assert (s.requests_in_window, s.images_in_window) == (5, 3)
     assert s.requests_per_s == pytest.approx(1.0) and s.images_per_s == pytest.approx(0.6)
-    assert s.latency.count == 4 and s.latency.max_s == pytest.approx(2.0)
+    assert s.latency.n == 4 and s.latency.max_s == pytest.approx(2.0)
     by_name = {n.name: n for n in s.by_name}
     assert (by_name["Generate a"].requests, by_name["Generate a"].failures) == (6, 2)
     assert by_name["Generate b"].latency is None
@@ -260,8 +264,16 @@ def test_markdown_shows_failures_and_unavailable_energy():
     assert "- window: 1970-01-01T00:01:40.000Z to 1970-01-01T00:01:41.000Z (1.000 s)" in md
 
 
+def test_csv_has_one_row_per_name_and_one_for_all():
+    rows = csv_rows(_report(EnergyResult(False, "none", "none", None, 100.0, 101.0, 1.0, 1, "locust")))
+    assert [r["name"] for r in rows] == ["Generate a", "all"]
+    assert rows[-1]["requests"] == 2 and rows[-1]["failures"] == 1 and rows[-1]["n"] == 1
+    assert rows[-1]["p50_s"] == pytest.approx(0.5) and rows[-1]["p99_s"] == pytest.approx(0.5)
+    assert list(rows[0]) == list(CSV_COLUMNS)
+
+
 def test_markdown_labels_estimated_energy_and_missing_net():
-    domains = per_domain({("cpu-package", "estimated"): 30.0}, {}, 1.0, 1)
+    domains = energy_from_increase({("cpu-package", "estimated"): 30.0}, 1.0, {})
     energy = EnergyResult(True, None, "exporter", "u", 100.0, 101.0, 1.0, 1, "locust", domains)
     md = render_markdown(_report(energy))
     row = "| cpu-package | estimated | estimated | 30.000 | 30.000 | 30.0000 | - | unavailable: no idle baseline |"

@@ -7,6 +7,13 @@ import pytest
 
 from edgediff.telemetry import ConstantPowerReader, EnergyMonitor, PowerSample, Reader, ReaderError
 from edgediff.telemetry.base import MemorySample
+from edgediff.telemetry.window import (
+    METHOD_ODOMETER,
+    DomainEnergy,
+    Measurement,
+    energy_row,
+    odometer_window,
+)
 
 
 class ScriptedReader(Reader):
@@ -221,3 +228,54 @@ def test_bad_arguments(clock):
         PowerSample(0.0, -1.0, "d", "s")
     with pytest.raises(ValueError, match="reason"):
         PowerSample(0.0, 1.0, "d", "s", valid=False)
+
+
+def test_measurement_round_trips_through_json(clock):
+    monitor = make(clock, ConstantPowerReader(4.0, clock=clock))
+    monitor.set_idle_power({"fixture": 1.0})
+    monitor.begin_window("w")
+    run(monitor, clock, 2.0)
+    m = monitor.end_window("w")
+    assert Measurement.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+def test_odometer_window_is_the_same_window_read_from_outside(clock):
+    # The exporter publishes the monitor's odometers; two readings of them give the window end_window gives.
+    monitor = make(clock, ConstantPowerReader(6.0, clock=clock))
+    monitor.set_idle_power({"fixture": 2.0})
+    before = {(r.domain, r.source): r.energy_j for r in monitor.readings()}
+    monitor.begin_window("w")
+    run(monitor, clock, 3.0)
+    inside = monitor.end_window("w").energy_j["fixture"]
+    after = {(r.domain, r.source): r.energy_j for r in monitor.readings()}
+    (outside,) = odometer_window(before, after, 3.0, {("fixture", "fixture"): 2.0})
+    assert outside.gross_j == pytest.approx(inside.gross_j) and outside.net_j == pytest.approx(inside.net_j)
+    assert (outside.label, inside.label) == ("fixture", "fixture")
+    assert outside.method == METHOD_ODOMETER and outside.samples is None
+    row = energy_row(outside, 3.0, images=6)
+    assert row["energy_per_image_j"] == pytest.approx(18.0 / 6) and row["net_power_w"] == pytest.approx(4.0)
+
+
+def test_odometer_window_says_why_a_series_is_left_out():
+    start = {("gpu-board", "nvml:0"): 100.0, ("cpu-package", "rapl"): 50.0}
+    end = {("gpu-board", "nvml:0"): 90.0, ("cpu-package", "rapl"): 80.0, ("battery", "estimated"): 5.0}
+    rows = {e.domain: e for e in odometer_window(start, end, 10.0, {("cpu-package", "rapl"): 1.0})}
+    assert rows["cpu-package"].valid and rows["cpu-package"].gross_j == pytest.approx(30.0)
+    assert rows["cpu-package"].net_j == pytest.approx(20.0)
+    assert not rows["gpu-board"].valid and rows["gpu-board"].gross_j is None
+    assert "went backwards (-10.000 J" in rows["gpu-board"].reason
+    assert rows["battery"].reason == "appeared during the window" and rows["battery"].label == "estimated"
+
+
+def test_labels_and_per_image_numbers():
+    measured = DomainEnergy.over(domain="d", source="nvml:0", method="counter", gross_j=10.0, duration_s=2.0,
+                                 idle_power_w=None, estimated=False)
+    assert measured.label == "measured" and measured.valid and measured.net_j is None
+    estimated = DomainEnergy.over(domain="d", source="estimated", method="trapezoid", gross_j=10.0, duration_s=2.0,
+                                  idle_power_w=1.0, estimated=True)
+    assert estimated.label == "estimated" and estimated.net_j == pytest.approx(8.0)
+    invalid = DomainEnergy.over(domain="d", source="fixture", method="trapezoid", gross_j=10.0, duration_s=2.0,
+                                idle_power_w=1.0, estimated=False, reason="charging")
+    assert invalid.label == "fixture" and invalid.gross_j is None and invalid.net_j is None and not invalid.valid
+    row = energy_row(measured, 2.0, images=0)
+    assert row["energy_per_image_j"] is None and row["power_w"] == pytest.approx(5.0)

@@ -1,9 +1,13 @@
-"""Latency statistics: percentiles and a stability check over consecutive windows, in the spirit of perf_analyzer.
+"""Latency statistics for every report: percentiles and a stability check over consecutive windows.
 
-perf_analyzer measures in windows and calls a measurement stable when the last three windows agree within a
-stability percentage (10% by default). A benchmark of a few long generations cannot afford three windows of
-many requests each, so the timed runs themselves are split into three consecutive windows of (nearly) equal size
-(at least two runs each) and the windows' mean latencies must be within ``tolerance`` of each other
+One vocabulary for ``edgediff bench`` (a few long generations per variant) and ``edgediff loadtest`` (every call of
+many users): ``summarize`` gives exact percentiles (numpy's linear interpolation between order statistics, not
+histogram buckets), mean, standard deviation and range, in seconds.
+
+The stability check follows perf_analyzer, which measures in windows and calls a measurement stable when the last
+three windows agree within a stability percentage (10% by default). A benchmark of a few long generations cannot
+afford three windows of many requests each, so the timed runs themselves are split into three consecutive windows of
+(nearly) equal size (at least two runs each) and the windows' mean latencies must be within ``tolerance`` of each other
 (``max / min - 1 <= tolerance``).
 """
 
@@ -16,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+PERCENTILES = (50, 90, 95, 99)
+"""The percentiles every ``LatencyStats`` carries."""
 STABILITY_WINDOWS = 3
 STABILITY_TOLERANCE = 0.10
 MIN_RUNS_PER_WINDOW = 2
@@ -24,21 +30,25 @@ MIN_RUNS_PER_WINDOW = 2
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Summary of one stage's latencies over the timed runs, seconds.
+    """Summary of latencies (a bench stage's timed runs, or a load test's successful calls), seconds.
 
     Attributes:
-        n: Number of timed runs.
+        n: Number of latencies.
         p50_s: Median (linear interpolation between order statistics, numpy's default).
         p90_s: 90th percentile.
+        p95_s: 95th percentile.
+        p99_s: 99th percentile.
         mean_s: Arithmetic mean.
-        std_s: Sample standard deviation (ddof=1); 0 with a single run.
-        min_s: Fastest run.
-        max_s: Slowest run.
+        std_s: Sample standard deviation (ddof=1); 0 with a single value.
+        min_s: Fastest.
+        max_s: Slowest.
     """
 
     n: int
     p50_s: float
     p90_s: float
+    p95_s: float
+    p99_s: float
     mean_s: float
     std_s: float
     min_s: float
@@ -60,11 +70,13 @@ def summarize(values_s: Sequence[float]) -> LatencyStats:
         raise ValueError("values_s must hold at least one latency")
     if not np.all(np.isfinite(values)) or np.any(values < 0):
         raise ValueError(f"latencies must be finite and >= 0 seconds, got {values.tolist()}")
-    p50, p90 = np.percentile(values, [50, 90])
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(values, PERCENTILES))
     return LatencyStats(
         n=int(values.size),
-        p50_s=float(p50),
-        p90_s=float(p90),
+        p50_s=p50,
+        p90_s=p90,
+        p95_s=p95,
+        p99_s=p99,
         mean_s=float(values.mean()),
         std_s=float(values.std(ddof=1)) if values.size > 1 else 0.0,
         min_s=float(values.min()),
