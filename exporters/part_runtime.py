@@ -1,5 +1,8 @@
 """One part (UNet or VQ decoder) of a variant, loaded from a repository model folder and run on the CPU.
 
+The one exception is eager PyTorch (``torch-fp32``), which the GPU targets serve as Python-backend models on a
+``KIND_GPU`` instance: its module goes to the instance's device (``load_part``'s ``device``).
+
 This is what the CPU target's Python-backend part model (``python_models/part_model.py``) calls. Loading and running
 reuse the core's variant code (``ort_session``/``session_fn``, ``ir_fn``, ``torch.jit.load`` +
 ``torch_fn``, the eager wrappers of ``edgediff.artifacts.modules``, ``DeepCacheUNet``), so a part served by Triton
@@ -95,16 +98,25 @@ def _eager_module(spec: PartSpec, folder: Path) -> torch.nn.Module:
     return DecoderModule(vqvae.eval().requires_grad_(False)).eval()
 
 
-def load_part(spec: PartSpec, model_dir: Path | str) -> Callable[..., torch.Tensor]:
+def load_part(spec: PartSpec, model_dir: Path | str, device: str = "cpu") -> Callable[..., torch.Tensor]:
     """Load the artifact of ``spec`` from ``model_dir`` (a repository model folder) as a tensor-in, tensor-out fn.
 
+    Args:
+        spec: What to load.
+        model_dir: The repository model folder.
+        device: ``cpu``, or the GPU instance's ``cuda:<id>`` (eager PyTorch only); outputs are CPU tensors either way.
+
     Raises:
-        EdgediffError: the artifact is missing or the variant is not a CPU variant.
+        EdgediffError: the artifact is missing, or the variant has no runtime here (not a CPU variant, or a GPU
+            device for a variant other than eager PyTorch).
     """
     path = Path(model_dir) / spec.artifact
     if not path.exists():
         raise EdgediffError(f"artifact {path} is missing; re-run 'edgediff export'")
     variant = get_variant(spec.variant)
+    if device != "cpu" and variant.backend != "torch":
+        raise EdgediffError(f"variant {spec.variant} has no Python part runtime on {device}; the GPU targets serve "
+                            "it with a native Triton backend")
     threads = resolve_threads(spec.threads or None)
     input_names = IO_NAMES[spec.part][0]
     if variant.backend == "onnx":
@@ -126,7 +138,7 @@ def load_part(spec: PartSpec, model_dir: Path | str) -> Callable[..., torch.Tens
             from edgediff.variants.torch_eager import autocast_fn
 
             return autocast_fn(module, "cpu", torch.bfloat16)
-        return torch_fn(module, "cpu")
+        return torch_fn(module.to(device), device)
     raise EdgediffError(f"variant {spec.variant} has no CPU part runtime (backend {variant.backend})")
 
 
@@ -136,16 +148,17 @@ class PartRunner:
     Args:
         spec: What to load.
         model_dir: The repository model folder (``<repo>/unet_onnx_fp32``).
+        device: See ``load_part``.
     """
 
-    def __init__(self, spec: PartSpec, model_dir: Path | str) -> None:
+    def __init__(self, spec: PartSpec, model_dir: Path | str, device: str = "cpu") -> None:
         if spec.part not in IO_NAMES:
             raise EdgediffError(f"config.pbtxt names part {spec.part!r}; expected one of {', '.join(IO_NAMES)}")
         self.spec = spec
         self.input_names = list(IO_NAMES[spec.part][0])
         self.output_names = list(IO_NAMES[spec.part][1])
         self.output_name = self.output_names[0]
-        self._fn = load_part(spec, model_dir)
+        self._fn = load_part(spec, model_dir, device)
 
     def outputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on a (possibly merged) batch; every output by name (the DeepCache full UNet has two).

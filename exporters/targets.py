@@ -4,13 +4,17 @@ On ``cpu`` every part runs inside a Python-backend model (``KIND_CPU``) that cal
 DeepCache variant's ``unet_<v>`` is a stateful model holding both DeepCache artifacts and each image's cached deep
 feature, see ``DEEPCACHE_PART``); on
 ``rtx`` and ``jetson`` the parts use Triton's native backends (``onnxruntime_onnx``, ``tensorrt_plan``,
-``pytorch_libtorch``) with ``KIND_GPU``. The ``ldm_<variant>`` pipeline is a Python-backend model on every target.
+``pytorch_libtorch``) with ``KIND_GPU``, except the ``torch-fp32`` baseline: eager PyTorch has no native backend, so
+its parts are Python-backend models on a ``KIND_GPU`` instance (the part model moves the weights to the instance's
+GPU), and the study's comparison (fp32 vs TensorRT) runs on one server. The ``ldm_<variant>`` pipeline is a
+Python-backend model on every target.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgediff.artifacts.tensorrt_plan import PROFILE_MAX_BATCH
 from edgediff.availability import (
     is_cuda_available,
     is_module_available,
@@ -107,14 +111,15 @@ class Target:
         description: One line for ``--help`` and the README.
         placements: Variant name -> placement, for every variant this target can serve.
         default_variants: What ``edgediff export`` builds without ``--variants``.
-        max_batch_size: ``max_batch_size`` of the part models (the TensorRT profile's largest batch is 4).
+        max_batch_size: ``max_batch_size`` of the part models, at most the TensorRT profile's largest batch
+            (``PROFILE_MAX_BATCH``); the pipeline model sends larger batches in chunks.
     """
 
     name: str
     description: str
     placements: dict[str, Placement]
     default_variants: tuple[str, ...]
-    max_batch_size: int = 4
+    max_batch_size: int = PROFILE_MAX_BATCH
 
     @property
     def gpu(self) -> bool:
@@ -143,8 +148,13 @@ def _gpu(variant: str, fmt: str, filename: str, platform: str) -> Placement:
     return Placement(variant, fmt, filename, None, platform, KIND_GPU)
 
 
+def _gpu_python(variant: str, fmt: str, filename: str) -> Placement:
+    return Placement(variant, fmt, filename, PYTHON_BACKEND, None, KIND_GPU)
+
+
 def _gpu_placements() -> dict[str, Placement]:
     placements = (
+        _gpu_python("torch-fp32", WEIGHTS_FORMAT, "weights"),  # the baseline every speedup is measured against
         _gpu("onnx-fp32", "onnx-fp32", "model.onnx", "onnxruntime_onnx"),
         _gpu("onnx-fp16", "onnx-fp16", "model.onnx", "onnxruntime_onnx"),
         _gpu("jit-fp16", "torchscript-fp16", "model.pt", "pytorch_libtorch"),
@@ -177,15 +187,16 @@ TARGETS: dict[str, Target] = {
     ),
     "rtx": Target(
         name="rtx",
-        description="desktop NVIDIA GPU: native onnxruntime_onnx / tensorrt_plan / pytorch_libtorch models (KIND_GPU)",
+        description="desktop NVIDIA GPU: native onnxruntime_onnx / tensorrt_plan / pytorch_libtorch models and the "
+                    "torch-fp32 baseline as Python models (all KIND_GPU)",
         placements=_gpu_placements(),
-        default_variants=("onnx-fp32", "onnx-fp16", "jit-fp16", "trt-fp16"),
+        default_variants=("torch-fp32", "onnx-fp32", "onnx-fp16", "jit-fp16", "trt-fp16"),
     ),
     "jetson": Target(
         name="jetson",
         description="NVIDIA Jetson (JetPack Triton): the same native GPU backends, smaller batches",
         placements=_gpu_placements(),
-        default_variants=("onnx-fp16", "trt-fp16"),
+        default_variants=("torch-fp32", "onnx-fp16", "trt-fp16"),
         max_batch_size=2,
     ),
 }

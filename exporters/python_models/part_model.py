@@ -1,5 +1,7 @@
 """Triton Python-backend model: one part (UNet or VQ decoder) of an edgediff variant, run on the CPU.
 
+On a ``KIND_GPU`` instance (the GPU targets' ``torch-fp32`` baseline) the part runs on that instance's GPU.
+
 Copied by ``edgediff export --target cpu`` into ``<repo>/unet_<variant>/1/model.py`` and
 ``<repo>/vqdec_<variant>/1/model.py``. Everything it needs comes from ``config.pbtxt`` ``parameters`` (variant, part,
 preset, repository-relative artifact path, threads); the artifact is loaded from this model's folder only, with the
@@ -23,7 +25,7 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    """A UNet or VQ-decoder part on a CPU instance."""
+    """A UNet or VQ-decoder part on a CPU instance (or, eager PyTorch only, a GPU instance)."""
 
     def initialize(self, args: dict[str, str]) -> None:
         """Parse the config once and load the artifact (errors here fail the model load, with the reason)."""
@@ -39,8 +41,10 @@ class TritonPythonModel:
             pb_utils.Logger.log_info(f"{args['model_name']}: {spec.variant} DeepCache every {spec.deepcache_interval} "
                                      f"steps, from {spec.artifact} and {spec.shallow_artifact}")
             return
-        self.runner = PartRunner(spec, args["model_repository"])
-        pb_utils.Logger.log_info(f"{args['model_name']}: {spec.variant} {spec.part} from {spec.artifact}")
+        gpu = args.get("model_instance_kind") == "GPU"  # the GPU targets' torch-fp32 parts: KIND_GPU instances
+        device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
+        self.runner = PartRunner(spec, args["model_repository"], device=device)
+        pb_utils.Logger.log_info(f"{args['model_name']}: {spec.variant} {spec.part} from {spec.artifact} on {device}")
 
     def _init_deepcache(self, model: str, spec: object, model_dir: str, config: dict) -> None:
         from edgediff import constants as c

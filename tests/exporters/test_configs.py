@@ -45,7 +45,7 @@ def test_render_config_round_trips_through_triton_protobuf():
 @pytest.mark.parametrize("target", ["rtx", "jetson"])
 def test_gpu_repositories_use_native_backends_on_gpu_instances(tmp_path, target):
     repo = tmp_path / target
-    variants = list(TARGETS[target].placements)
+    variants = [v for v, p in TARGETS[target].placements.items() if p.platform]  # torch-fp32: test_gpu_targets.py
     manifest = export_repository(model="tiny", target=target, variants=variants, repo=repo, configs_only=True)
     assert manifest["state"] == "complete" and set(manifest["variants"]) == set(variants)
     max_batch = TARGETS[target].max_batch_size
@@ -96,8 +96,9 @@ def test_cpu_configs_are_python_models_on_cpu_instances(tmp_path):
 def test_target_and_variant_errors_name_the_flag():
     with pytest.raises(InvalidArgumentError, match="--target: unknown target 'tpu'"):
         get_target("tpu")
-    with pytest.raises(InvalidArgumentError, match="--variants: variant 'torch-fp32' cannot be served on target rtx"):
-        get_target("rtx").placement("torch-fp32")
+    with pytest.raises(InvalidArgumentError, match="--variants: variant 'openvino-fp32' cannot be served on target "
+                                                   "rtx"):
+        get_target("rtx").placement("openvino-fp32")
     with pytest.raises(UnknownVariantError, match="unknown variant 'onnx-fp8'"):
         export_repository(model="tiny", target="cpu", variants=["onnx-fp8"], repo="unused", configs_only=True)
 
