@@ -7,7 +7,8 @@ from edgediff.errors import InvalidArgumentError, UnknownVariantError, VariantUn
 from edgediff.variants import BASELINE, BuildOptions, all_variants, build_variant, get_variant, parse_variant_list
 
 STEPS = 6
-FAST = [v.name for v in all_variants() if v.name != "compile"]
+FAST = [pytest.param(v.name, marks=pytest.mark.gpu) if v.device == "cuda" else v.name  # CUDA-only: gpu tests
+        for v in all_variants() if v.name != "compile"]
 
 
 @pytest.fixture(scope="module")
