@@ -111,7 +111,7 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
     say "=== installing $(ls "$WHEELS"/*.whl | wc -l) carried wheel(s) from $WHEELS (no index, no dependencies)"
     if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" \
         "$WHEELS"/*.whl >>"$LOG" 2>&1; then
-        export PYTHONPATH="$PYTHONPATH:$WORK/site"  # after the image's own packages: carried ones only fill gaps
+        export PYTHONPATH="$PYTHONPATH:$WORK/site"  # --no-deps: only the carried packages themselves land there
     else
         say "WARNING: installing the carried wheels failed (see above); going on with what the image has"
     fi
