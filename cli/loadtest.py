@@ -1,10 +1,10 @@
 """``edgediff loadtest``: drive the gateway with Locust; report latency percentiles, throughput, energy per image.
 
 Runs Locust headless over ``loadtest/locustfile.py`` (one process, or Locust's master and ``--workers K`` worker
-processes on this machine), then writes into ``--out``: ``loadtest.json``, ``loadtest.md``, ``loadtest_timeline.png``,
-Locust's own CSVs (``locust_stats.csv``, ``locust_stats_history.csv``, ``locust_failures.csv``...), the per-request
-records and the Locust logs. Exits 1 when any request failed or no image was served (one line says why), 2 on a bad
-argument.
+processes on this machine), then writes into ``--out``: ``loadtest.json``, ``loadtest.csv``, ``loadtest.md``,
+``loadtest_timeline.png``, Locust's own CSVs (``locust_stats.csv``, ``locust_stats_history.csv``,
+``locust_failures.csv``...), the per-request records and the Locust logs. Exits 1 when any request failed or no
+image was served (one line says why), 2 on a bad argument.
 """
 
 from __future__ import annotations
