@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on SIGTERM, seconds in-flight requests get to finish (default: %(default)s)")
     parser.add_argument("--health-interval", type=float, default=1.0, metavar="S",
                         help="triton backend: seconds between Triton health probes (default: %(default)s)")
+    parser.add_argument("--max-backend-wait", type=float, default=120.0, metavar="S",
+                        help="seconds an accepted request that has not started waits for the backend to serve "
+                             "again (Triton restarting) before UNAVAILABLE, within its own deadline; 0 fails at "
+                             "once (default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -64,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         triton_url=args.triton_url, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
         max_batch=args.max_batch, tls_cert=args.tls_cert, tls_key=args.tls_key, token=token, threads=args.threads,
         preload=not args.no_preload, shutdown_grace_s=args.shutdown_grace, health_interval_s=args.health_interval,
+        max_backend_wait_s=args.max_backend_wait,
     )
     config.check()
     return config

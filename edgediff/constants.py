@@ -71,6 +71,7 @@ METRIC_GATEWAY_STAGE_SECONDS = "edgediff_gateway_stage_duration_seconds"
 METRIC_GATEWAY_IMAGES_TOTAL = "edgediff_gateway_images_total"
 METRIC_GATEWAY_IN_FLIGHT = "edgediff_gateway_in_flight_requests"
 METRIC_GATEWAY_QUEUE_DEPTH = "edgediff_gateway_queue_depth"
+METRIC_GATEWAY_BACKEND_WAIT_SECONDS = "edgediff_gateway_backend_wait_seconds"
 # a DeepCache unet_<variant> model: Triton custom metrics, served on Triton's metrics port
 METRIC_DEEPCACHE_EVALUATIONS_TOTAL = "edgediff_deepcache_evaluations_total"
 """Counter, labels ``model`` and ``kind`` (``full``: the whole UNet, refreshing the cached feature; ``shallow``: only

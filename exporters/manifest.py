@@ -3,6 +3,10 @@
 The manifest is written last and atomically. While an export moves its models into place it says
 ``"state": "exporting"``; a repository whose manifest says so (or that holds a staging folder) is a half-finished
 export, and ``edgediff triton`` refuses it.
+
+Each part model's entry records the size (``file_sizes``) and sha256 (``files``) of its artifact files, computed when
+they were written; ``verify_repository`` checks them before Triton is started over the repository (sizes first, then
+the sha256, streamed), so a truncated or altered ONNX/OpenVINO/TensorRT file is refused, never served.
 """
 
 from __future__ import annotations
@@ -114,6 +118,54 @@ def read_manifest(repo: Path | str) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise EdgediffError(f"{path} is not a valid manifest ({exc}); re-run 'edgediff export'") from exc
+
+
+def repository_problems(repo: Path | str, *, check_sha256: bool = True) -> list[str]:
+    """What differs between the artifact files of ``repo`` and what its manifest recorded at export, or [].
+
+    Sizes are checked for every file first (cheap); then, when ``check_sha256``, the sha256 of each (streamed).
+
+    Raises:
+        EdgediffError: the manifest exists but is not valid JSON.
+    """
+    root = Path(repo)
+    manifest = read_manifest(root)
+    if manifest is None:
+        return []
+    recorded: list[tuple[str, str, int | None]] = []
+    for entry in manifest.get("variants", {}).values():
+        for part in entry.get("parts", {}).values():
+            sizes = part.get("file_sizes") or {}
+            model = part.get("model", "")
+            for rel, sha in (part.get("files") or {}).items():
+                recorded.append((f"{model}/{rel}", sha, sizes.get(rel)))
+    problems = []
+    for rel, _sha, size in recorded:
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif size is not None and path.stat().st_size != size:
+            problems.append(f"{rel} is {path.stat().st_size} bytes, the export wrote {size} (truncated or altered)")
+    if problems or not check_sha256:
+        return problems
+    for rel, sha, _size in recorded:
+        got = file_sha256(root / rel)
+        if got != sha:
+            problems.append(f"{rel} has sha256 {got[:12]}..., the export wrote {sha[:12]}... (altered)")
+    return problems
+
+
+def verify_repository(repo: Path | str) -> None:
+    """Refuse a repository whose artifact files are not the ones exported (see ``repository_problems``).
+
+    Raises:
+        EdgediffError: a file is missing, truncated or altered; the message names it and how to fix it.
+    """
+    problems = repository_problems(repo)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EdgediffError(f"model repository {repo}: {problems[0]}{more}; it will not be served. Re-run "
+                            "'edgediff export' for it (damaged cached artifacts are rebuilt)")
 
 
 def unfinished_export(repo: Path | str) -> str | None:

@@ -192,9 +192,11 @@ def _write_part_model(
                   artifact=artifacts[0][1], size_bytes=size)
     atomic_write_json(model_dir / REPORT_NAME, report)
     hashes = {str(f.relative_to(model_dir)): file_sha256(f) for f in files}
+    sizes = {str(f.relative_to(model_dir)): f.stat().st_size for f in files}  # checked at load (verify_repository)
     digest = next(iter(hashes.values())) if len(hashes) == 1 else tree_sha256(version_dir, exclude=_NOT_ARTIFACT)
     export_s = [r.get("build_s", r.get("export_s")) for r in reports.values()]
-    return {**entry, "artifact": f"{name}/{artifacts[0][1]}", "files": hashes, "sha256": digest, "size_bytes": size,
+    return {**entry, "artifact": f"{name}/{artifacts[0][1]}", "files": hashes, "file_sizes": sizes,
+            "sha256": digest, "size_bytes": size,
             "report": f"{name}/{REPORT_NAME}",
             "export_s": sum(export_s) if None not in export_s else None,
             "cached": all(bool(r.get("cached")) for r in reports.values()), "skipped": None}

@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null 2>&1 || true
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
   || echo "warning: apt-get install ${missing[*]} failed; related tests will skip" >&2
-# The Debian package starts a system Prometheus on :9090; the tests run their own, so stop that one.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus >/dev/null 2>&1 || true; fi
-pkill -x prometheus >/dev/null 2>&1 || true
+# The Debian package may start a system Prometheus on :9090. It is left alone: this script never stops or kills
+# what edgediff did not start. The tests run their own Prometheus on free ports, and `edgediff up` moves its
+# Prometheus to a free port when :9090 is taken (or set one with --ports prometheus=PORT).
 exit 0

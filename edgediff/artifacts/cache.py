@@ -1,4 +1,10 @@
-"""A content-addressed cache of exported artifacts: same model, weights, kind and tool versions -> same folder."""
+"""A content-addressed cache of exported artifacts: same model, weights, kind and tool versions -> same folder.
+
+Every finished folder's ``artifact.json`` records the size and sha256 of each file it holds (hashed once, when the
+artifact is written). ``find_cached`` checks them before handing a folder out (sizes always, sha256 streamed, once
+per process while the files' stat is unchanged); a truncated or altered file makes the entry invalid: it is removed
+and ``cached_build`` builds it again, so a damaged artifact is never served.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +27,76 @@ logger = logging.getLogger(__name__)
 ARTIFACT_FORMAT = 1
 """Bump when an exporter changes what it writes, so old cache entries are not reused."""
 DONE_FILE = "artifact.json"
+FILES_KEY = "files"
+"""``artifact.json`` key: ``{relative path: {"size": bytes, "sha256": hex}}`` of every file of the artifact."""
+_CHUNK = 1 << 22
+_verified: dict[str, tuple[tuple[int, int, int], ...]] = {}
+"""Folders verified in this process -> the (inode, size, mtime_ns) of their files then (re-hashed when changed)."""
+_verified_lock = threading.Lock()
+
+
+class CorruptArtifactError(Exception):
+    """A cached artifact's files do not match what was recorded when it was written (internal to this module)."""
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file, read in chunks (the page cache holds the bytes, not us)."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def record_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under ``folder`` except ``artifact.json``, keyed by relative path."""
+    return {str(p.relative_to(folder)): file_record(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != DONE_FILE}
+
+
+def verify_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Check each recorded file's size, then its sha256.
+
+    Raises:
+        CorruptArtifactError: a file is missing, has another size or another sha256 (the message says which).
+    """
+    stats = []
+    for rel, want in files.items():
+        path = folder / rel
+        try:
+            st = path.stat()
+        except OSError:
+            raise CorruptArtifactError(f"{rel} is missing") from None
+        if st.st_size != want["size"]:
+            raise CorruptArtifactError(f"{rel} is {st.st_size} bytes, {want['size']} were written (truncated or "
+                                       "altered)")
+        stats.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    key = str(folder)
+    with _verified_lock:
+        if _verified.get(key) == tuple(stats):
+            return
+    for rel, want in files.items():
+        got = file_record(folder / rel)["sha256"]
+        if got != want["sha256"]:
+            raise CorruptArtifactError(f"{rel} has sha256 {got[:12]}..., {want['sha256'][:12]}... was written "
+                                       "(altered)")
+    with _verified_lock:
+        _verified[key] = tuple(stats)
+
+
+def _discard(folder: Path, why: str) -> None:
+    """Move a corrupt entry out of the way (atomically, so no reader sees half of it), then delete it."""
+    logger.warning("cached artifact %s is damaged (%s): rebuilding it", folder, why)
+    trash = folder.with_name(f"{folder.name}.corrupt-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        folder.rename(trash)
+    except OSError:  # another process discarded it first
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+    with _verified_lock:
+        _verified.pop(str(folder), None)
 
 
 def cache_root() -> Path:
@@ -42,12 +119,25 @@ def artifact_key(fingerprint: str, kind: str, extra: dict[str, Any] | None = Non
 def find_cached(
     fingerprint: str, kind: str, *, extra: dict[str, Any] | None = None, root: Path | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The finished artifact ``cached_build`` would return, or None when the cache has none (nothing is built)."""
+    """The finished artifact ``cached_build`` would return, or None when the cache has none (nothing is built).
+
+    The entry's files are checked against the sizes and sha256 recorded when it was written; a damaged entry (or
+    one without a record) is removed and None returned, so the caller builds it again.
+    """
     folder = (root or cache_root()) / f"{kind}-{artifact_key(fingerprint, kind, extra)}"
     done = folder / DONE_FILE
     if not done.is_file():
         return None
-    report = json.loads(done.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(done.read_text(encoding="utf-8"))
+        files = report.get(FILES_KEY)
+        if not isinstance(files, dict) or not files:
+            raise CorruptArtifactError(f"{DONE_FILE} records no file sizes and checksums (written by an older "
+                                       "edgediff)")
+        verify_files(folder, files)
+    except (CorruptArtifactError, OSError, ValueError, KeyError, TypeError) as exc:
+        _discard(folder, str(exc))
+        return None
     report["cached"] = True
     return folder, report
 
@@ -64,10 +154,11 @@ def cached_build(
 
     ``build(folder)`` writes the artifact's files into an empty temporary folder and returns its report (export
     time, sizes, op counts...). The folder is renamed into place only when complete, so an interrupted export leaves
-    nothing that a later run could mistake for a finished one.
+    nothing that a later run could mistake for a finished one. The size and sha256 of each file are recorded then;
+    an entry whose files no longer match is rebuilt (see ``find_cached``).
 
     Args:
-        fingerprint: ``LDMComponents.fingerprint()``: architecture + weights.
+        fingerprint: ``ModelSpec.fingerprint()``: architecture + weights.
         kind: e.g. ``"unet-onnx-fp32"``.
         build: The exporter.
         extra: Options that change the bytes (opset, precision...).
@@ -88,6 +179,7 @@ def cached_build(
         report = dict(build(tmp))
         report.setdefault("build_s", time.perf_counter() - t0)
         report.update(kind=kind, extra=extra or {})
+        report[FILES_KEY] = record_files(tmp)  # hashed once, here; checked by every find_cached
         atomic_write_json(tmp / DONE_FILE, report)
         try:
             tmp.rename(folder)

@@ -15,6 +15,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edgediff.constants import (
+    METRIC_GATEWAY_BACKEND_WAIT_SECONDS,
     METRIC_GATEWAY_IMAGES_TOTAL,
     METRIC_GATEWAY_IN_FLIGHT,
     METRIC_GATEWAY_QUEUE_DEPTH,
@@ -54,6 +55,10 @@ class GatewayMetrics:
                                        registry=self.registry)
         self.images = Counter(METRIC_GATEWAY_IMAGES_TOTAL, "Images returned by Generate", ["variant"],
                               registry=self.registry)
+        self.backend_wait_seconds = Histogram(
+            METRIC_GATEWAY_BACKEND_WAIT_SECONDS,
+            "Time Generate requests that waited for the backend spent queued while it was not serving (Triton "
+            "restarting), by final gRPC code, seconds", ["code"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.in_flight = Gauge(METRIC_GATEWAY_IN_FLIGHT, "Generate requests holding a slot (generating now)",
                                registry=self.registry)
         self.queue_depth = Gauge(METRIC_GATEWAY_QUEUE_DEPTH, "Generate requests waiting for a slot",
@@ -69,6 +74,10 @@ class GatewayMetrics:
         self.images.labels(variant=variant).inc(images)
         for stage, seconds in stages_s.items():
             self.stage_seconds.labels(stage=stage, variant=variant).observe(seconds)
+
+    def observe_backend_wait(self, seconds: float, code: str) -> None:
+        """Record one request that waited ``seconds`` for the backend and then ended with ``code`` (``OK``...)."""
+        self.backend_wait_seconds.labels(code=code).observe(seconds)
 
     def start_http(self, port: int, host: str) -> tuple[Any, Any]:
         """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns (server, thread)."""

@@ -26,6 +26,7 @@ from edgediff.errors import InvalidArgumentError
 from services.gateway.admission import Admission
 from services.gateway.auth import BearerTokenInterceptor
 from services.gateway.backends.base import Backend
+from services.gateway.malformed import MalformedRequestInterceptor
 from services.gateway.metrics import GatewayMetrics, MetricsInterceptor
 from services.gateway.servicer import GeneratorServicer
 from services.gateway.validation import check_max_batch
@@ -38,6 +39,9 @@ GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest gRPC message either way (a batch of 256x256 PNGs stays far below)."""
 BACKENDS = ("triton", "local")
+DEFAULT_MAX_BACKEND_WAIT_S = 120.0
+"""Default ``--max-backend-wait``: longer than a supervised Triton restart of a small repository (under a minute)."""
+MAX_BACKEND_WAIT_LIMIT_S = 3600.0
 SPARE_WORKERS = 8
 """Server threads beyond concurrency + queue, so refusals, health checks and ListVariants answer at once."""
 
@@ -66,6 +70,8 @@ class GatewayConfig:
         preload: Local backend: build the default variant before serving.
         shutdown_grace_s: Seconds in-flight requests get to finish on shutdown.
         health_interval_s: Triton backend: seconds between health probes.
+        max_backend_wait_s: Seconds an accepted, not yet started request waits for the backend to serve again
+            (Triton restarting) before UNAVAILABLE; each request's own deadline still applies; 0 fails at once.
     """
 
     backend: str
@@ -87,6 +93,7 @@ class GatewayConfig:
     preload: bool = True
     shutdown_grace_s: float = 30.0
     health_interval_s: float = 1.0
+    max_backend_wait_s: float = DEFAULT_MAX_BACKEND_WAIT_S
 
     def check(self) -> None:
         """Raise ``InvalidArgumentError`` naming the flag of the first bad setting."""
@@ -102,6 +109,9 @@ class GatewayConfig:
             raise InvalidArgumentError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace_s}")
         if self.health_interval_s <= 0:
             raise InvalidArgumentError(f"--health-interval must be > 0, got {self.health_interval_s}")
+        if not 0 <= self.max_backend_wait_s <= MAX_BACKEND_WAIT_LIMIT_S:
+            raise InvalidArgumentError(f"--max-backend-wait must be in 0..{MAX_BACKEND_WAIT_LIMIT_S:g} seconds, "
+                                       f"got {self.max_backend_wait_s}")
 
 
 def backend_module(name: str) -> str:
@@ -190,6 +200,7 @@ class GatewayServer:
         interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
         if config.token is not None:
             interceptors.append(BearerTokenInterceptor(config.token))
+        interceptors.append(MalformedRequestInterceptor())  # innermost: the handlers above copy its deserializer
         workers = config.max_concurrency + config.max_queue + SPARE_WORKERS
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway"),
@@ -198,7 +209,8 @@ class GatewayServer:
                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
         generator_pb2_grpc.add_GeneratorServicer_to_server(
-            GeneratorServicer(self.backend, self.admission, self.metrics, max_batch=config.max_batch), server)
+            GeneratorServicer(self.backend, self.admission, self.metrics, max_batch=config.max_batch,
+                              max_backend_wait_s=config.max_backend_wait_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (GENERATOR_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -10,13 +10,17 @@ import grpc
 
 from edgediff.errors import EdgediffError, InvalidArgumentError, VariantUnavailableError
 from edgediff.pipeline import GenerationCancelled
-from services.gateway.admission import Admission, QueueFullError
-from services.gateway.backends.base import Backend, BackendResult, BackendUnavailableError
+from services.gateway.admission import Admission, Admitted, BackendWaitExpiredError, QueueFullError
+from services.gateway.backends.base import Backend, BackendResult, BackendUnavailableError, GenerateArgs
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.redact import redact_paths
 from services.gateway.validation import validate_generate
 from services.proto.edgediff.v1 import generator_pb2, generator_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+RETRY_PAUSE_S = 0.25
+"""Pause before a request whose work never reached the backend queues again (counted as backend wait)."""
 
 
 NO_DEADLINE_S = 1e7
@@ -63,14 +67,21 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         max_batch: The largest ``batch_size`` accepted.
     """
 
-    def __init__(self, backend: Backend, admission: Admission, metrics: GatewayMetrics, *, max_batch: int) -> None:
+    def __init__(self, backend: Backend, admission: Admission, metrics: GatewayMetrics, *, max_batch: int,
+                 max_backend_wait_s: float = 0.0) -> None:
         self.backend = backend
         self.admission = admission
         self.metrics = metrics
         self.max_batch = max_batch
+        self.max_backend_wait_s = max_backend_wait_s
 
     def Generate(self, request: Any, context: grpc.ServicerContext) -> Any:
-        """Generate ``batch_size`` PNGs; see the proto for the status codes."""
+        """Generate ``batch_size`` PNGs; see the proto for the status codes.
+
+        A request whose work has not started when the backend goes away (queued, or refused before it reached the
+        backend) stays queued until the backend is healthy again, up to its deadline and at most
+        ``max_backend_wait_s`` of downtime; only work that had started fails with UNAVAILABLE.
+        """
         t_arrival = time.perf_counter()
 
         def should_stop() -> bool:
@@ -79,29 +90,79 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
 
         result: BackendResult | None = None
         failure: tuple[grpc.StatusCode, str] | None = None
+        waited = Admitted(0.0, 0.0)
         try:
-            args = validate_generate(request, self.backend, max_batch=self.max_batch)
-            queue_s = self.admission.acquire(should_stop)
-            try:
-                result = self.backend.generate(args, should_stop, timeout_s=remaining_s(context))
-            finally:
-                self.admission.release()
+            result, args, waited = self._generate(request, context, should_stop)
         except Exception as exc:  # every failure becomes a status; unexpected ones are logged with the traceback
             failure = status_of(exc, context)
+            waited = getattr(exc, "admitted", waited)
             if failure[0] == grpc.StatusCode.INTERNAL:
                 logger.exception("Generate failed")
+            elif failure[1] != redact_paths(failure[1]):
+                logger.info("Generate answered %s: %s", failure[0].name, failure[1])
+        if waited.backend_wait_s > 0:
+            self.metrics.observe_backend_wait(waited.backend_wait_s, "OK" if failure is None else failure[0].name)
         if failure is not None:
-            context.abort(*failure)
+            context.abort(failure[0], redact_paths(failure[1]))  # the log keeps the paths, the client does not
         assert result is not None
         total_s = time.perf_counter() - t_arrival
+        queue_s = waited.queue_s
         self.metrics.observe_generation(args.variant, len(result.images), {
             "queue": queue_s, "denoise": result.denoise_s, "decode": result.decode_s, "total": total_s,
         })
         timings = generator_pb2.Timings(queue_ms=queue_s * 1e3, denoise_ms=result.denoise_s * 1e3,
-                                        decode_ms=result.decode_s * 1e3, total_ms=total_s * 1e3)
+                                        decode_ms=result.decode_s * 1e3, total_ms=total_s * 1e3,
+                                        backend_wait_ms=waited.backend_wait_s * 1e3)
         return generator_pb2.GenerateResponse(images=result.images, seed=args.seed, variant=args.variant,
                                               timings=timings, weights_origin=result.weights_origin,
                                               model=result.model, steps=args.steps)
+
+    def _generate(self, request: Any, context: grpc.ServicerContext, should_stop: Any
+                  ) -> tuple[BackendResult, GenerateArgs, Admitted]:
+        """Validate, wait for a slot (and a healthy backend), run; retried while the work has not started."""
+        budget_s = self.max_backend_wait_s
+        hold = budget_s > 0
+        args: GenerateArgs | None = None
+        queue_s = backend_wait_s = 0.0
+        try:
+            try:
+                args = validate_generate(request, self.backend, max_batch=self.max_batch)
+            except BackendUnavailableError:
+                if not hold:
+                    raise
+                # the fields are valid (they are checked first); the variant is checked once the backend is back
+            retry = False
+            while True:
+                admitted = self.admission.admit(should_stop, ready=self.backend.healthy if hold else None,
+                                                max_ready_wait_s=max(0.0, budget_s - backend_wait_s), front=retry)
+                queue_s += admitted.queue_s
+                backend_wait_s += admitted.backend_wait_s
+                try:
+                    if args is None:
+                        args = validate_generate(request, self.backend, max_batch=self.max_batch)
+                    result = self.backend.generate(args, should_stop, timeout_s=remaining_s(context))
+                    return result, args, Admitted(queue_s, backend_wait_s)
+                except BackendUnavailableError as exc:
+                    if not hold or exc.started or backend_wait_s >= budget_s or should_stop():
+                        raise
+                    logger.info("backend unavailable before the work started (%s); the request waits", exc)
+                finally:
+                    self.admission.release()
+                time.sleep(RETRY_PAUSE_S)
+                queue_s += RETRY_PAUSE_S
+                backend_wait_s += RETRY_PAUSE_S
+                retry = True
+        except BackendUnavailableError as exc:
+            reason = self.backend.unavailable_reason()
+            if isinstance(exc, BackendWaitExpiredError):
+                backend_wait_s += exc.waited_s
+                if reason:
+                    exc = BackendWaitExpiredError(f"{exc}; {reason}", exc.waited_s)
+            exc.admitted = Admitted(queue_s, backend_wait_s)  # type: ignore[attr-defined]
+            raise exc from None
+        except Exception as exc:
+            exc.admitted = Admitted(queue_s, backend_wait_s)  # type: ignore[attr-defined]
+            raise
 
     def ListVariants(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Every variant the server knows, whether it can run, and why not."""
@@ -110,7 +171,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         except EdgediffError:
             default = ""
         rows = [
-            generator_pb2.VariantInfo(name=v.name, available=v.available, reason=v.reason, backend=v.backend,
+            generator_pb2.VariantInfo(name=v.name, available=v.available, reason=redact_paths(v.reason),
+                                      backend=v.backend,
                                       precision=v.precision, is_default=v.name == default)
             for v in self.backend.variants()
         ]

@@ -8,8 +8,10 @@ Services, in dependency order: ``triton`` (over the exported repository), ``gate
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from edgediff.errors import InvalidArgumentError
 from services.stack.health import HealthCheck
 from services.stack.supervisor import ServiceSpec
 
+logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = REPO_ROOT / "docker" / "prometheus" / "prometheus.yml"
 DEFAULT_PORTS = {
@@ -107,7 +110,7 @@ def repository_is_current(config: LocalStackConfig) -> tuple[bool, str]:
     """
     from edgediff.models import get_preset
     from edgediff.models.weights import weights_origin
-    from exporters.manifest import exporter_sha256, read_manifest, unfinished_export
+    from exporters.manifest import exporter_sha256, read_manifest, repository_problems, unfinished_export
 
     unfinished = unfinished_export(config.repo)
     if unfinished:
@@ -127,6 +130,9 @@ def repository_is_current(config: LocalStackConfig) -> tuple[bool, str]:
     missing = [v for v in config.variants if v not in manifest.get("variants", {})]
     if missing:
         return False, f"variants {', '.join(missing)} are not exported"
+    damaged = repository_problems(config.repo)  # a truncated or altered artifact is re-exported, never served
+    if damaged:
+        return False, f"its artifacts are damaged: {damaged[0]}"
     return True, ""
 
 
@@ -219,6 +225,11 @@ def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
 
         from edgediff.io import atomic_write_text
 
+        if port_taken(ports["prometheus"]):  # e.g. the distribution's Prometheus service: never stop it, move ours
+            taken, ports["prometheus"] = ports["prometheus"], free_port()
+            logger.warning("port %d is taken (another Prometheus?); this stack's Prometheus uses %d instead",
+                           taken, ports["prometheus"])
+
         config_path = config.state_dir / "prometheus.yml"
         atomic_write_text(config_path, yaml.safe_dump(prometheus_config(ports), sort_keys=False))
         data_dir = config.state_dir / "prometheus-data"
@@ -230,6 +241,20 @@ def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
             port=ports["prometheus"], depends_on=("gateway", "exporter"), startup_timeout_s=60.0,
         ))
     return specs
+
+
+def port_taken(port: int, host: str = DEFAULT_HOST) -> bool:
+    """Whether something already listens on ``host:port`` (a process edgediff did not start, possibly)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port free on ``host`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def service_names(specs: Sequence[ServiceSpec]) -> list[str]:

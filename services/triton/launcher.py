@@ -37,7 +37,7 @@ from types import TracebackType
 
 from edgediff.constants import DEFAULT_HOST, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
 from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
-from exporters.manifest import unfinished_export
+from exporters.manifest import repository_problems, unfinished_export
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +262,10 @@ class TritonServer:
         unfinished = unfinished_export(self.repo)
         if unfinished:
             raise TritonStartError(unfinished)
+        damaged = repository_problems(self.repo)  # artifacts as exported? (sizes, then sha256 streamed)
+        if damaged:
+            raise TritonStartError(f"model repository {self.repo}: {'; '.join(damaged[:3])}; it will not be served. "
+                                   "Re-run 'edgediff export' for it (damaged cached artifacts are rebuilt)")
         self._check_ports_free()
         cmd = self.command()
         env = server_environment(is_bundled(self.binary))

@@ -199,3 +199,31 @@ def test_a_weights_folder_is_recorded_with_its_sha256(tmp_path, tiny_components)
     with torch.inference_mode():
         expected = tiny_components.vqvae.decode(latents, return_dict=False)[0].numpy()
     np.testing.assert_array_equal(runner({"latents": latents.numpy()}), expected)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter"])
+def test_a_damaged_artifact_is_refused_with_a_clear_error(onnx_repo, tmp_path, ports, damage):
+    import shutil
+
+    from exporters.manifest import repository_problems, verify_repository
+
+    source, manifest = onnx_repo
+    part = manifest["variants"]["onnx-fp32"]["parts"]["unet"]
+    assert part["file_sizes"] == {rel: (source / part["model"] / rel).stat().st_size for rel in part["files"]}
+    assert repository_problems(source) == []
+    repo = tmp_path / "copy"
+    shutil.copytree(source, repo)  # copies, not links: the module's repository and the cache stay intact
+    artifact = repo / part["model"] / "1" / "model.onnx"
+    data = artifact.read_bytes()
+    if damage == "truncate":
+        artifact.write_bytes(data[: len(data) // 2])
+        expected = "truncated or altered"
+    else:
+        artifact.write_bytes(data[:-16] + bytes(16))  # same size, other bytes: only the sha256 tells
+        expected = "sha256"
+    problems = repository_problems(repo)
+    assert len(problems) == 1 and "unet_onnx_fp32/1/model.onnx" in problems[0] and expected in problems[0]
+    with pytest.raises(EdgediffError, match="will not be served"):
+        verify_repository(repo)
+    with pytest.raises(TritonStartError, match="unet_onnx_fp32/1/model.onnx"):
+        TritonServer(repo, **ports).start()  # refused before any tritonserver starts

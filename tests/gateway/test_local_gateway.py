@@ -46,7 +46,7 @@ def test_generate_equals_edgediff_generate(local_client: GeneratorClient, tmp_pa
     assert response.images[1] == (tmp_path / "cli-1.png").read_bytes()
     assert response.images[0].startswith(PNG_MAGIC)
     assert (response.seed, response.steps, response.variant, response.model) == (7, 6, "torch-fp32", "tiny")
-    assert response.weights_origin == "synthetic (seed 0)"
+    assert response.weights_origin.startswith("synthetic weights for tiny (seed 0, sha256 ")  # no server path
     t = response.timings
     assert t.denoise_ms > 0 and t.decode_ms > 0 and t.queue_ms >= 0
     assert t.total_ms >= t.denoise_ms + t.decode_ms

@@ -17,7 +17,17 @@ from edgediff.errors import EdgediffError
 
 
 class BackendUnavailableError(EdgediffError):
-    """The backend cannot be reached right now (Triton down); the request may succeed later."""
+    """The backend cannot be reached right now (Triton down); the request may succeed later.
+
+    Args:
+        message: What happened.
+        started: Whether the work may have started on the backend (sent to it). Requests whose work had not
+            started are held by the gateway until the backend is back; started ones fail with UNAVAILABLE.
+    """
+
+    def __init__(self, message: str, *, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,8 @@ class BackendResult:
         denoise_s: The DDIM loop, seconds.
         decode_s: The VQ decoder, seconds.
         total_s: The backend's own total (noise to uint8 images), seconds.
-        weights_origin: The weights' label (``synthetic (seed 0)``, ``directory /w (sha256 ...)``).
+        weights_origin: The weights' public label (``public_weights_label``): kind, name, preset and sha256
+            prefix, never a local path (``synthetic weights for tiny (seed 0, sha256 1a2b3c4d5e6f)``).
         model: The model preset name.
     """
 
@@ -79,6 +90,29 @@ class BackendResult:
     total_s: float
     weights_origin: str
     model: str
+
+
+def public_weights_label(preset: str, kind: str, sha256: str, *, name: str = "", seed: int | None = None) -> str:
+    """The weights as a client may see them: preset, kind, name and sha256 prefix, never a local path.
+
+    Args:
+        preset: The model preset (``tiny``).
+        kind: ``synthetic``, ``directory`` or ``bundled`` (anything else becomes ``unknown``).
+        sha256: The weights' hash (only its first 12 hex digits are sent).
+        name: The weights' name (the folder's last component), if known.
+        seed: The seed of synthetic weights.
+
+    Returns:
+        e.g. ``synthetic weights for tiny (seed 0, sha256 1a2b3c4d5e6f)`` or
+        ``directory weights 'ldm-celebahq' for celebahq-256 (sha256 1a2b3c4d5e6f)``: it starts with the kind.
+    """
+    kind = kind if kind in ("synthetic", "directory", "bundled") else "unknown"
+    details = [f"seed {seed}"] if seed is not None else []
+    if sha256:
+        details.append(f"sha256 {sha256[:12]}")
+    named = f" {name!r}" if name else ""
+    suffix = f" ({', '.join(details)})" if details else ""
+    return f"{kind} weights{named} for {preset or 'an unknown preset'}{suffix}"
 
 
 HealthListener = Callable[[bool], None]
@@ -157,6 +191,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def healthy(self) -> bool:
         """Whether the backend can serve now."""
+
+    def unavailable_reason(self) -> str:
+        """Why the backend is not serving (empty when it is, or when it cannot say)."""
+        return ""
 
     def add_health_listener(self, listener: HealthListener) -> None:
         """Call ``listener(healthy)`` whenever the backend's health changes (from the backend's threads)."""

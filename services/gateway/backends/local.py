@@ -9,11 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import PurePath
 
 from edgediff.models import LDMComponents, get_preset, load_components
 from edgediff.pipeline import LDMPipeline
 from edgediff.variants import BASELINE, BuildOptions, build_variant, get_variant, require_available, variant_names
-from services.gateway.backends.base import Backend, BackendResult, GenerateArgs, VariantStatus
+from services.gateway.backends.base import (
+    Backend,
+    BackendResult,
+    GenerateArgs,
+    VariantStatus,
+    public_weights_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,12 @@ class LocalBackend(Backend):
             raise RuntimeError("LocalBackend.start() was not called")
         return self._components
 
+    def weights_label(self) -> str:
+        """The weights as clients see them (``public_weights_label``: no local path)."""
+        origin = self.components.weights
+        name = PurePath(origin.path).name if origin.path else ""
+        return public_weights_label(self._preset.name, origin.kind, origin.sha256, name=name, seed=origin.seed)
+
     def model_name(self) -> str:  # noqa: D102
         return self._preset.name
 
@@ -114,6 +127,6 @@ class LocalBackend(Backend):
             denoise_s=t.denoise_s,
             decode_s=t.decode_s,
             total_s=t.total_s,
-            weights_origin=self.components.weights.label(),
+            weights_origin=self.weights_label(),
             model=self._preset.name,
         )

@@ -37,6 +37,7 @@ from services.gateway.backends.base import (
     BackendUnavailableError,
     GenerateArgs,
     VariantStatus,
+    public_weights_label,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,16 @@ def _status_name(exc: Any) -> str:
     return str(status or "").rsplit(".", 1)[-1]
 
 
+NEVER_CONNECTED_MARKERS = ("failed to connect", "connection refused", "dns resolution failed")
+"""gRPC core messages of a call that never reached the server (no connection was made), lower case."""
+
+
+def never_connected(message: str) -> bool:
+    """Whether a gRPC UNAVAILABLE message says the call never reached the server (so no work started there)."""
+    text = message.lower()
+    return any(marker in text for marker in NEVER_CONNECTED_MARKERS)
+
+
 class _ModelInfo:
     """What the gateway needs of one ``ldm_<variant>`` model: its input dtypes/shapes and config parameters."""
 
@@ -77,10 +88,9 @@ class _ModelInfo:
         return {key: self.parameters.get(key, "") for key in PNG_BASE_KEYS}
 
     def weights_label(self) -> str:
-        if "weights_label" in self.parameters:
-            return self.parameters["weights_label"]
-        kind, sha = self.parameters.get("weights", "unknown"), self.parameters.get("weights_sha256", "")
-        return f"{kind} (sha256 {sha[:12]})" if sha else kind
+        """Preset, weights kind and sha256 prefix (the config's parameters carry no path)."""
+        return public_weights_label(self.parameters.get("preset", ""), self.parameters.get("weights", "unknown"),
+                                    self.parameters.get("weights_sha256", ""))
 
 
 class TritonBackend(Backend):
@@ -199,9 +209,12 @@ class TritonBackend(Backend):
     def healthy(self) -> bool:  # noqa: D102
         return self._healthy
 
+    def unavailable_reason(self) -> str:  # noqa: D102
+        return "" if self._healthy else self._last_error
+
     def _require_up(self) -> None:
         if not self._reachable:
-            raise BackendUnavailableError(self._last_error)
+            raise BackendUnavailableError(self._last_error, started=False)
 
     # --- variants ----------------------------------------------------------------------------------------------
     def model_name(self) -> str:
@@ -257,12 +270,20 @@ class TritonBackend(Backend):
         return info
 
     # --- generation --------------------------------------------------------------------------------------------
-    def _translate(self, exc: Any, model: str) -> Exception:
-        """A tritonclient error as the exception the servicer maps to a status."""
+    def _translate(self, exc: Any, model: str, *, sent: bool = False) -> Exception:
+        """A tritonclient error as the exception the servicer maps to a status.
+
+        Args:
+            exc: The tritonclient error.
+            model: The Triton model asked.
+            sent: Whether the inference request may have reached Triton (False: metadata calls, or a connection
+                that was never made); unsent requests are held by the gateway until Triton is back.
+        """
         code = _status_name(exc)
         message = exc.message() if hasattr(exc, "message") else str(exc)
         if code == "UNAVAILABLE" and not self.refresh() and not self._reachable:
-            return BackendUnavailableError(f"Triton at {self.url} is unreachable: {message}")
+            started = sent and not never_connected(message)
+            return BackendUnavailableError(f"Triton at {self.url} is unreachable: {message}", started=started)
         if code in ("DEADLINE_EXCEEDED", "CANCELLED"):
             return GenerationCancelled(f"{model}: {message}")
         if code == "INVALID_ARGUMENT":
@@ -313,7 +334,7 @@ class TritonBackend(Backend):
                 call.cancel()
                 raise GenerationCancelled(f"{model}: cancelled (client gone or deadline passed)")
         if box["error"] is not None:
-            raise self._translate(box["error"], model)
+            raise self._translate(box["error"], model, sent=True)
         result = box["result"]
         images = result.as_numpy(LDM_OUTPUT_IMAGE)
         images = images.reshape(-1, *images.shape[-3:])

@@ -23,16 +23,18 @@ class GenerateRequest(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., steps: _Optional[int] = ..., eta: _Optional[float] = ..., variant: _Optional[str] = ..., batch_size: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_ms", "denoise_ms", "decode_ms", "total_ms")
+    __slots__ = ("queue_ms", "denoise_ms", "decode_ms", "total_ms", "backend_wait_ms")
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     DENOISE_MS_FIELD_NUMBER: _ClassVar[int]
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     queue_ms: float
     denoise_ms: float
     decode_ms: float
     total_ms: float
-    def __init__(self, queue_ms: _Optional[float] = ..., denoise_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    backend_wait_ms: float
+    def __init__(self, queue_ms: _Optional[float] = ..., denoise_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., backend_wait_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("images", "seed", "variant", "timings", "weights_origin", "model", "steps")
