@@ -96,7 +96,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     from edgediff.quality.bench_hook import make_quality_hook, quality_failed
 
     report, _runs = run_bench(config, quality_fn=make_quality_hook(config))  # digits: quality gate per variant
-    write_outputs(report, out, plots=not args.no_plots)
+    incomplete = report.get("incomplete")  # a stop signal cut the bench short (edgediff.processes)
+    if incomplete and not report["variants"]:
+        print(f"edgediff bench: {incomplete['reason']} before any variant finished: no report written",
+              file=sys.stderr)
+        return int(incomplete["exit_code"])
+    write_outputs(report, out, plots=not args.no_plots and not incomplete)
     weights = report["weights"] or {}
     print()
     if weights.get("synthetic"):
@@ -111,4 +116,4 @@ def run_from_args(args: argparse.Namespace) -> int:
         if not warning.startswith("weights: synthetic"):
             print(f"WARNING: {warning}")
     print(f"\nreport: {out / 'report.md'} (also report.json, report.csv, plots, samples/)")
-    return 0
+    return int(incomplete["exit_code"]) if incomplete else 0

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which variant of each report: the fastest measured (default), the baseline, or a name")
     parser.add_argument("--force", action="store_true",
                         help="compare reports of different model presets or step counts anyway (noted in the output)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="accept reports of benches cut short by a signal (marked incomplete; noted in the output)")
     parser.add_argument("--out", default="reports/compare", metavar="DIR", help="output folder (default: %(default)s)")
 
 
@@ -26,8 +28,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     from edgediff.bench.compare import compare_reports, load_report, plot_comparison, render_markdown
     from edgediff.io import atomic_write_json, atomic_write_text
 
-    reports = [(str(path), load_report(path)) for path in args.reports]
+    reports = [(str(path), load_report(path, allow_incomplete=args.allow_incomplete)) for path in args.reports]
     comparison = compare_reports(reports, reference=args.reference, variant=args.variant, force=args.force)
+    for source, report in reports:
+        if report.get("incomplete"):
+            print(f"WARNING: {source} is incomplete: {report['incomplete']['reason']}", file=sys.stderr)
     out = Path(args.out)
     markdown = render_markdown(comparison)
     atomic_write_json(out / "compare.json", comparison)

@@ -8,6 +8,7 @@ import shlex
 
 from edgediff.constants import DEFAULT_HOST, EXPORTER_PORT
 from edgediff.errors import InvalidArgumentError
+from edgediff.processes import hangup_means_terminate
 from edgediff.telemetry.window import DEFAULT_INTERVAL_S
 from services.telemetry_exporter.server import run_exporter
 
@@ -81,19 +82,20 @@ def run_from_args(args: argparse.Namespace) -> int:
     service_logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
     command = shlex.split(args.tegrastats_command) if args.tegrastats_command else None
     try:
-        return run_exporter(
-            args.host,
-            args.port,
-            args.interval,
-            args.root,
-            idle_seconds=args.idle_seconds,
-            tegrastats_command=command,
-            tegrastats_interval_s=args.tegrastats_interval,
-            nvml_enabled=not args.no_nvml,
-            memory_pid=args.pid,
-            estimated_cpu_tdp_w=args.estimated_cpu_tdp_watts,
-            fixture_power_w=args.fixture_power_watts,
-        )
+        with hangup_means_terminate():  # the exporter stops cleanly on SIGTERM and SIGINT; SIGHUP does the same
+            return run_exporter(
+                args.host,
+                args.port,
+                args.interval,
+                args.root,
+                idle_seconds=args.idle_seconds,
+                tegrastats_command=command,
+                tegrastats_interval_s=args.tegrastats_interval,
+                nvml_enabled=not args.no_nvml,
+                memory_pid=args.pid,
+                estimated_cpu_tdp_w=args.estimated_cpu_tdp_watts,
+                fixture_power_w=args.fixture_power_watts,
+            )
     except InvalidArgumentError as exc:
         logger.error("%s", exc)
         return 2

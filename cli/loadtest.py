@@ -229,6 +229,10 @@ def finish(plan: LocustPlan, run: LocustRun, config: dict[str, Any], *, promethe
 
     records = read_records(plan.record_dir)
     driver_log = run.logs[0]
+    if records.window is None and run.interrupted is not None:  # stopped before the load started: nothing measured
+        print(f"edgediff loadtest: {run.interrupted.reason} before the load started: no report written",
+              file=sys.stderr)
+        return int(run.interrupted.exit_code)
     if records.window is None:
         tail = log_tail(driver_log)
         raise EdgediffError(f"Locust did not run the test (no window marks; exit code {run.returncode}); "
@@ -282,8 +286,17 @@ def finish(plan: LocustPlan, run: LocustRun, config: dict[str, Any], *, promethe
     files["records"] = str(plan.record_dir.relative_to(plan.out_dir))
     report = build_report(config=config, summary=summary, energy=energy, window=window, verdict=verdict,
                           locust=read_locust_totals(plan.final_stats), files=files, notes=notes)
+    if run.interrupted is not None:  # a stop signal cut the run short: the report covers the window that ran
+        report["incomplete"] = {"reason": run.interrupted.reason, "signal": run.interrupted.signal_name,
+                                "exit_code": run.interrupted.exit_code, "planned_s": config.get("run_time_s")}
+        report.setdefault("notes", []).insert(0, f"INCOMPLETE: {run.interrupted.reason} after "
+                                                 f"{window.duration_s:.1f} s of a planned {config.get('run_time_s')} s")
     paths = write_report(report, timeline(records.requests, window.start_unix_s, window.end_unix_s), plan.out_dir)
     _print_summary(report, paths)
+    if run.interrupted is not None:
+        print(f"edgediff loadtest: INCOMPLETE: {run.interrupted.reason}; the report covers the window that ran",
+              file=sys.stderr)
+        return int(run.interrupted.exit_code)
     if reasons:
         print(f"edgediff loadtest: FAILED: {'; '.join(reasons)}", file=sys.stderr)
         return EXIT_FAILED

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from edgediff import __version__
 from edgediff.errors import EdgediffError
+from edgediff.processes import stop_on_signals
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -79,13 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.run_from_args(args) or 0)
+        with stop_on_signals():  # SIGTERM/SIGINT/SIGHUP: children stopped, temporary folders removed (processes.py)
+            return int(module.run_from_args(args) or 0)
     except EdgediffError as exc:
         print(f"edgediff {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"edgediff {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Interrupted: 128 + the signal (130 after Ctrl-C, 143 after SIGTERM)
+        print(f"edgediff {args.command}: {getattr(exc, 'reason', 'interrupted')}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

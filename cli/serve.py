@@ -75,7 +75,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM/SIGINT; exit 0 after a graceful shutdown."""
+    """Serve until SIGTERM, SIGINT or SIGHUP; exit 0 after a graceful shutdown (``edgediff.processes``)."""
+    from edgediff.processes import hangup_means_terminate
     from services.gateway.server import serve
 
-    return serve(config_from_args(args))
+    config = config_from_args(args)
+    with hangup_means_terminate():  # the gateway finishes in-flight requests on SIGTERM and SIGINT
+        return serve(config)

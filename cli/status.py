@@ -1,4 +1,7 @@
-"""``edgediff status``: each service of the stack, its PID, port and health, checked now."""
+"""``edgediff status``: each service of the stack, its PID, port and health, and whether its supervisor lives.
+
+Exits 0 when every service is healthy and (local runtime) the supervisor is alive, 1 otherwise or when none runs.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def print_status(state: dict[str, Any]) -> bool:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Show the stack; exit 0 when every service is healthy, 1 otherwise or when none runs."""
+    """Show the stack; exit 0 when every service is healthy and supervised, 1 otherwise or when none runs."""
     state_dir, state = state_from_args(args)
     if state is None:
         return 1
@@ -45,8 +48,19 @@ def run_from_args(args: argparse.Namespace) -> int:
         from services.stack.docker_runtime import runtime_from_state
 
         state = {**state, "services": runtime_from_state(state, state_dir=state_dir, echo=None).status()}
-    elif not pid_alive(state.get("supervisor_pid")):
-        print(f"the supervisor (pid {state.get('supervisor_pid')}) is gone; 'edgediff down' cleans up")
     print(f"stack: runtime {state.get('runtime')}, profile {state.get('profile')}, model {state.get('model')}, "
           f"variants {', '.join(state.get('variants', []))}")
-    return 0 if print_status(state) else 1
+    supervised = True
+    if state.get("runtime") != "docker":
+        supervised, line = supervisor_line(state)
+        print(line)
+    return 0 if print_status(state) and supervised else 1
+
+
+def supervisor_line(state: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the local stack's supervisor is alive, and one line saying so (and what to do when it is not)."""
+    pid = state.get("supervisor_pid")
+    if pid_alive(pid):
+        return True, f"supervisor: pid {pid}, alive (restarts a service that dies)"
+    return False, (f"supervisor: pid {pid}, GONE: the services run unsupervised, a crash will not be restarted; "
+                   "'edgediff down' stops them, then 'edgediff up' starts a supervised stack")

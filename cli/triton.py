@@ -1,12 +1,14 @@
-"""``edgediff triton``: run a Triton server over a model repository in the foreground until Ctrl-C or SIGTERM."""
+"""``edgediff triton``: run a Triton server over a model repository in the foreground until Ctrl-C or SIGTERM.
+
+A stop signal (SIGTERM, SIGINT, SIGHUP) stops the server and its Python stubs, removes its temporary log and exits 0;
+a server that died on its own exits 1 (its log is kept).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -56,17 +58,15 @@ def run_from_args(args: argparse.Namespace) -> int:
         host=args.host, model_control=args.model_control_mode, load_models=args.load_model,
         startup_timeout_s=args.startup_timeout, log_file=Path(args.log_file) if args.log_file else None,
     )
-    stop = threading.Event()
     died = False
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    try:  # a stop signal (cli.main's stop_on_signals) raises Interrupted here: the server is stopped, exit 0
         server.start()
         models = [f"{m['name']} ({m['state']})" for m in repository_index(server.http_url) if m.get("state")]
         print(f"tritonserver ({server.binary}) ready, pid {server.pid}, repository {server.repo}")
         print(f"  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}")
         print(f"  models  {', '.join(models) or 'none loaded'}")
         print(f"  log     {server.log_path}\nCtrl-C to stop.", flush=True)
-        while not stop.is_set():
+        while True:
             code = server.wait(0.5)
             if code is not None:
                 details = "\n".join(error_lines(server.logs()))
@@ -74,9 +74,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                       f"{details}", file=sys.stderr)
                 died = True
                 return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: a service's normal end (edgediff.processes)
         pass
     finally:
         server.stop(keep_log=died)
-        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -1,19 +1,27 @@
-"""``edgediff up``: start the serving stack (Triton, gateway, exporter, Prometheus) and supervise it."""
+"""``edgediff up``: start the serving stack (Triton, gateway, exporter, Prometheus) and supervise it.
+
+In the foreground, a stop signal (Ctrl-C, SIGTERM, SIGHUP) stops every service, in reverse order, and exits 0; the
+services also die with the supervisor if it is killed. With ``--detach`` the supervisor runs in a session of its
+own and its services outlive it (``edgediff status`` says when it is gone; ``edgediff down`` stops everything).
+"""
 
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from edgediff.errors import EdgediffError, InvalidArgumentError
+from edgediff.processes import ChildProcess
 from services.stack.state import add_state_dir_argument, default_state_dir, pid_alive, read_state
 
 PROFILES = ("cpu", "rtx", "jetson")
 DEFAULT_VARIANTS = {"cpu": "onnx-fp32", "rtx": "trt-fp16", "jetson": "trt-fp16"}
+ENV_DETACHED = "EDGEDIFF_STACK_DETACHED"
+"""Set by ``up --detach`` for the supervisor it starts: its services then outlive it."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +63,7 @@ def _docker_engine_answers() -> bool:
 def run_from_args(args: argparse.Namespace) -> int:
     """Start the stack."""
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    state = read_state(state_dir)
-    if state and pid_alive(state.get("supervisor_pid")):
-        raise EdgediffError(f"a stack already runs (supervisor pid {state['supervisor_pid']}, state {state_dir}); "
-                            "run 'edgediff down' first")
+    refuse_if_running(state_dir)
     runtime = args.runtime
     if runtime == "auto":
         runtime = "docker" if _docker_engine_answers() else "local"
@@ -84,19 +89,45 @@ def _up_local(args: argparse.Namespace, variants: list[str], state_dir: Path) ->
         state_dir=state_dir, ports=parse_ports(args.ports), weights=args.weights,
         exporter_args=list(args.exporter_arg), with_prometheus=not args.no_prometheus,
     )
+def refuse_if_running(state_dir: Path) -> None:
+    """Refuse to start a second stack over the same state: one whose supervisor runs, or its orphaned services.
+
+    Services left running without their supervisor (it was killed: the OOM killer, ``kill -9``) hold the ports and
+    are never restarted; they are not adopted (their logs and restart counts belong to the dead supervisor), the
+    message says how to stop them.
+
+    Raises:
+        EdgediffError: a stack is recorded in ``state_dir`` and something of it still runs.
+    """
+    state = read_state(state_dir)
+    if not state:
+        return
+    supervisor = state.get("supervisor_pid")
+    if pid_alive(supervisor):
+        raise EdgediffError(f"a stack already runs (supervisor pid {supervisor}, state {state_dir}); "
+                            "run 'edgediff down' first")
+    if state.get("runtime", "local") != "local":
+        return
+    orphans = [f"{name} (pid {service['pid']})" for name, service in state.get("services", {}).items()
+               if pid_alive(service.get("pid"))]
+    if orphans:
+        raise EdgediffError(f"the services of a stack still run without their supervisor (pid {supervisor} is gone; "
+                            f"crashes would not be restarted): {', '.join(orphans)}; stop them with 'edgediff down "
+                            f"--state-dir {state_dir}', then run 'edgediff up' again")
+
+
     state_dir.mkdir(parents=True, exist_ok=True)
     print(ensure_repository(config), flush=True)
     meta = {"profile": args.profile, "model": args.model, "variants": variants, "repo": str(config.repo),
             "shm_prefix": shm_prefix(state_dir), "ports": config.ports}
-    supervisor = Supervisor(build_specs(config), state_dir, meta=meta)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        supervisor.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    detached = os.environ.get(ENV_DETACHED) == "1"
+    supervisor = Supervisor(build_specs(config), state_dir, meta=meta, services_outlive_me=detached)
     print(f"starting the {args.profile} stack (local processes; state in {state_dir})", flush=True)
-    supervisor.start_all()
+    try:  # a stop signal raises Interrupted (cli.main's stop_on_signals), here or in run(): everything is stopped
+        supervisor.start_all()
+    except KeyboardInterrupt:
+        print("stack start interrupted; every service stopped", flush=True)
+        return 0
     ports = config.ports
     print(f"stack is up: gateway 127.0.0.1:{ports['gateway']} (gRPC edgediff.v1.Generator), "
           f"metrics :{ports['gateway-metrics']} and :{ports['exporter']}, Triton :{ports['triton-grpc']}"
@@ -117,6 +148,8 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
     argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:2] == ["up"] else None
     if argv is None:  # called in-process (tests): rebuild the command line from args
         argv = ["up", "--profile", args.profile, "--runtime", "local", "--model", args.model, "--repo", args.repo,
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the stack's normal end
+        pass
                 "--state-dir", str(state_dir)]
         for flag, value in (("--weights", args.weights), ("--variants", args.variants), ("--ports", args.ports)):
             if value:
@@ -130,27 +163,30 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
         argv += ["--runtime", "local"]
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "up.log"
-    with log_path.open("ab") as log:
-        child = subprocess.Popen([sys.executable, "-m", "cli.main", *argv], stdout=log,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        code = child.poll()
-        if code is not None:
-            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-8:]
-            print("\n".join(tail), file=sys.stderr)
-            raise EdgediffError(f"the stack exited with code {code} while starting (log: {log_path})")
-        state = read_state(state_dir)
-        if state and state.get("services") and all(s["status"] == "healthy" for s in state["services"].values()):
-            from cli.status import print_status
+    with log_path.open("ab") as log:  # owned until healthy: a stop signal or a timeout stops the half-started stack
+        child = ChildProcess([sys.executable, "-m", "cli.main", *argv], name="stack supervisor", stdout=log,
+                             stderr=subprocess.STDOUT, env={**os.environ, ENV_DETACHED: "1"},
+                             dies_with_parent=False, grace_s=60.0)
+    with child:
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            code = child.poll()
+            if code is not None:
+                tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-8:]
+                print("\n".join(tail), file=sys.stderr)
+                raise EdgediffError(f"the stack exited with code {code} while starting (log: {log_path})")
+            state = read_state(state_dir)
+            if state and state.get("services") and all(s["status"] == "healthy"
+                                                       for s in state["services"].values()):
+                from cli.status import print_status
 
-            print_status(state)
-            print(f"stack is up in the background (supervisor pid {child.pid}, log {log_path}); "
-                  "'edgediff status' shows it, 'edgediff down' stops it", flush=True)
-            return 0
-        time.sleep(1.0)
-    child.send_signal(signal.SIGTERM)
-    raise EdgediffError(f"the stack was not healthy after {args.timeout:.0f} s (log: {log_path})")
+                child.release()  # from now on it runs on its own
+                print_status(state)
+                print(f"stack is up in the background (supervisor pid {child.pid}, log {log_path}); "
+                      "'edgediff status' shows it, 'edgediff down' stops it", flush=True)
+                return 0
+            time.sleep(1.0)
+    raise EdgediffError(f"the stack was not healthy after {args.timeout:.0f} s (log: {log_path}); it was stopped")
 
 
 def _up_docker(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:

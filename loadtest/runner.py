@@ -2,7 +2,8 @@
 
 Every process is started with the same environment (the request mix and the record folder as ``EDGEDIFF_LOADTEST_*``
 variables), logs to its own file, and is stopped within bounded timeouts: SIGTERM (Locust then writes its CSVs and
-our records) and SIGKILL after a grace period. No process outlives ``run_locust``.
+our records) and SIGKILL after a grace period. No process outlives ``run_locust``, nor, on Linux, this process
+(``edgediff.processes``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgediff.constants import DEFAULT_HOST, ENV_LOADTEST_RECORD_DIR
 
@@ -90,6 +91,7 @@ class LocustRun:
         timed_out: True when a process had to be stopped by a signal.
         wall_s: From the first start to the last exit, seconds.
         logs: The log files.
+        interrupted: The stop signal that cut the run short (``edgediff.processes.Interrupted``), or None.
     """
 
     returncode: int
@@ -97,6 +99,7 @@ class LocustRun:
     timed_out: bool
     wall_s: float
     logs: list[Path]
+    interrupted: Any = None
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -134,23 +137,15 @@ def locust_environment(plan: LocustPlan) -> dict[str, str]:
     return env
 
 
-def _stop(process: subprocess.Popen[bytes], name: str) -> bool:
-    """SIGTERM, then SIGKILL after ``TERM_GRACE_S``; True when a signal was needed."""
-    if process.poll() is not None:
-        return False
-    logger.warning("stopping %s (pid %d)", name, process.pid)
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=TERM_GRACE_S)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s (pid %d) ignored SIGTERM; killing it", name, process.pid)
-        process.kill()
-        process.wait(timeout=TERM_GRACE_S)
-    return True
-
-
 def run_locust(plan: LocustPlan) -> LocustRun:
-    """Run Locust to completion (or to its time limit) and return how each process ended."""
+    """Run Locust to completion (or to its time limit) and return how each process ended.
+
+    Each Locust process is an ``edgediff.processes.ChildProcess``: it dies with this process on Linux, and a stop
+    signal to this process is passed on as SIGTERM (Locust then ends the test, writes its CSVs and our records).
+    The run then returns normally with ``interrupted`` set, so the caller reports the window that ran.
+    """
+    from edgediff.processes import ChildProcess, Interrupted
+
     if not plan.out_dir.is_absolute():  # the processes run inside out_dir
         plan = dataclasses.replace(plan, out_dir=plan.out_dir.resolve())
     for folder in (plan.out_dir, plan.record_dir, plan.log_dir):
@@ -160,40 +155,46 @@ def run_locust(plan: LocustPlan) -> LocustRun:
     env = locust_environment(plan)
     roles = ["master"] + [f"worker-{i}" for i in range(plan.workers)] if plan.workers else ["local"]
     master_port = free_port() if plan.workers else None
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    processes: dict[str, ChildProcess] = {}
     logs: list[Path] = []
     timed_out = False
+    interrupted: Interrupted | None = None
     started_s = time.monotonic()
     try:
-        for role in roles:
-            log_path = plan.log_dir / f"locust-{role}.log"
-            logs.append(log_path)
-            command = locust_command(plan, role.split("-")[0], master_port)
-            with log_path.open("wb") as log:
-                processes[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                   cwd=plan.out_dir, stdin=subprocess.DEVNULL)
-            logger.info("started locust %s (pid %d)", role, processes[role].pid)
-        driver = processes[roles[0]]
-        limit_s = plan.run_time_s + plan.stop_timeout_s + (plan.start_timeout_s if plan.workers else 0.0)
         try:
-            driver.wait(timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            logger.error("locust %s still running %.0f s after start; stopping it", roles[0], limit_s)
-            timed_out = _stop(driver, f"locust {roles[0]}") or timed_out
-        for role in roles[1:]:  # workers quit when the master tells them; give them the grace period
-            try:
-                processes[role].wait(timeout=TERM_GRACE_S)
-            except subprocess.TimeoutExpired:
-                timed_out = _stop(processes[role], f"locust {role}") or timed_out
+            for role in roles:
+                log_path = plan.log_dir / f"locust-{role}.log"
+                logs.append(log_path)
+                command = locust_command(plan, role.split("-")[0], master_port)
+                with log_path.open("wb") as log:
+                    processes[role] = ChildProcess(command, name=f"locust {role}", stdout=log,
+                                                   stderr=subprocess.STDOUT, env=env, cwd=plan.out_dir,
+                                                   grace_s=TERM_GRACE_S)
+                logger.info("started locust %s (pid %d)", role, processes[role].pid)
+            driver = processes[roles[0]]
+            limit_s = plan.run_time_s + plan.stop_timeout_s + (plan.start_timeout_s if plan.workers else 0.0)
+            if driver.wait(limit_s) is None:
+                logger.error("locust %s still running %.0f s after start; stopping it", roles[0], limit_s)
+                timed_out = driver.stop() or timed_out
+            for role in roles[1:]:  # workers quit when the master tells them; give them the grace period
+                if processes[role].wait(TERM_GRACE_S) is None:
+                    timed_out = processes[role].stop() or timed_out
+        except Interrupted as exc:  # the processes already got SIGTERM: let them write what they measured
+            interrupted = exc
+            logger.warning("%s: stopping Locust; the report covers the window that ran", exc.reason)
     finally:
-        for role, process in processes.items():
-            timed_out = _stop(process, f"locust {role}") or timed_out
+        for process in processes.values():
+            if interrupted is not None and process.wait(TERM_GRACE_S) is None:  # no second SIGTERM to Locust
+                timed_out = True
+                process.kill()
+            timed_out = process.stop() or timed_out
     return LocustRun(
-        returncode=int(processes[roles[0]].returncode),
-        worker_returncodes=[int(processes[r].returncode) for r in roles[1:]],
+        returncode=int(processes[roles[0]].returncode) if roles[0] in processes else -1,
+        worker_returncodes=[int(processes[r].returncode) for r in roles[1:] if r in processes],
         timed_out=timed_out,
         wall_s=time.monotonic() - started_s,
         logs=logs,
+        interrupted=interrupted,
     )
 
 

@@ -11,11 +11,11 @@ artifacts. Useful by hand too, to prepare a machine before timing runs::
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 from edgediff.errors import EdgediffError
+from edgediff.processes import run_child
 
 
 def prepare_in_subprocess(
@@ -38,7 +38,10 @@ def prepare_in_subprocess(
            "--weights-seed", str(weights_seed), "--variant", variant, "--deepcache", str(deepcache)]
     if weights:
         cmd += ["--weights", str(weights)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ), check=False)
+    try:  # an owned worker: stopped with this process, and on Linux it dies with it (edgediff.processes)
+        proc = run_child(cmd, timeout_s=timeout_s, capture=True, name=f"prepare {variant}")
+    except subprocess.TimeoutExpired as exc:
+        raise EdgediffError(f"preparing the artifacts of {variant} took more than {timeout_s:.0f} s; stopped") from exc
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-5:]
         raise EdgediffError(f"preparing the artifacts of {variant} failed: {' | '.join(tail)}")

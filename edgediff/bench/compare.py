@@ -37,12 +37,21 @@ class ReportMismatchError(EdgediffError):
     """The reports measured different work (model preset or steps); ``--force`` compares them anyway."""
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
+class IncompleteReportError(EdgediffError):
+    """A report of a bench cut short (``incomplete``); ``--allow-incomplete`` compares it anyway."""
+
+
+def load_report(path: str | Path, *, allow_incomplete: bool = False) -> dict[str, Any]:
     """Read and validate one ``report.json``.
+
+    Args:
+        path: The report.
+        allow_incomplete: Accept a report marked ``incomplete`` (a bench stopped by a signal).
 
     Raises:
         InvalidArgumentError: the file is missing or not JSON.
         ReportSchemaError: it is not a bench report this version reads.
+        IncompleteReportError: it is marked incomplete and ``allow_incomplete`` is False.
     """
     path = Path(path)
     try:
@@ -54,6 +63,11 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if not isinstance(report, dict):
         raise InvalidArgumentError(f"report {path}: not a JSON object")
     validate_report(report, source=str(path))
+    incomplete = report.get("incomplete")
+    if incomplete and not allow_incomplete:
+        raise IncompleteReportError(f"report {path} is incomplete ({incomplete.get('reason')}; not measured: "
+                                    f"{', '.join(incomplete.get('not_measured', [])) or 'none'}); rerun the bench, "
+                                    "or pass --allow-incomplete to compare what it measured")
     return report
 
 
@@ -133,6 +147,8 @@ def compare_reports(
     if len(reports) < 2:
         raise InvalidArgumentError(f"compare needs at least two reports, got {len(reports)}")
     notes = _check_same_work(reports, force)
+    notes += [f"{src}: an INCOMPLETE bench ({report['incomplete']['reason']}): only the variants it finished"
+              for src, report in reports if report.get("incomplete")]
     labels = _unique_labels(reports)
     reference = reference or labels[0]
     if reference not in labels:

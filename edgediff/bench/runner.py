@@ -16,7 +16,6 @@ import gc
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,8 @@ USER_ERRORS = (WeightsError, InvalidArgumentError)
 """Errors that would fail every variant the same way: the bench stops with the message instead of going on."""
 RUN_FILE = "run.json"
 ARRAYS_FILE = "arrays.npz"
+WORKER_GRACE_S = 5.0
+"""Seconds a bench worker gets to exit after its stop signal (it holds nothing worth saving) before SIGKILL."""
 
 
 @dataclass(frozen=True)
@@ -363,24 +364,30 @@ def measure_variant(
 def measure_isolated(spec: RunSpec, *, timeout_s: float | None = None) -> VariantRun:
     """Measure ``spec`` in a fresh Python process (``python -m edgediff.bench.worker``), so its peak memory is its own.
 
-    The worker's stdout and stderr go to this process's stderr (progress and warnings).
+    The worker's stdout and stderr go to this process's stderr (progress and warnings). It is a ``ChildProcess``:
+    a stop signal to the bench stops it (and removes its temporary folder), and on Linux it dies with the bench
+    even when the bench is SIGKILLed (it then removes the temporary folder itself: ``worker.exit_on_sigterm``).
 
     Raises:
         EdgediffError: The worker hit an error that would fail every variant (bad weights, bad argument).
+        Interrupted: a stop signal arrived; the worker was stopped and nothing of this variant is kept.
     """
+    from edgediff.processes import ChildProcess
+
     with tempfile.TemporaryDirectory(prefix="edgediff-bench-") as tmp:
         folder = Path(tmp)
         spec_path = folder / "spec.json"
         atomic_write_json(spec_path, spec.to_dict())
         command = [sys.executable, "-m", "edgediff.bench.worker", str(spec_path), str(folder)]
-        try:
-            done = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, timeout=timeout_s, check=False,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        except subprocess.TimeoutExpired:
-            return VariantRun(spec.variant, STATUS_FAILED, error=f"timed out after {timeout_s} s", isolated=True)
+        with ChildProcess(command, name=f"bench worker ({spec.variant})", stdout=sys.stderr, stderr=sys.stderr,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, grace_s=WORKER_GRACE_S) as worker:
+            code = worker.wait(timeout_s)
+            if code is None:
+                worker.stop()
+                return VariantRun(spec.variant, STATUS_FAILED, error=f"timed out after {timeout_s} s", isolated=True)
         if not (folder / RUN_FILE).is_file():
             return VariantRun(spec.variant, STATUS_FAILED, isolated=True,
-                              error=f"worker exited with code {done.returncode} without a result (killed? out of "
+                              error=f"worker exited with code {code} without a result (killed? out of "
                                     "memory?); see the messages above")
         run = VariantRun.load(folder)
     if run.error_type in {cls.__name__ for cls in USER_ERRORS}:
@@ -391,8 +398,8 @@ def measure_isolated(spec: RunSpec, *, timeout_s: float | None = None) -> Varian
 def worker_main(spec_path: str, out_folder: str) -> int:
     """Entry point of ``python -m edgediff.bench.worker SPEC OUT``: measure and write ``run.json`` + arrays."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    spec = RunSpec.from_dict(json.loads(Path(spec_path).read_text(encoding="utf-8")))
     folder = Path(out_folder)
+    spec = RunSpec.from_dict(json.loads(Path(spec_path).read_text(encoding="utf-8")))
     try:
         run = measure_variant(spec, isolated=True, progress=lambda msg: print(f"  {msg}", file=sys.stderr))
     except USER_ERRORS as exc:

@@ -13,7 +13,8 @@ from typing import Any
 
 from edgediff.errors import EdgediffError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1: the optional ``incomplete`` block (a bench cut short by a signal)."""
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
 

@@ -28,6 +28,7 @@ from edgediff.bench.runner import (
     measure_variant,
 )
 from edgediff.errors import InvalidArgumentError
+from edgediff.processes import Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,9 @@ def run_bench(
                                  "fixture_power_w": config.telemetry.fixture_power_w}
     runs: dict[str, VariantRun] = {}
     entries: list[dict[str, Any]] = []
+    environment: dict[str, Any] | None = None
+    interrupted: Interrupted | None = None
+    current: str | None = None
     try:
         if config.telemetry.enabled:
             monitor = config.telemetry.monitor().start()
@@ -230,6 +234,7 @@ def run_bench(
             say(f"[{index}/{len(order)}] {name}" + (" (baseline for fidelity and speedup, not requested)"
                                                     if not requested else ""))
             spec = config.spec(name, telemetry["idle_power_w"])
+            current = name
             if client is not None:
                 from edgediff.bench import gateway
 
@@ -244,16 +249,26 @@ def run_bench(
                 run = measure_variant(spec, components=components, monitor=monitor, progress=lambda m: say(f"  {m}"))
                 gc.collect()
             runs[name] = run
+            current = None
             if run.status == STATUS_OK:
                 total = sorted(r["total_s"] for r in run.runs)
                 say(f"  {name}: total median {total[len(total) // 2]:.3f} s over {len(total)} run(s)")
             else:
                 say(f"  {name}: {run.status}: {run.error}")
+    except Interrupted as exc:  # nothing measured is lost: what finished is reported, marked incomplete
+        interrupted = exc
+        say(f"{exc.reason}: reporting the {sum(r.status == STATUS_OK for r in runs.values())} variant(s) "
+            "measured so far, marked incomplete")
     finally:
         if monitor is not None:
             monitor.close()
         if client is not None:
             client.close()
+    if environment is None:
+        environment = fingerprint(config.label)
+    not_measured = [name for name, _ in order if name not in runs]
+    if interrupted is not None:
+        order = [(name, requested) for name, requested in order if name in runs]
 
     baseline_run = runs.get(BASELINE)
     weights = next((r.weights for r in runs.values() if r.weights is not None), None)
@@ -279,7 +294,22 @@ def run_bench(
     if config.through == THROUGH_GATEWAY:
         report["warnings"].append(f"measured through the gateway {config.gateway}: energy is what this machine's "
                                   "sensors saw, memory is not measured here")
+    if interrupted is not None:
+        mark_incomplete(report, interrupted, during=current, not_measured=not_measured)
     return report, runs
+
+
+def mark_incomplete(report: dict[str, Any], interrupted: Interrupted, *, during: str | None,
+                    not_measured: list[str]) -> None:
+    """Mark a bench report as cut short: ``incomplete`` says why, what was being measured and what was not.
+
+    ``edgediff compare`` refuses such a report unless ``--allow-incomplete`` is given; ``exit_code`` is what the
+    bench exits with (128 + the signal).
+    """
+    reason = interrupted.reason + (f" while measuring {during}" if during else "")
+    report["incomplete"] = {"reason": reason, "signal": interrupted.signal_name, "exit_code": interrupted.exit_code,
+                            "not_measured": list(not_measured)}
+    report["warnings"].insert(0, f"INCOMPLETE: {reason}; not measured: {', '.join(not_measured) or 'none'}")
 
 
 def _maybe_variant(name: str) -> Any:

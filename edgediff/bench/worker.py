@@ -1,13 +1,35 @@
-"""``python -m edgediff.bench.worker SPEC.json OUT_DIR``: measure one variant in a fresh process (see ``runner``)."""
+"""``python -m edgediff.bench.worker SPEC.json OUT_DIR``: measure one variant in a fresh process (see ``runner``).
+
+The SIGTERM handler goes in first, before any heavy import: SIGTERM is both the bench's stop request and, on Linux,
+the signal the kernel sends when the bench dies (``edgediff.processes``). An orphaned worker removes the bench's
+temporary folder (``OUT_DIR``) before it exits, since no one else will.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import sys
 
-from edgediff.bench.runner import worker_main
+
+def exit_on_sigterm(out_folder: str) -> None:
+    """On SIGTERM exit at once (128 + 15); when the bench that started this worker is gone, remove ``out_folder``."""
+    parent = os.getppid()
+
+    def on_term(signum: int, _frame: object) -> None:
+        if os.getppid() != parent:  # reparented: the bench died (PR_SET_PDEATHSIG)
+            shutil.rmtree(out_folder, ignore_errors=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         print("usage: python -m edgediff.bench.worker SPEC.json OUT_DIR", file=sys.stderr)
         sys.exit(2)
+    exit_on_sigterm(sys.argv[2])
+    from edgediff.bench.runner import worker_main
+
     sys.exit(worker_main(sys.argv[1], sys.argv[2]))

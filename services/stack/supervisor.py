@@ -1,8 +1,11 @@
 """Start services in dependency order, wait for each to be healthy, restart the ones that die, stop them all cleanly.
 
-Each service runs in its own process group (so a stop reaches its children: tritonserver's Python stubs, Locust
-workers), logs to its own file, and is recorded in the state file that ``edgediff status`` and ``edgediff down``
-read from another process.
+Each service is an ``edgediff.processes.ChildProcess``: its own process group (so a stop reaches its children:
+tritonserver's Python stubs), a log file of its own, SIGTERM then SIGKILL after a grace period. It is recorded in the
+state file that ``edgediff status`` and ``edgediff down`` read from another process. The services of a foreground
+stack die with the supervisor (``PR_SET_PDEATHSIG`` on Linux); those of a detached stack (``services_outlive_me``)
+are the one exception to that rule: they keep serving if the supervisor dies, ``edgediff status`` says so, and
+``edgediff down`` stops them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.errors import EdgediffError
+from edgediff.processes import ChildProcess
 from services.stack.health import HealthCheck
 from services.stack.state import remove_state, write_state
 
@@ -58,7 +62,7 @@ class ServiceSpec:
 @dataclass
 class _Running:
     spec: ServiceSpec
-    process: subprocess.Popen[bytes] | None = None
+    process: ChildProcess | None = None
     restarts: int = 0
     status: str = "starting"
     next_restart_at: float | None = None
@@ -102,6 +106,8 @@ class Supervisor:
         max_restarts: Restarts per service before giving up on it (it is then reported ``failed``).
         backoff_s: Seconds before the n-th restart (the last value repeats).
         meta: Extra fields for the state file (profile, model, variants...).
+        services_outlive_me: The services keep running when this process dies (a detached stack); False: they get
+            SIGTERM from the kernel when it dies (a foreground stack, like any worker child).
     """
 
     def __init__(
@@ -112,12 +118,14 @@ class Supervisor:
         max_restarts: int = 5,
         backoff_s: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0),
         meta: dict[str, Any] | None = None,
+        services_outlive_me: bool = False,
     ) -> None:
         self.services = [_Running(spec) for spec in dependency_order(specs)]
         self.state_dir = Path(state_dir)
         self.max_restarts = max_restarts
         self.backoff_s = tuple(backoff_s)
         self.meta = dict(meta or {})
+        self.services_outlive_me = services_outlive_me
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
@@ -166,9 +174,9 @@ class Supervisor:
         with log_path.open("ab") as log:
             log.write(f"\n--- edgediff up: starting {spec.name}: {' '.join(spec.argv)}\n".encode())
             log.flush()
-            running.process = subprocess.Popen(
-                list(spec.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **spec.env}, start_new_session=True,
+            running.process = ChildProcess(
+                list(spec.argv), name=spec.name, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **spec.env},
+                dies_with_parent=not self.services_outlive_me,
             )
         running.status = "starting"
         running.next_restart_at = None
@@ -205,6 +213,7 @@ class Supervisor:
             return
         if running.next_restart_at is None:
             running.last_exit = code
+            running.process.kill()  # whatever it left in its process group (orphaned stubs); reaped
             if spec.cleanup is not None:
                 spec.cleanup()
             if running.restarts >= self.max_restarts:
@@ -225,14 +234,7 @@ class Supervisor:
         process = running.process
         if process is None:
             return
-        if process.poll() is None:
-            signal_group(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                signal_group(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        signal_group(process.pid, signal.SIGKILL)  # stragglers left in the group (e.g. orphaned stubs)
+        process.stop(grace_s=timeout_s)  # SIGTERM, grace, then SIGKILL to the group (stragglers: orphaned stubs)
         if running.spec.cleanup is not None:
             running.spec.cleanup()
 

@@ -13,16 +13,12 @@ The server runs in its own process group, binds loopback by default, and is read
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +33,7 @@ from types import TracebackType
 
 from edgediff.constants import DEFAULT_HOST, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
 from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
+from edgediff.processes import ChildProcess
 from exporters.manifest import repository_problems, unfinished_export
 
 logger = logging.getLogger(__name__)
@@ -145,11 +142,6 @@ def server_environment(bundled: bool) -> dict[str, str]:
     return env
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the server dies with the process that started it
-
-
 def error_lines(log: str, limit: int = 20) -> list[str]:
     """Triton's error lines in ``log`` (glog ``E`` lines, ``error:``, ``failed to load``), else its last lines."""
     lines = [line.rstrip() for line in log.splitlines() if line.strip()]
@@ -204,7 +196,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self._own_log = log_file is None
         self.log_path: Path | None = Path(log_file) if log_file is not None else None
-        self._process: subprocess.Popen | None = None
+        self._process: ChildProcess | None = None
         self.binary: Path | None = None
 
     # --- addresses ---------------------------------------------------------------------------------------------
@@ -275,12 +267,8 @@ class TritonServer:
             self.log_path = Path(name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logger.info("starting %s", " ".join(cmd))
-        with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
-                preexec_fn=_set_parent_death_signal if sys.platform == "linux" else None,
-            )
+        with open(self.log_path, "wb") as log:  # its own process group; on Linux it dies with this process
+            self._process = ChildProcess(cmd, name="tritonserver", stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + self.startup_timeout_s
             while time.monotonic() < deadline:
@@ -336,10 +324,7 @@ class TritonServer:
         """Wait for the server to exit; its exit code, or None while it still runs after ``timeout_s``."""
         if self._process is None:
             return None
-        try:
-            return self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
+        return self._process.wait(timeout_s)
 
     def stop(self, timeout_s: float = 30.0, *, keep_log: bool = False) -> None:
         """Stop the server and its Python stubs; idempotent.
@@ -354,15 +339,7 @@ class TritonServer:
         """
         process, self._process = self._process, None
         if process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("tritonserver (pid %d) ignored SIGTERM for %.0f s: SIGKILL", process.pid, timeout_s)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group (stubs)
-            process.wait()
+            process.stop(grace_s=timeout_s)  # SIGTERM, grace, then SIGKILL to the group (stubs)
         if self._own_log and not keep_log and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
             self.log_path = None

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cli.main import main
-from edgediff.bench.schema import SCHEMA_PATH
+from edgediff.bench.schema import SCHEMA_PATH, SCHEMA_VERSION
 from edgediff.variants import get_variant
 from tests.bench.conftest import CLI_RUNS, CLI_VARIANTS, FIXTURE_POWER_W, CliBench
 
@@ -23,7 +23,7 @@ def test_report_validates_against_its_schema(cli_bench: CliBench) -> None:
     report = _report(cli_bench)
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator(schema).validate(report)
-    assert report["schema_version"] == "1.0" and report["model"]["name"] == "tiny"
+    assert report["schema_version"] == SCHEMA_VERSION and report["model"]["name"] == "tiny"
     env = report["environment"]
     assert env["cpu"]["model"] and env["cpu"]["logical_cores"] >= 1 and env["libraries"]["torch"]
     assert report["weights"]["synthetic"] is True and report["config"]["isolate"] is True

@@ -89,3 +89,18 @@ def test_bad_inputs(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(InvalidArgumentError, match="not JSON"):
         load_report(bad)
+
+
+def test_an_incomplete_report_is_refused_unless_asked(tmp_path: Path, capsys) -> None:
+    cut_short = _device("Jetson Orin", 6.4, 15.0)
+    cut_short["incomplete"] = {"reason": "interrupted by SIGTERM while measuring onnx-fp32", "signal": "SIGTERM",
+                               "exit_code": 143, "not_measured": ["onnx-fp32"]}
+    paths = [str(_write(tmp_path, "rtx", _device("RTX 3090", 0.8, 300.0))), str(_write(tmp_path, "jetson", cut_short))]
+    out = tmp_path / "cmp"
+    assert main(["compare", *paths, "--out", str(out)]) == 2
+    assert "is incomplete (interrupted by SIGTERM while measuring onnx-fp32; not measured: onnx-fp32)" in \
+        capsys.readouterr().err
+    assert not out.exists()
+    assert main(["compare", *paths, "--allow-incomplete", "--out", str(out)]) == 0
+    notes = json.loads((out / "compare.json").read_text())["notes"]
+    assert any("INCOMPLETE" in note and "jetson" in note for note in notes), notes
