@@ -136,6 +136,8 @@ def refuse_if_running(state_dir: Path) -> None:
           + "; Ctrl-C or 'edgediff down' stops it", flush=True)
     try:
         supervisor.run()
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the stack's normal end
+        pass
     finally:
         print("stopping the stack ...", flush=True)
         supervisor.stop_all()
@@ -148,8 +150,6 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
     argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:2] == ["up"] else None
     if argv is None:  # called in-process (tests): rebuild the command line from args
         argv = ["up", "--profile", args.profile, "--runtime", "local", "--model", args.model, "--repo", args.repo,
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the stack's normal end
-        pass
                 "--state-dir", str(state_dir)]
         for flag, value in (("--weights", args.weights), ("--variants", args.variants), ("--ports", args.ports)):
             if value:
