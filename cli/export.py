@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from cli.args import add_model_arguments
+from cli.args import add_model_arguments, add_scheduler_argument
 
 DEFAULT_REPO = "model_repository"
 FIGURE3_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Div", "Cast", "Reshape", "Identity", "Mul",
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs-only", action="store_true",
                         help="write configs and the manifest only, no artifact (e.g. rtx/jetson configs on a CPU box)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON instead of tables")
+    add_scheduler_argument(parser, default=None)
 
 
 def _mb(size: int | None) -> str:
@@ -94,16 +95,25 @@ def _print_op_counts(manifest: dict[str, Any], repo: str) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Export and print what was built."""
+    from edgediff.bench.tune import profile_defaults
     from edgediff.models.weights import SYNTHETIC_WARNING
+    from edgediff.schedulers import DDIM
     from exporters.repository import export_repository
     from exporters.targets import get_target
 
     target = get_target(args.target)
     spec = (args.variants or "").strip()
     variants = list(target.placements) if spec == "all" else [v for v in spec.split(",") if v.strip()]
+    profile = None if target.gpu else profile_defaults(args.model, warn=lambda line: print(line, file=sys.stderr))
+    if profile is not None and not variants and profile["variant"] in target.placements:
+        variants = [profile["variant"]]  # this machine's tuned choice (edgediff tune) instead of the target's list
+        print(f"variant from this machine's tune profile: {profile['variant']} ({profile['scheduler']} "
+              f"{profile['steps']} steps)", file=sys.stderr)
+    scheduler = args.scheduler or (profile["scheduler"] if profile is not None and variants == [profile["variant"]]
+                                   else DDIM)
     manifest = export_repository(model=args.model, target=args.target, variants=variants, repo=args.repo,
                                  weights=args.weights, configs_only=args.configs_only, weights_seed=args.weights_seed,
-                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+                                 progress=lambda line: print(line, file=sys.stderr, flush=True), scheduler=scheduler)
     if manifest["weights"]["kind"] == "synthetic":
         print(SYNTHETIC_WARNING.format(preset=manifest["preset"]), file=sys.stderr)
     if args.json:

@@ -13,6 +13,7 @@ from cli.args import (
     load_model,
 )
 from edgediff.request import GenerationRequest
+from edgediff.schedulers import check_scheduler
 from edgediff.variants import BASELINE, BuildOptions, build_variant, require_available
 
 
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Generate and save."""
     GenerationRequest.validated(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch)  # enters here
+    check_scheduler(args.scheduler, eta=args.eta)
     check_positive("deepcache", args.deepcache)
     check_positive("threads", args.threads)
     require_available(args.variant)
@@ -44,12 +46,13 @@ def run_from_args(args: argparse.Namespace) -> int:
         with Progress(transient=True) as progress:
             task = progress.add_task(f"{args.variant}: denoising", total=args.steps)
             result = pipeline(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch,
-                              on_step=lambda i, n: progress.update(task, completed=i))
+                              scheduler=args.scheduler, on_step=lambda i, n: progress.update(task, completed=i))
     else:
-        result = pipeline(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch)
+        result = pipeline(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch, scheduler=args.scheduler)
     paths = result.save(args.out)
     t = result.timings
-    print(f"{args.variant} on {components.preset.name} (weights: {components.weights.label()}): "
+    print(f"{args.variant} on {components.preset.name}, {args.scheduler} {args.steps} steps "
+          f"(weights: {components.weights.label()}): "
           f"denoise {t.denoise_s:.2f} s, decode {t.decode_s:.2f} s, total {t.total_s:.2f} s")
     for path in paths:
         print(f"wrote {path}")

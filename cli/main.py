@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cli.serve", "serve the gRPC Generator API (Triton or local PyTorch backend)"),
     "exporter": ("cli.exporter", "serve power, energy and memory metrics for Prometheus"),
     "bench": ("cli.bench", "benchmark variants: latency, memory, energy, fidelity; write a report"),
+    "tune": ("cli.tune", "find this machine's fastest variant + sampler that passes the quality gate; save it"),
     "compare": ("cli.compare", "compare bench reports across devices (the study's Table 4)"),
     "loadtest": ("cli.loadtest", "drive the gateway with Locust; latency percentiles and energy per image"),
     "train-reference": ("cli.train_reference", "train the small digits reference model"),

@@ -21,6 +21,7 @@ import torch
 
 from edgediff.request import MAX_BATCH as MAX_BATCH  # the pipeline's limits live with the request
 from edgediff.request import MAX_STEPS as MAX_STEPS
+from edgediff.schedulers import check_scheduler, make_scheduler, step_kwargs
 
 
 class UNetFn(Protocol):
@@ -125,13 +126,16 @@ def encode_png(image: np.ndarray, metadata: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-def run_metadata(base: dict[str, str], *, steps: int, eta: float, seed: int, batch: int) -> dict[str, str]:
+def run_metadata(
+    base: dict[str, str], *, steps: int, eta: float, seed: int, batch: int, scheduler: str = "ddim"
+) -> dict[str, str]:
     """The metadata of one generation: ``base`` (preset, variant, weights...), then the run's arguments.
 
     The order is the order of the PNG text chunks; the gateway builds the PNGs of Triton's images with this, so they
     equal the in-process ones byte for byte.
     """
-    return {**base, "steps": str(steps), "eta": str(eta), "seed": str(seed), "batch": str(batch)}
+    return {**base, "steps": str(steps), "eta": str(eta), "seed": str(seed), "batch": str(batch),
+            "scheduler": scheduler}
 
 
 def initial_latents(generator: torch.Generator, batch: int, latent_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -148,7 +152,7 @@ def to_uint8_images(decoded: torch.Tensor) -> np.ndarray:
 
 
 class LDMPipeline:
-    """Unconditional latent diffusion: DDIM over a UNet runner, then a decoder runner.
+    """Unconditional latent diffusion: a sampler (DDIM by default) over a UNet runner, then a decoder runner.
 
     Args:
         unet: The UNet runner of a variant.
@@ -157,6 +161,8 @@ class LDMPipeline:
         latent_shape: (channels, height, width) of the latents.
         scaling_factor: Latents are divided by this before decoding (diffusers' ``vqvae.config.scaling_factor``).
         metadata: Fixed metadata (preset, variant, weights) merged into every result.
+        scheduler: The sampler calls use when they name none: ``ddim``, ``dpmpp`` or ``unipc``
+            (``edgediff.schedulers``).
     """
 
     def __init__(
@@ -167,6 +173,7 @@ class LDMPipeline:
         latent_shape: tuple[int, int, int],
         scaling_factor: float,
         metadata: dict[str, str] | None = None,
+        scheduler: str = "ddim",
     ) -> None:
         self.unet = unet
         self.decoder = decoder
@@ -174,12 +181,14 @@ class LDMPipeline:
         self.latent_shape = tuple(latent_shape)
         self.scaling_factor = float(scaling_factor)
         self.metadata = dict(metadata or {})
+        self.scheduler = check_scheduler(scheduler)
 
-    def make_scheduler(self) -> Any:
-        """A fresh ``DDIMScheduler`` (one per call, so concurrent generations do not share timestep state)."""
-        from diffusers import DDIMScheduler
+    def make_scheduler(self, name: str | None = None) -> Any:
+        """A fresh scheduler ``name`` (default: the pipeline's) over the model's config.
 
-        return DDIMScheduler.from_config(self.scheduler_config)
+        One per call, so concurrent generations do not share timestep state.
+        """
+        return make_scheduler(name or self.scheduler, self.scheduler_config)
 
     def denoise(
         self,
@@ -190,9 +199,12 @@ class LDMPipeline:
         generator: torch.Generator | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        scheduler: str | None = None,
     ) -> tuple[torch.Tensor, list[float]]:
-        """Run the DDIM loop from ``latents``; returns the final latents and each step's seconds."""
-        scheduler = self.make_scheduler()
+        """Run the sampling loop from ``latents``; returns the final latents and each step's seconds."""
+        name = scheduler or self.scheduler
+        extra = step_kwargs(name, eta=eta, generator=generator)
+        scheduler = self.make_scheduler(name)
         scheduler.set_timesteps(steps)
         latents = latents * scheduler.init_noise_sigma
         unet_fn = self.unet.sequence()
@@ -205,7 +217,7 @@ class LDMPipeline:
                 model_input = scheduler.scale_model_input(latents, t)
                 timestep = torch.full((latents.shape[0],), int(t), dtype=torch.int64)
                 noise = unet_fn(model_input, timestep)
-                latents = scheduler.step(noise, t, latents, eta=eta, generator=generator).prev_sample
+                latents = scheduler.step(noise, t, latents, **extra).prev_sample
                 step_s.append(time.perf_counter() - t0)
                 if on_step is not None:
                     on_step(index + 1, steps)
@@ -224,6 +236,7 @@ class LDMPipeline:
         batch: int = 1,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        scheduler: str | None = None,
     ) -> GenerationResult:
         """Generate ``batch`` images.
 
@@ -234,6 +247,7 @@ class LDMPipeline:
             batch: Images per call.
             should_stop: Polled before each step; returning True raises ``GenerationCancelled``.
             on_step: Called with (step, steps) after each step (progress bars).
+            scheduler: ``ddim``, ``dpmpp`` or ``unipc``; None uses the pipeline's (``edgediff.schedulers``).
 
         ``seed``, ``steps``, ``eta`` and ``batch`` are trusted: they were checked where the request entered
         (``edgediff.request.GenerationRequest.validated`` in the CLI, the gateway or Triton's pipeline model) or are
@@ -242,12 +256,14 @@ class LDMPipeline:
         Raises:
             GenerationCancelled: ``should_stop`` returned True.
         """
+        scheduler = check_scheduler(scheduler or self.scheduler, eta=eta)
         t_start = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = initial_latents(generator, batch, self.latent_shape)
         with torch.inference_mode():
             latents, step_s = self.denoise(
-                latents, steps=steps, eta=eta, generator=generator, should_stop=should_stop, on_step=on_step
+                latents, steps=steps, eta=eta, generator=generator, should_stop=should_stop, on_step=on_step,
+                scheduler=scheduler,
             )
             t_denoised = time.perf_counter()
             if should_stop is not None and should_stop():
@@ -258,5 +274,5 @@ class LDMPipeline:
         timings = StageTimings(
             denoise_s=t_denoised - t_start, decode_s=t_end - t_denoised, total_s=t_end - t_start, step_s=step_s
         )
-        metadata = run_metadata(self.metadata, steps=steps, eta=eta, seed=seed, batch=batch)
+        metadata = run_metadata(self.metadata, steps=steps, eta=eta, seed=seed, batch=batch, scheduler=scheduler)
         return GenerationResult(images=images, latents=latents, timings=timings, metadata=metadata)

@@ -16,6 +16,7 @@ from edgediff.constants import (
     DEEPCACHE_SEQUENCE_IDLE_S,
     LDM_INPUT_BATCH,
     LDM_INPUT_ETA,
+    LDM_INPUT_SCHEDULER,
     LDM_INPUT_SEED,
     LDM_INPUT_STEPS,
     LDM_OUTPUT_IMAGE,
@@ -180,6 +181,7 @@ def ldm_io(image_size: int) -> tuple[list[dict], list[dict]]:
         _tensor(LDM_INPUT_STEPS, "TYPE_INT32", [1]),
         _tensor(LDM_INPUT_ETA, "TYPE_FP32", [1], optional=True),
         _tensor(LDM_INPUT_BATCH, "TYPE_INT32", [1], optional=True),
+        _tensor(LDM_INPUT_SCHEDULER, "TYPE_STRING", [1], optional=True),
     ]
     outputs = [
         _tensor(LDM_OUTPUT_IMAGE, "TYPE_UINT8", [-1, image_size, image_size, 3]),

@@ -202,7 +202,8 @@ def _write_part_model(
             "cached": all(bool(r.get("cached")) for r in reports.values()), "skipped": None}
 
 
-def _write_ldm_model(components: LDMComponents, variant: str, target: Target, model_dir: Path) -> dict[str, Any]:
+def _write_ldm_model(components: LDMComponents, variant: str, target: Target, model_dir: Path,
+                     scheduler: str = "ddim") -> dict[str, Any]:
     names = model_names(variant)
     preset = components.preset
     interval = deepcache_interval(variant)
@@ -214,6 +215,7 @@ def _write_ldm_model(components: LDMComponents, variant: str, target: Target, mo
         "deepcache_interval": str(interval),
         "vqdec_model": names["vqdec"],
         "scheduler_config": json_parameter(components.scheduler_config),
+        "scheduler": scheduler,  # the sampler of requests without SCHEDULER (edgediff export --scheduler)
         "scaling_factor": repr(components.scaling_factor),
         "latent_shape": json_parameter(list(preset.latent_shape)),
         "image_size": str(preset.image_size),
@@ -267,6 +269,7 @@ def export_repository(
     configs_only: bool = False,
     weights_seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    scheduler: str = "ddim",
 ) -> dict:
     """Export ``variants`` of preset ``model`` for ``target`` into the Triton repository ``repo``.
 
@@ -284,6 +287,8 @@ def export_repository(
         configs_only: Write configs and the manifest without building any artifact (``artifact: null``).
         weights_seed: Seed of synthetic weights.
         progress: Called with one line per step (the CLI prints them).
+        scheduler: The sampler the pipeline models use when a request sends no ``SCHEDULER`` (``ddim``, ``dpmpp``,
+            ``unipc``).
 
     Returns:
         The manifest dict (also written to ``<repo>/manifest.json``).
@@ -341,7 +346,7 @@ def export_repository(
                                                              staging / models[role], blockers[variant])
                     if blockers[variant]:
                         say(f"{variant}: {part}: skipped: {blockers[variant]}")
-                entry["ldm"] = _write_ldm_model(components, variant, tgt, staging / models["ldm"])
+                entry["ldm"] = _write_ldm_model(components, variant, tgt, staging / models["ldm"], scheduler)
                 entry["skipped"] = blockers[variant]
                 if placement.deepcache_interval > 1:
                     entry["deepcache"] = {"interval": placement.deepcache_interval, "model": models["unet"],

@@ -172,10 +172,13 @@ _CPU_PLACEMENTS = (
     _cpu("openvino-bf16", "openvino", "model.xml"),
     _cpu("openvino-int8", "openvino-int8", "model.xml"),
     _cpu("openvino-bf16-int8dec", "openvino", "model.xml", decoder_format="openvino-int8"),
+    _cpu("openvino-fp32-int8dec", "openvino", "model.xml", decoder_format="openvino-int8"),
     # DeepCache: unet_<v> is one stateful Python model (DEEPCACHE_PART) holding both DeepCache artifacts
     _cpu("openvino-bf16-dc3", "openvino", "model.xml"),
     _cpu("openvino-int8-dc3", "openvino-int8", "model.xml"),
     _cpu("openvino-bf16-int8dec-dc3", "openvino", "model.xml", decoder_format="openvino-int8"),
+    _cpu("openvino-fp32-dc3", "openvino", "model.xml"),
+    _cpu("openvino-fp32-int8dec-dc3", "openvino", "model.xml", decoder_format="openvino-int8"),
 )
 
 TARGETS: dict[str, Target] = {

@@ -1,70 +1,78 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on a CPU machine, about 10 minutes on 2 cores with a cold artifact cache.
-#   1. quality: bench the fast CPU variants on the trained digits model; the quality gate marks the ones that lose
-#      image quality FAILED (they are never chosen as a default);
-#   2. speed: bench torch-fp32 and the variants that passed on the study's celebahq-256 architecture (the study's
-#      Table 1 + Figure 4, short: few steps and runs);
-#   3. serve: `edgediff up --profile cpu` with the fastest variant that passed (Triton + gateway + exporter +
-#      Prometheus when installed), a short Locust load test through the gateway (latency percentiles, images/s,
-#      energy per image or "no power sensor"), and the same variant benched through the gateway;
+# `make demo`: the main job on a CPU machine.
+#   0. the variants this machine can run (and why not the others);
+#   1. a first fast image: the first available fast variant (fp32 or bf16 kernels, DeepCache, int8 decoder where it
+#      is cheap to build) with DPM-Solver++ at 10 steps; its exports are the slow part of a cold start;
+#   2. `edgediff tune`: samplers and candidates gated on the trained digits model (a FAILED row is never chosen),
+#      then torch-fp32 DDIM-20 vs each candidate's cheapest passing row on the study's celebahq-256 architecture in
+#      one bench run; the fastest passing row becomes this machine's profile;
+#   3. serve: `edgediff up --profile cpu` with the profile's variant (the gateway serves its scheduler and steps by
+#      default), a short Locust load test through the gateway and the same variant benched through it;
 #   4. `edgediff down`. Everything lands in reports/.
+# The candidates below are filtered by the registry's availability probes (a CPU without native bf16 drops the bf16
+# ones); override with EDGEDIFF_DEMO_CANDIDATES. Candidates whose int8 UNet needs a long calibration are left to
+# `edgediff tune` run by hand (it tries every available variant by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 E=.venv/bin/edgediff
 PY=.venv/bin/python
 OUT=${EDGEDIFF_DEMO_OUT:-reports}
 MODEL=${EDGEDIFF_DEMO_MODEL:-celebahq-256}
-STEPS=${EDGEDIFF_DEMO_STEPS:-10}
-CANDIDATES=${EDGEDIFF_DEMO_CANDIDATES:-openvino-bf16-int8dec-dc3,openvino-bf16-dc3,openvino-int8,openvino-bf16,torch-bf16,onnx-fp32}
+CANDIDATES=${EDGEDIFF_DEMO_CANDIDATES:-openvino-bf16-int8dec-dc3,openvino-bf16-dc3,openvino-fp32-int8dec-dc3,openvino-fp32-dc3}
+RUNS=${EDGEDIFF_DEMO_RUNS:-2}
 STATE="$OUT/stack-state"
+START=$(date +%s)
 mkdir -p "$OUT"
 
-say() { printf '\n=== %s\n' "$*"; }
+say() { printf '\n=== [%ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 cleanup() { "$E" down --state-dir "$STATE" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 say "variants on this machine"
 "$E" variants
 
-say "1/4 quality gate on the trained digits model: torch-fp32 vs $CANDIDATES"
-"$E" bench --model digits --variants "torch-fp32,$CANDIDATES" --steps 20 --runs 1 --warmup 1 --no-plots \
-    --out "$OUT/quality"
-
-PASSED=$("$PY" - "$OUT/quality/report.json" "$CANDIDATES" <<'EOF'
-import json, sys
-from edgediff.bench.select import gate_passed
-passed = gate_passed(json.load(open(sys.argv[1])))
-print(",".join(v for v in sys.argv[2].split(",") if v in passed))
+AVAILABLE=$("$PY" - "$CANDIDATES" <<'EOF'
+import sys
+from edgediff.variants import get_variant
+print(",".join(v for v in sys.argv[1].split(",") if v and get_variant(v).availability().ok))
 EOF
 )
-say "passed the quality gate: ${PASSED:-none}"
+[ -n "$AVAILABLE" ] || { echo "none of $CANDIDATES can run here (see 'edgediff variants')" >&2; exit 2; }
+FIRST=${AVAILABLE%%,*}
 
-say "2/4 speed on $MODEL ($STEPS steps): torch-fp32 vs ${PASSED:-nothing}"
-"$E" bench --model "$MODEL" --variants "torch-fp32${PASSED:+,$PASSED}" --steps "$STEPS" --runs 2 --warmup 1 \
-    --out "$OUT/bench"
+say "1/4 first fast image: $FIRST, DPM-Solver++ 10 steps, on $MODEL (exports and int8 decoder calibration on first use)"
+"$E" generate --model "$MODEL" --variant "$FIRST" --scheduler dpmpp --steps 10 --out "$OUT/first-image.png"
+say "first fast image written: $OUT/first-image.png"
 
-SERVABLE=$("$PY" -c "from exporters.targets import get_target; print(','.join(get_target('cpu').placements))")
-DEFAULT=$("$PY" -m edgediff.bench.select --speed "$OUT/bench/report.json" --quality "$OUT/quality/report.json" \
-    --allowed "$SERVABLE")
-say "default served variant (fastest on $MODEL that passed the gate and Triton's cpu target serves): $DEFAULT"
+say "2/4 edgediff tune: candidates $AVAILABLE (quality gate on digits, speed on $MODEL vs torch-fp32 DDIM-20)"
+"$E" tune --model "$MODEL" --variants "$AVAILABLE" --runs "$RUNS" --warmup 1 --out "$OUT/tune"
+read -r DEFAULT SCHEDULER STEPS < <("$PY" - "$MODEL" <<'EOF'
+import sys
+from edgediff.bench.tune import load_profile
+choice = load_profile(sys.argv[1])["choice"]
+print(choice["variant"], choice["scheduler"], choice["steps"])
+EOF
+)
+say "this machine's profile: $DEFAULT, $SCHEDULER $STEPS steps (edgediff tune --show)"
 
-say "3/4 edgediff up --profile cpu --model $MODEL --variants $DEFAULT"
-"$E" up --profile cpu --model "$MODEL" --variants "$DEFAULT" --state-dir "$STATE" --detach
+say "3/4 edgediff up --profile cpu --model $MODEL (variant from the profile)"
+"$E" up --profile cpu --model "$MODEL" --state-dir "$STATE" --detach
 "$E" status --state-dir "$STATE"
 
 "$E" loadtest --smoke --target 127.0.0.1:50051 --steps "$STEPS" --duration 60s \
     --exporter http://127.0.0.1:9400/metrics --gateway-metrics http://127.0.0.1:9401/metrics \
     --out "$OUT/loadtest"
 
-"$E" bench --model "$MODEL" --variants "$DEFAULT" --steps "$STEPS" --runs 2 --warmup 1 --no-plots \
-    --through gateway 127.0.0.1:50051 --label served --out "$OUT/served"
+"$E" bench --model "$MODEL" --variants "$DEFAULT" --scheduler "$SCHEDULER" --steps "$STEPS" --runs 2 --warmup 1 \
+    --no-plots --through gateway 127.0.0.1:50051 --label served --out "$OUT/served"
 
 say "4/4 edgediff down"
 "$E" down --state-dir "$STATE"
 trap - EXIT
 
 say "done"
-echo "quality gate (digits):        $OUT/quality/report.md"
-echo "bench ($MODEL, in-process):   $OUT/bench/report.md  (samples: $OUT/bench/samples/)"
+echo "first fast image:             $OUT/first-image.png"
+echo "quality gate (digits):        $OUT/tune/quality/report.md (samplers: $OUT/tune/samplers/report.md)"
+echo "speed ($MODEL, in-process):   $OUT/tune/speed/report.md"
 echo "served through the gateway:   $OUT/served/report.md"
 echo "load test:                    $OUT/loadtest/loadtest.md"

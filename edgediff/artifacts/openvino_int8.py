@@ -37,6 +37,16 @@ costs little (188.8).
 """
 
 
+def quiet_nncf() -> None:
+    """Show NNCF's warnings only, unless edgediff runs with ``-v`` (root logger at INFO or lower).
+
+    NNCF logs every node it leaves in floating point at INFO: hundreds of lines per model.
+    """
+    nncf = require("nncf")
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        nncf.set_log_level(logging.WARNING)
+
+
 def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path) -> dict[str, Any]:
     """Quantize the IR at ``source`` with ``samples`` (one dict of named inputs per sample) into ``folder``.
 
@@ -52,6 +62,7 @@ def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path
     nncf = require("nncf")
     if not samples:
         raise ValueError("int8 quantization needs at least one calibration sample")
+    quiet_nncf()
     model = ov.Core().read_model(str(source))
     names = {name for port in model.inputs for name in port.get_names()}
     samples = [{k: v for k, v in sample.items() if k in names} for sample in samples]  # exporters drop unused inputs

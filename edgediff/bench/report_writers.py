@@ -16,8 +16,8 @@ from edgediff.io import atomic_write_csv, atomic_write_json, atomic_write_text, 
 MB = 1_000_000
 """Bytes per MB in the tables (SI)."""
 NA = "n/a"
-TABLE_COLUMNS = ("Variant", "Denoise p50 (s)", "Decode p50 (s)", "Total p50 (s)", "p90", "Speedup", "Peak mem (MB)",
-                 "Power (W)", "Energy/img (J)", "PSNR (dB)", "SSIM", "max \\|Δlatent\\|")
+TABLE_COLUMNS = ("Variant", "Sampler", "Denoise p50 (s)", "Decode p50 (s)", "Total p50 (s)", "p90", "Speedup",
+                 "Peak mem (MB)", "Power (W)", "Energy/img (J)", "PSNR (dB)", "SSIM", "max \\|Δlatent\\|")
 CSV_COLUMNS = (
     "variant", "role", "requested", "status", "reason", "backend", "precision", "device",
     "denoise_p50_s", "denoise_p90_s", "decode_p50_s", "decode_p90_s",
@@ -55,6 +55,13 @@ def _variant_label(entry: dict[str, Any]) -> str:
     if entry["role"] == "baseline":
         return f"{entry['name']} (baseline{'' if entry['requested'] else ', not requested'})"
     return entry["name"]
+
+
+def sampler_label(entry: dict[str, Any]) -> str:
+    """``"dpmpp 10"``: the scheduler and steps the row ran (reports before schedulers existed ran DDIM)."""
+    info = entry.get("info") or {}
+    steps = info.get("steps")
+    return f"{info.get('scheduler', 'ddim')} {steps}" if steps else NA
 
 
 # --- CSV --------------------------------------------------------------------------------------------------------
@@ -114,6 +121,7 @@ def table_row(entry: dict[str, Any]) -> list[str]:
     speedup = entry["speedup_vs_baseline"]
     return [
         _variant_label(entry),
+        sampler_label(entry),
         _num(lat["denoise"]["p50_s"]),
         _num(lat["decode"]["p50_s"]),
         _num(lat["total"]["p50_s"]),

@@ -94,6 +94,8 @@ class RunSpec:
         seed: First seed.
         threads: Intra-op threads (None: default).
         deepcache: DeepCache interval (1 = off).
+        scheduler: The sampler (``ddim``, ``dpmpp``, ``unipc``); ``variant`` may be a bench row
+            ``VARIANT@SCHEDULER:STEPS`` whose sampler and steps ``BenchConfig.spec`` put here.
         telemetry: Energy monitor options.
         idle_power_w: Idle baseline per domain measured by the parent, watts (net energy).
         sample_path: Where to write the first timed image as PNG, or None.
@@ -111,6 +113,7 @@ class RunSpec:
     seed: int = 0
     threads: int | None = None
     deepcache: int = 1
+    scheduler: str = "ddim"
     telemetry: TelemetryOptions = field(default_factory=TelemetryOptions)
     idle_power_w: dict[str, float] = field(default_factory=dict)
     sample_path: str | None = None
@@ -277,9 +280,11 @@ def measure_variant(
     import torch
 
     from edgediff.models import get_preset
+    from edgediff.schedulers import split_row
     from edgediff.variants import BuildOptions, build_variant, get_variant
 
     say = progress or (lambda _msg: None)
+    name = split_row(spec.variant)[0]  # a bench row VARIANT@SCHEDULER:STEPS builds VARIANT
     own_monitor = monitor is None and spec.telemetry.enabled
     if own_monitor:
         monitor = spec.telemetry.monitor().start()
@@ -294,18 +299,18 @@ def measure_variant(
     built = pipeline = None
     try:
         if components is None:  # what this variant needs: the torch modules, or only a ModelSpec (low memory)
-            components = get_variant(spec.variant).load_model(get_preset(spec.model), spec.weights,
-                                                              seed=spec.weights_seed)
+            components = get_variant(name).load_model(get_preset(spec.model), spec.weights, seed=spec.weights_seed)
         run.weights = _weights_dict(components)
         t0 = time.perf_counter()
-        built = build_variant(spec.variant, components,
-                              BuildOptions(threads=spec.threads, deepcache_interval=spec.deepcache))
+        built = build_variant(name, components, BuildOptions(threads=spec.threads, deepcache_interval=spec.deepcache))
         run.build_s = time.perf_counter() - t0
-        run.info = json.loads(json.dumps(built.info, default=str))
+        run.info = {**json.loads(json.dumps(built.info, default=str)), "scheduler": spec.scheduler,
+                    "steps": spec.steps}
         pipeline = built.pipeline(components)
         say(f"{spec.variant}: built in {run.build_s:.1f} s; {spec.warmup} warm-up run(s)")
         for _ in range(spec.warmup):
-            result = pipeline(seed=spec.seed, steps=spec.steps, eta=spec.eta, batch=spec.batch)
+            result = pipeline(seed=spec.seed, steps=spec.steps, eta=spec.eta, batch=spec.batch,
+                              scheduler=spec.scheduler)
             run.warmup_s.append(result.timings.total_s)
         setup = process_memory()
         gc.collect()
@@ -320,7 +325,8 @@ def measure_variant(
             monitor.begin_window(spec.variant)
         try:
             for seed in spec.seeds():
-                results.append(pipeline(seed=seed, steps=spec.steps, eta=spec.eta, batch=spec.batch))
+                results.append(pipeline(seed=seed, steps=spec.steps, eta=spec.eta, batch=spec.batch,
+                                        scheduler=spec.scheduler))
         finally:
             measurement = monitor.end_window(spec.variant) if monitor is not None else None
         after = process_memory()

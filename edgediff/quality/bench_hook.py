@@ -39,21 +39,29 @@ def make_quality_hook(config: Any, *, samples: int = QUALITY_SAMPLES) -> Any:
 
     if config.model != QUALITY_PRESET:
         return None
+    from edgediff.schedulers import DDIM, split_row
+
     cache: dict[tuple[str, int], QualityScores] = {}
     state: dict[str, Any] = {}
+    reference = (f"{BASELINE}@{DDIM}:{config.steps}" if getattr(config, "scheduler", DDIM) != DDIM else BASELINE)
+    """The gate's reference: torch-fp32 with DDIM (the study's sampler) at the bench's steps, whatever sampler the
+    rows use, so a faster sampler at fewer steps is judged against DDIM's quality."""
 
-    def local_images(variant: str, deepcache: int) -> np.ndarray:
+    def local_images(row: str, deepcache: int) -> np.ndarray:
         from edgediff.models import get_preset, load_components
         from edgediff.quality.samples import sample_images
         from edgediff.variants import BuildOptions, build_variant
+
+        variant, scheduler, steps = split_row(row)
+        scheduler = scheduler or getattr(config, "scheduler", DDIM)
 
         if "components" not in state:
             state["components"] = load_components(get_preset(config.model), config.weights,
                                                   seed=config.weights_seed, warn=False)
         components = state["components"]
         built = build_variant(variant, components, BuildOptions(threads=config.threads, deepcache_interval=deepcache))
-        return sample_images(built.pipeline(components), samples=samples, steps=config.steps, seed=QUALITY_SEED,
-                             eta=config.eta)
+        return sample_images(built.pipeline(components), samples=samples, steps=steps or config.steps,
+                             seed=QUALITY_SEED, eta=config.eta, scheduler=scheduler)
 
     def scores_of(variant: str, deepcache: int, images: np.ndarray | None = None) -> QualityScores:
         key = (variant, deepcache)
@@ -66,8 +74,11 @@ def make_quality_hook(config: Any, *, samples: int = QUALITY_SAMPLES) -> Any:
         try:
             if local:
                 scores = scores_of(variant, config.deepcache)
-                baseline = scores_of(BASELINE, 1)  # the reference never uses DeepCache
-                source = f"{samples} images generated for quality (seeds {QUALITY_SEED}.., {config.steps} steps)"
+                baseline = scores_of(reference, 1)  # the reference never uses DeepCache
+                _, scheduler, steps = split_row(variant)
+                source = (f"{samples} images generated for quality (seeds {QUALITY_SEED}.., "
+                          f"{scheduler or getattr(config, 'scheduler', DDIM)} {steps or config.steps} steps; "
+                          f"reference {BASELINE} {DDIM} {config.steps} steps)")
             else:
                 base_images = context.get("baseline_images")
                 scores = scores_of(variant, config.deepcache, images)

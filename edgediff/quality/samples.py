@@ -18,6 +18,7 @@ def sample_images(
     seed: int = 0,
     batch: int = DEFAULT_BATCH,
     eta: float = 0.0,
+    scheduler: str | None = None,
 ) -> np.ndarray:
     """Generate ``samples`` images as uint8 ``[N, H, W, 3]``.
 
@@ -31,6 +32,7 @@ def sample_images(
         seed: Seed of the first call.
         batch: Images per call.
         eta: DDIM eta.
+        scheduler: ``ddim``, ``dpmpp`` or ``unipc``; None uses the pipeline's.
     """
     from edgediff.errors import InvalidArgumentError
 
@@ -41,7 +43,7 @@ def sample_images(
     call = 0
     while done < samples:
         n = min(batch, samples - done)
-        chunks.append(pipeline(seed=seed + call, steps=steps, eta=eta, batch=n).images)
+        chunks.append(pipeline(seed=seed + call, steps=steps, eta=eta, batch=n, scheduler=scheduler).images)
         done += n
         call += 1
     return np.concatenate(chunks)

@@ -32,6 +32,7 @@ class GeneratorClient:
         tls_server_name: Override the name checked against the certificate (when ``target`` is an IP that the
             certificate does not list).
         timeout_s: Default deadline of every call (None: no deadline).
+        channel_options: More gRPC channel arguments (e.g. a service config with a retry policy).
     """
 
     def __init__(
@@ -42,9 +43,11 @@ class GeneratorClient:
         tls_ca: bytes | str | Path | None = None,
         tls_server_name: str | None = None,
         timeout_s: float | None = None,
+        channel_options: list[tuple[str, Any]] | None = None,
     ) -> None:
         options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                          *(channel_options or [])]
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
         if tls_ca is not None:
@@ -71,6 +74,7 @@ class GeneratorClient:
         batch_size: int = 0,
         format: str = "png",
         timeout_s: float | None = None,
+        scheduler: str = "",
     ) -> Any:
         """Call ``Generate``; returns the ``GenerateResponse`` (``images`` are PNG bytes).
 
@@ -82,9 +86,10 @@ class GeneratorClient:
             batch_size: Images (0: 1).
             format: ``png``.
             timeout_s: Deadline of this call (default: the client's).
+            scheduler: ``ddim``, ``dpmpp`` or ``unipc`` ("": the server's default).
         """
         request = generator_pb2.GenerateRequest(seed=seed, steps=steps, eta=eta, variant=variant,
-                                                batch_size=batch_size, format=format)
+                                                batch_size=batch_size, format=format, scheduler=scheduler)
         return self._stub.Generate(request, timeout=self._timeout(timeout_s), metadata=self._metadata)
 
     def list_variants(self, timeout_s: float | None = None) -> Any:

@@ -56,12 +56,12 @@ def test_quality_with_fid_uses_the_given_torchscript_file(tmp_path):
 @pytest.mark.slow
 def test_quality_gate_of_generated_images(tmp_path):
     out = tmp_path / "gate.json"
-    proc = run_cli("quality", "--model", "digits", "--variant", "torch-bf16", "--samples", "16", "--gate",
+    proc = run_cli("quality", "--model", "digits", "--variant", "jit-fp32", "--samples", "16", "--gate",
                    "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["gate"]["passed"] is True
-    assert result["source"]["variant"] == "torch-bf16"
+    assert result["source"]["variant"] == "jit-fp32"
     assert result["baseline"]["samples"] == 16
     assert "quality gate: PASSED" in proc.stdout
 

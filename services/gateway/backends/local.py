@@ -120,7 +120,8 @@ class LocalBackend(Backend):
                  ) -> BackendResult:
         """Run the pipeline; ``should_stop`` is polled before every DDIM step and before decoding."""
         pipeline = self._pipeline(args.variant)
-        result = pipeline(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch, should_stop=should_stop)
+        result = pipeline(seed=args.seed, steps=args.steps, eta=args.eta, batch=args.batch, should_stop=should_stop,
+                          scheduler=args.scheduler)
         t = result.timings
         return BackendResult(
             images=[result.png_bytes(i) for i in range(args.batch)],

@@ -20,6 +20,7 @@ from edgediff.availability import require
 from edgediff.constants import (
     LDM_INPUT_BATCH,
     LDM_INPUT_ETA,
+    LDM_INPUT_SCHEDULER,
     LDM_INPUT_SEED,
     LDM_INPUT_STEPS,
     LDM_OUTPUT_IMAGE,
@@ -297,7 +298,10 @@ class TritonBackend(Backend):
         from tritonclient.utils import triton_to_np_dtype
 
         values = {LDM_INPUT_SEED: args.seed, LDM_INPUT_STEPS: args.steps, LDM_INPUT_ETA: args.eta,
-                  LDM_INPUT_BATCH: args.batch}
+                  LDM_INPUT_BATCH: args.batch, LDM_INPUT_SCHEDULER: args.scheduler}
+        if args.scheduler != "ddim" and LDM_INPUT_SCHEDULER not in info.inputs:
+            raise VariantUnavailableError(f"ldm_{args.variant} has no {LDM_INPUT_SCHEDULER} input (exported before "
+                                          f"schedulers existed): re-export it to serve scheduler {args.scheduler}")
         inputs = []
         for name, value in values.items():
             if name not in info.inputs:
@@ -340,7 +344,8 @@ class TritonBackend(Backend):
         images = images.reshape(-1, *images.shape[-3:])
         timings = dict(zip(LDM_TIMINGS_FIELDS, result.as_numpy(LDM_OUTPUT_TIMINGS).reshape(-1).tolist(),
                            strict=True))
-        metadata = run_metadata(info.png_base(), steps=args.steps, eta=args.eta, seed=args.seed, batch=args.batch)
+        metadata = run_metadata(info.png_base(), steps=args.steps, eta=args.eta, seed=args.seed, batch=args.batch,
+                                scheduler=args.scheduler)
         return BackendResult(
             images=[encode_png(np.ascontiguousarray(image), metadata) for image in images],
             denoise_s=float(timings["denoise_s"]),

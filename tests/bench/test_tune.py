@@ -1,0 +1,128 @@
+"""``edgediff tune``: the choice is always a row that passed the gate, and a profile from another machine is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgediff.bench import tune as tune_mod
+from edgediff.bench.tune import (
+    ProfileError,
+    TuneConfig,
+    load_profile,
+    machine_fingerprint,
+    profile_defaults,
+    profile_path,
+    tune,
+    write_profile,
+)
+
+
+def _entry(name, *, p50, passed=None, role="variant", status="ok"):
+    quality = None if passed is None else {
+        "gate": {"passed": passed, "status": "PASSED" if passed else "FAILED", "reasons": []},
+        "scores": {"digits_fd": 1.0}, "baseline_scores": {"digits_fd": 1.0}, "summary": "x"}
+    return {"name": name, "role": role, "status": status, "quality": quality, "info": {"threads": 2},
+            "latency": {"total": {"p50_s": p50}}, "speedup_vs_baseline": 10.0 / p50}
+
+
+def _fake_bench(gates: dict[str, bool], speeds: dict[str, float], calls: list):
+    """Stand-in for the bench stages: gate results and speeds are this test's inputs (not measurements)."""
+
+    def bench(config, *, model, rows, out, runs, warmup, say):
+        calls.append((out.name, list(rows)))
+        entries = [_entry("torch-fp32", p50=10.0, passed=True, role="baseline")]
+        for row in rows:
+            if row == "torch-fp32":
+                continue
+            if out.name == "speed":
+                entries.append(_entry(row, p50=speeds[row]))
+            else:
+                entries.append(_entry(row, p50=1.0, passed=gates.get(row, False)))
+        return {"variants": entries, "weights": {"label": "synthetic"}}
+
+    return bench
+
+
+def test_tune_picks_the_fastest_passing_row_never_a_failing_one(tmp_path, monkeypatch):
+    gates = {"torch-fp32@dpmpp:10": True, "torch-fp32@unipc:10": False,  # stage 1: unipc fails, dpmpp passes
+             "fast-a@ddim:20": True, "fast-a@dpmpp:10": False,            # fast-a only passes with DDIM-20
+             "fast-b@ddim:20": True, "fast-b@dpmpp:10": True,
+             "wrong@ddim:20": False, "wrong@dpmpp:10": False}             # the fastest fails everywhere
+    speeds = {"fast-a@ddim:20": 2.0, "fast-b@dpmpp:10": 2.5, "wrong@ddim:20": 0.1, "wrong@dpmpp:10": 0.05}
+    calls: list = []
+    monkeypatch.setattr(tune_mod, "_bench", _fake_bench(gates, speeds, calls))
+    monkeypatch.setattr(tune_mod, "candidate_variants", lambda names: (["fast-a", "fast-b", "wrong"], {}))
+    config = TuneConfig(model="tiny", samplers=(("dpmpp", 10), ("unipc", 10), ("unipc", 8)), out=tmp_path / "r",
+                        profile_root=tmp_path)
+    profile = tune(config, say=lambda _line: None)
+    assert profile["choice"] == {"variant": "fast-a", "scheduler": "ddim", "steps": 20, "threads": 2}
+    speed_rows = dict(calls)["speed"]
+    assert "wrong@ddim:20" not in speed_rows and "wrong@dpmpp:10" not in speed_rows  # never even timed
+    assert sorted(speed_rows) == ["fast-a@ddim:20", "fast-b@dpmpp:10", "torch-fp32"]  # cheapest passing row each
+    assert dict(calls)["samplers"] == ["torch-fp32@dpmpp:10", "torch-fp32@unipc:10", "torch-fp32@unipc:8"]
+    assert not any("unipc" in row for row in dict(calls)["quality"])  # a sampler that failed stage 1 is dropped
+    saved = json.loads(profile_path("tiny", tmp_path).read_text())
+    assert saved["choice"]["variant"] == "fast-a" and saved["quality"]["gate"]["passed"] is True
+    assert saved["machine"] == machine_fingerprint()
+
+
+def test_tune_refuses_when_nothing_passes(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune_mod, "_bench", _fake_bench({}, {}, []))
+    monkeypatch.setattr(tune_mod, "candidate_variants", lambda names: (["wrong"], {}))
+    with pytest.raises(ProfileError, match="no candidate passed the quality gate"):
+        tune(TuneConfig(model="tiny", samplers=(), out=tmp_path / "r", profile_root=tmp_path), say=lambda _l: None)
+    assert not profile_path("tiny", tmp_path).exists()
+
+
+def _profile(machine):
+    return {"schema": 1, "model": "tiny", "machine": machine,
+            "choice": {"variant": "openvino-fp32-dc3", "scheduler": "dpmpp", "steps": 10, "threads": 2}}
+
+
+def test_a_profile_from_another_machine_is_refused(tmp_path):
+    here = machine_fingerprint()
+    other = {**here, "cpu_model": "Some Other CPU", "cpu_flags": [*here["cpu_flags"], "avx512_bf16"]}
+    write_profile(_profile(other), profile_path("tiny", tmp_path))
+    with pytest.raises(ProfileError, match=r"written on another machine.*cpu_model.*--revalidate"):
+        load_profile("tiny", root=tmp_path)
+    warnings: list[str] = []
+    assert profile_defaults("tiny", root=tmp_path, warn=warnings.append) is None
+    assert len(warnings) == 1 and "refused" in warnings[0]
+
+    write_profile(_profile(here), profile_path("tiny", tmp_path))
+    assert profile_defaults("tiny", root=tmp_path) == {"variant": "openvino-fp32-dc3", "scheduler": "dpmpp",
+                                                       "steps": 10, "threads": 2}
+
+
+def test_revalidate_checks_only_the_saved_choice(tmp_path, monkeypatch):
+    here = machine_fingerprint()
+    write_profile(_profile({**here, "cpu_model": "Some Other CPU"}), profile_path("tiny", tmp_path))
+    calls: list = []
+    monkeypatch.setattr(tune_mod, "_bench", _fake_bench({"openvino-fp32-dc3@dpmpp:10": True},
+                                                        {"openvino-fp32-dc3@dpmpp:10": 1.0}, calls))
+    profile = tune(TuneConfig(model="tiny", out=tmp_path / "r", profile_root=tmp_path, revalidate=True),
+                   say=lambda _l: None)
+    assert [stage for stage, _ in calls] == ["quality", "speed"]
+    assert dict(calls)["quality"] == ["openvino-fp32-dc3@dpmpp:10"]
+    assert load_profile("tiny", root=tmp_path)["choice"] == profile["choice"]  # now valid here
+
+
+def test_unreadable_profile_is_a_clear_error(tmp_path):
+    path = profile_path("tiny", tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(ProfileError, match="unreadable"):
+        load_profile("tiny", root=tmp_path)
+
+
+def test_candidates_come_from_the_registry_and_its_probes():
+    from edgediff.variants import BASELINE, get_variant
+
+    names, skipped = tune_mod.candidate_variants()
+    assert BASELINE not in names and names
+    for name in names:
+        assert get_variant(name).availability().ok
+    for name, why in skipped.items():
+        assert why and (not get_variant(name).availability().ok or "-lowmem" in name)
