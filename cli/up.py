@@ -77,18 +77,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     return _up_local(args, variants, state_dir)
 
 
-def _up_local(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:
-    from edgediff.variants import get_variant
-    from services.stack.local_runtime import LocalStackConfig, build_specs, ensure_repository, parse_ports, shm_prefix
-    from services.stack.supervisor import Supervisor
-
-    for name in variants:
-        get_variant(name)
-    config = LocalStackConfig(
-        profile=args.profile, model=args.model, variants=variants, repo=Path(args.repo).resolve(),
-        state_dir=state_dir, ports=parse_ports(args.ports), weights=args.weights,
-        exporter_args=list(args.exporter_arg), with_prometheus=not args.no_prometheus,
-    )
 def refuse_if_running(state_dir: Path) -> None:
     """Refuse to start a second stack over the same state: one whose supervisor runs, or its orphaned services.
 
@@ -116,6 +104,18 @@ def refuse_if_running(state_dir: Path) -> None:
                             f"--state-dir {state_dir}', then run 'edgediff up' again")
 
 
+def _up_local(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:
+    from edgediff.variants import get_variant
+    from services.stack.local_runtime import LocalStackConfig, build_specs, ensure_repository, parse_ports, shm_prefix
+    from services.stack.supervisor import Supervisor
+
+    for name in variants:
+        get_variant(name)
+    config = LocalStackConfig(
+        profile=args.profile, model=args.model, variants=variants, repo=Path(args.repo).resolve(),
+        state_dir=state_dir, ports=parse_ports(args.ports), weights=args.weights,
+        exporter_args=list(args.exporter_arg), with_prometheus=not args.no_prometheus,
+    )
     state_dir.mkdir(parents=True, exist_ok=True)
     print(ensure_repository(config), flush=True)
     meta = {"profile": args.profile, "model": args.model, "variants": variants, "repo": str(config.repo),
