@@ -92,8 +92,10 @@ def gpu_info() -> dict[str, Any]:
 
 
 def _run(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False)
+    from edgediff.processes import run_child
+
+    try:  # an owned child (edgediff.processes): stopped on timeout and with this process
+        done = run_child(command, timeout_s=_PROBE_TIMEOUT_S, capture=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
