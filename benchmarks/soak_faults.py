@@ -441,6 +441,9 @@ def soak(args: argparse.Namespace, state_dir: Path, target: str, ports: dict[str
         "faults injected (2 Triton kills, 1 gateway restart) and recovered": len(events) == 3 and all(
             e.get("serving_again_after_s") is not None for e in events),
         "serving at the end": serving_at_end,
+        "requests completed": summary["completed"] > 0,
+        "no INTERNAL/UNKNOWN to well-formed requests": not any(
+            code in BAD_CODES for code in TALLY.failed_by_code),
     }
     report["summary"], report["checks"] = summary, checks
     print_markdown(summary, checks)

@@ -23,6 +23,8 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed (
 
 VARIANT = "torch-fp32"
 REQUEST = {"seed": 5, "steps": 6, "eta": 0.5, "batch_size": 2, "variant": VARIANT}
+HELD_DEADLINE_S = 600.0
+"""Deadline and --max-backend-wait of the request held while Triton restarts (slow on a loaded machine)."""
 
 
 def _wait_health(client: GeneratorClient, wanted: str, timeout_s: float) -> str:
@@ -95,7 +97,8 @@ def triton(triton_repo: Path, triton_ports: dict[str, int]) -> Iterator[dict[str
 def triton_gateway(triton: dict[str, Any]) -> Iterator[GatewayServer]:
     server = triton["server"]
     config = GatewayConfig(backend="triton", triton_url=server.grpc_url, port=0, metrics_port=free_port(),
-                           max_concurrency=2, max_queue=2, health_interval_s=0.25, shutdown_grace_s=2.0)
+                           max_concurrency=2, max_queue=2, health_interval_s=0.25, shutdown_grace_s=2.0,
+                           max_backend_wait_s=HELD_DEADLINE_S)
     gateway = GatewayServer(config).start()
     try:
         yield gateway
@@ -138,6 +141,7 @@ def test_deadline_cancels_the_triton_call(triton_gateway: GatewayServer) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_kill_triton_then_restart(triton_gateway: GatewayServer, triton: dict[str, Any], triton_repo: Path,
                                   triton_ports: dict[str, int]) -> None:
     port = triton_gateway.metrics_port
@@ -168,8 +172,8 @@ def test_kill_triton_then_restart(triton_gateway: GatewayServer, triton: dict[st
         held: list[object] = []
 
         def while_down() -> None:  # accepted while Triton is away: waits for it instead of failing
-            try:
-                held.append(client.generate(**REQUEST))
+            try:  # a deadline longer than a slow Triton restart on a loaded machine
+                held.append(client.generate(**REQUEST, timeout_s=HELD_DEADLINE_S))
             except grpc.RpcError as exc:
                 held.append(exc)
 
@@ -178,7 +182,7 @@ def test_kill_triton_then_restart(triton_gateway: GatewayServer, triton: dict[st
         time.sleep(1.0)
         assert held == [] and triton_gateway.admission.waiting == 1
         triton["server"] = _start_triton(triton_repo, triton_ports)  # same ports; the gateway is not restarted
-        waiter.join(timeout=120)
+        waiter.join(timeout=HELD_DEADLINE_S + 10)
         assert len(held) == 1 and not isinstance(held[0], grpc.RpcError), held
         assert held[0].timings.backend_wait_ms >= 1000.0
         assert list(held[0].images) == list(before.images)
