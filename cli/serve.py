@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require metadata 'authorization: Bearer <token>' with the token in FILE")
     parser.add_argument("--threads", type=int, default=None,
                         help="local backend: intra-op threads (default: $EDGEDIFF_THREADS or physical cores)")
+    parser.add_argument("--max-memory", type=parse_memory_size, default=None, metavar="SIZE",
+                        help="local backend: memory budget (bytes, or with K/M/G: 1.5G); without --variant a budget "
+                             "(or, when not given, total RAM) under 3 GiB makes torch-int8-lowmem the default")
     parser.add_argument("--no-preload", action="store_true",
                         help="local backend: build the default variant on the first request instead of at start")
     parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S",
@@ -52,6 +55,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds an accepted request that has not started waits for the backend to serve "
                              "again (Triton restarting) before UNAVAILABLE, within its own deadline; 0 fails at "
                              "once (default: %(default)s)")
+
+
+def parse_memory_size(text: str) -> int:
+    """``"600M"``, ``"1.5G"``, ``"123456"`` -> bytes (K, M, G are powers of 1024); an argparse type."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        number = float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"--max-memory must be a positive size like 600M or 1.5G, got {text!r}")
+    return int(number)
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -67,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         variant=args.variant, host=args.host, port=args.port, metrics_port=args.metrics_port,
         triton_url=args.triton_url, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
         max_batch=args.max_batch, tls_cert=args.tls_cert, tls_key=args.tls_key, token=token, threads=args.threads,
-        preload=not args.no_preload, shutdown_grace_s=args.shutdown_grace, health_interval_s=args.health_interval,
+        preload=not args.no_preload, max_memory=args.max_memory, shutdown_grace_s=args.shutdown_grace,
+        health_interval_s=args.health_interval,
         max_backend_wait_s=args.max_backend_wait,
     )
     config.check()

@@ -68,6 +68,8 @@ class GatewayConfig:
         token: Bearer token required from clients (None: no auth). Never logged.
         threads: Intra-op threads of the local backend.
         preload: Local backend: build the default variant before serving.
+        max_memory: Local backend: memory budget in bytes; with no ``variant`` it (else the total RAM) chooses the
+            default (the low-memory one when short).
         shutdown_grace_s: Seconds in-flight requests get to finish on shutdown.
         health_interval_s: Triton backend: seconds between health probes.
         max_backend_wait_s: Seconds an accepted, not yet started request waits for the backend to serve again
@@ -91,6 +93,7 @@ class GatewayConfig:
     token: str | None = field(default=None, repr=False)
     threads: int | None = None
     preload: bool = True
+    max_memory: int | None = None
     shutdown_grace_s: float = 30.0
     health_interval_s: float = 1.0
     max_backend_wait_s: float = DEFAULT_MAX_BACKEND_WAIT_S
@@ -126,7 +129,8 @@ def make_backend(config: GatewayConfig) -> Backend:
     module = importlib.import_module(backend_module(config.backend))
     if config.backend == "local":
         return module.LocalBackend(config.model, weights=config.weights, weights_seed=config.weights_seed,
-                                   default_variant=config.variant, threads=config.threads, preload=config.preload)
+                                   default_variant=config.variant, threads=config.threads, preload=config.preload,
+                                   max_memory=config.max_memory)
     return module.TritonBackend(config.triton_url, default_variant=config.variant,
                                 health_interval_s=config.health_interval_s)
 

@@ -2,6 +2,11 @@
 
 Variants are built lazily on first use and cached; only the chosen variant's runtime is imported, so a phone with
 torch alone serves ``torch-fp32`` while ``onnx-*``/``openvino-*`` report why they are unavailable.
+
+When no default variant is given and memory is short (``--max-memory``, else the machine's total RAM, below
+``LOWMEM_BELOW_BYTES``), the default is ``PHONE_VARIANT``: plain PyTorch with compact weights streamed layer by layer.
+Its model is then loaded as a ``ModelSpec`` (the fp32 modules are never built; a variant that needs them loads them
+on first use), and ListVariants says why it is the default.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ import threading
 from collections.abc import Callable
 from pathlib import PurePath
 
-from edgediff.models import LDMComponents, get_preset, load_components
+from edgediff.models import get_preset, load_components
+from edgediff.models.spec import ModelSpec
 from edgediff.pipeline import LDMPipeline
 from edgediff.variants import BASELINE, BuildOptions, build_variant, get_variant, require_available, variant_names
+from edgediff.variants.base import Variant
 from services.gateway.backends.base import (
     Backend,
     BackendResult,
@@ -23,6 +30,34 @@ from services.gateway.backends.base import (
 )
 
 logger = logging.getLogger(__name__)
+
+PHONE_VARIANT = "torch-int8-lowmem"
+"""The default when memory is short: passes the digits quality gate, about 0.6 GB peak for a celebahq-256 image."""
+LOWMEM_BELOW_BYTES = 3 * 1024**3
+"""Memory budget below which ``PHONE_VARIANT`` is the default: torch-fp32 needs about 2.2 GB for a celebahq-256
+image (benchmarks/RESULTS.md), and a budget under 3 GiB leaves it no margin."""
+
+
+def memory_budget(max_memory: int | None = None) -> tuple[int, str]:
+    """``(bytes, where from)``: ``max_memory`` when given (``--max-memory``), else the machine's total RAM."""
+    if max_memory is not None:
+        return int(max_memory), "--max-memory"
+    import psutil
+
+    return int(psutil.virtual_memory().total), "total RAM"
+
+
+def choose_default_variant(max_memory: int | None = None) -> tuple[str, str]:
+    """``(variant, why)``: ``PHONE_VARIANT`` when the memory budget is below ``LOWMEM_BELOW_BYTES``, else the baseline.
+
+    Args:
+        max_memory: The service's memory budget in bytes, or None to use the machine's total RAM.
+    """
+    budget, source = memory_budget(max_memory)
+    if budget < LOWMEM_BELOW_BYTES:
+        return PHONE_VARIANT, (f"default because memory is short: {source} {budget / 1024**3:.2f} GiB < "
+                               f"{LOWMEM_BELOW_BYTES / 1024**3:.0f} GiB")
+    return BASELINE, ""
 
 
 class LocalBackend(Backend):
@@ -36,6 +71,8 @@ class LocalBackend(Backend):
         threads: Intra-op threads (None: ``$EDGEDIFF_THREADS`` or physical cores).
         preload: Build the default variant at ``start`` and run one 1-step warm-up, so the first request
             does not pay for either.
+        max_memory: Memory budget in bytes (``--max-memory``); with no ``default_variant`` it (or the total RAM)
+            chooses the default (``choose_default_variant``).
     """
 
     name = "local"
@@ -49,15 +86,21 @@ class LocalBackend(Backend):
         default_variant: str | None = None,
         threads: int | None = None,
         preload: bool = True,
+        max_memory: int | None = None,
     ) -> None:
         super().__init__()
         self._preset = get_preset(model)
         self._weights = weights
         self._weights_seed = weights_seed
-        self._default = default_variant or BASELINE
+        if default_variant:
+            self._default, self._default_reason = default_variant, ""
+        else:
+            self._default, self._default_reason = choose_default_variant(max_memory)
+            if self._default_reason:
+                logger.warning("default variant %s: %s", self._default, self._default_reason)
         self._options = BuildOptions(threads=threads)
         self._preload = preload
-        self._components: LDMComponents | None = None
+        self._components: ModelSpec | None = None
         self._pipelines: dict[str, LDMPipeline] = {}
         self._build_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -65,13 +108,17 @@ class LocalBackend(Backend):
     def start(self) -> None:
         """Check the default variant, load the weights, and build and warm up the default variant when preloading."""
         require_available(self._default)
-        self._components = load_components(self._preset, self._weights, seed=self._weights_seed, warn=True)
+        variant = get_variant(self._default)
+        if type(variant).load_model is not Variant.load_model:  # low memory: from its artifacts, no fp32 modules
+            self._components = variant.load_model(self._preset, self._weights, seed=self._weights_seed)
+        else:
+            self._components = load_components(self._preset, self._weights, seed=self._weights_seed, warn=True)
         if self._preload:
             self._pipeline(self._default)(seed=0, steps=1, batch=1)  # warm-up: first-call allocations, lazy init
 
     @property
-    def components(self) -> LDMComponents:
-        """The loaded model (after ``start``)."""
+    def components(self) -> ModelSpec:
+        """The loaded model (after ``start``): the modules, or a ``ModelSpec`` when the default is a low-memory one."""
         if self._components is None:
             raise RuntimeError("LocalBackend.start() was not called")
         return self._components
@@ -91,7 +138,8 @@ class LocalBackend(Backend):
     def variant_status(self, name: str) -> VariantStatus:  # noqa: D102
         variant = get_variant(name)
         avail = variant.availability()
-        return VariantStatus(name=name, available=avail.ok, reason=avail.reason, backend=variant.backend,
+        reason = avail.reason if not avail.ok else (self._default_reason if name == self._default else "")
+        return VariantStatus(name=name, available=avail.ok, reason=reason, backend=variant.backend,
                              precision=variant.precision)
 
     def default_variant(self) -> str:  # noqa: D102
