@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # CPU installs pin torch to the 2.13.0 wheel; GPU images bring their own torch.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup system-deps test lint demo clean
+.PHONY: setup system-deps test lint demo clean engine images images-arm64
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,19 @@ system-deps:
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup system-deps lint
+# engine: a Docker engine for tests/deploy/test_engine_e2e.py (started when root and none answers).
+test: setup system-deps lint engine
 	$(PY) -m pytest -q
+
+engine:
+	@bash scripts/start-docker-engine.sh
+
+# Every image this machine can build (offline too: docker/README.md); arm64 under emulation, with a generation.
+images: system-deps engine
+	bash scripts/build-images.sh
+
+images-arm64: setup system-deps engine
+	bash scripts/arm64-check.sh
 
 demo: setup system-deps
 	bash scripts/demo.sh

@@ -49,15 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for the stack to be healthy with --detach (default: %(default)s)")
 
 
-def _docker_engine_answers() -> bool:
-    try:
-        import docker
+def _auto_runtime(profile: str) -> str:
+    """``docker`` when the Docker runtime can start ``profile`` here, else ``local``; says which and why."""
+    from services.stack.docker_runtime import choose_runtime
+    from services.stack.local_runtime import REPO_ROOT
 
-        client = docker.from_env(timeout=3)
-        client.ping()
-        return True
-    except Exception:  # no SDK, no socket, no permission: all mean "no engine"
-        return False
+    runtime, why = choose_runtime(profile, REPO_ROOT / "compose.yaml")
+    print(f"runtime auto: {'Docker containers' if runtime == 'docker' else 'local processes'} ({why})", flush=True)
+    return runtime
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -66,7 +65,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     refuse_if_running(state_dir)
     runtime = args.runtime
     if runtime == "auto":
-        runtime = "docker" if _docker_engine_answers() else "local"
+        runtime = _auto_runtime(args.profile)
     variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS[args.profile]).split(",") if v.strip()]
     if not variants:
         raise InvalidArgumentError("--variants: give at least one variant")

@@ -61,6 +61,7 @@ COPY edgediff ./edgediff
 COPY exporters ./exporters
 COPY services ./services
 COPY loadtest ./loadtest
+COPY cli ./cli
 # No `gpu` extra: TensorRT comes with JetPack (its Python 3.10 bindings are in the base image) and PyPI has no
 # onnxruntime-gpu for Jetson; the export builds TensorRT plans from the ONNX graph, which the CPU onnxruntime checks.
 # DL3013 ("pin versions in pip") does not apply: this installs the repository itself, whose dependencies are

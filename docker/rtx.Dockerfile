@@ -44,6 +44,7 @@ COPY edgediff ./edgediff
 COPY exporters ./exporters
 COPY services ./services
 COPY loadtest ./loadtest
+COPY cli ./cli
 # The `onnx` extra brings the CPU onnxruntime (used by the export) and `gpu` brings onnxruntime-gpu; both install the
 # same `onnxruntime` module, so the CPU one is removed and the GPU one reinstalled over it. tritonclient is installed
 # alone: the `triton` extra would add the pytriton wheel's own Triton 2.51, which this image does not need.

@@ -45,6 +45,7 @@ from services.stack.compose.project import (
     ComposeService,
     load_compose,
 )
+from services.stack.compose.tool import find_tool
 from services.stack.state import default_state_dir, read_state, remove_state, write_state
 from services.stack.supervisor import StackError
 
@@ -137,6 +138,39 @@ def compose_environment(
         env[COMPOSE_ENV_VARIANTS] = ",".join(variants)
         env[COMPOSE_ENV_VARIANT] = variants[0]
     return env
+
+
+def choose_runtime(profile: str, compose_file: Path, client: Any = None) -> tuple[str, str]:
+    """What ``edgediff up --runtime auto`` runs: ``("docker", why)`` or ``("local", why not)``; never raises.
+
+    Docker when an engine answers, a compose tool reads the file, and every image of the profile's services (Grafana
+    aside: ``up`` leaves it out when it cannot be had) is on the engine already: ``auto`` never starts a long image
+    build or a pull by itself (``make images`` builds them; ``--runtime docker`` builds and pulls).
+    """
+    try:
+        client = connect(client)
+    except EdgediffError as exc:
+        return "local", str(exc)
+    if find_tool() is None:
+        return "local", "no compose tool ('docker compose' or 'docker-compose') to read compose.yaml"
+    try:
+        stack = DockerRuntime(client, compose_file=compose_file, profile=profile, echo=None)
+        services = stack.services()
+    except EdgediffError as exc:
+        return "local", f"{compose_file.name}: {exc}"
+    missing = []
+    for service in services:
+        ref = image_reference(stack.project, service)
+        try:
+            client.images.get(ref)
+        except stack._docker.errors.DockerException:
+            if service.name not in OPTIONAL_SERVICES:
+                missing.append(ref)
+    if missing:
+        names = sorted(set(missing))
+        return "local", (f"a Docker engine answers but {', '.join(names)} {'is' if len(names) == 1 else 'are'} not "
+                         "on it: 'make images' builds the images (or use --runtime docker, which builds and pulls)")
+    return "docker", "a Docker engine answers and the images of the profile are here"
 
 
 def _print_line(line: str) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from typing import Any
 
 import pytest
+
+from edgediff.constants import EXPORTER_PORT, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT
 
 from .deployfiles import (
     COMPOSE_FILE,
@@ -129,13 +132,16 @@ def test_published_ports_bind_loopback_by_default(compose: dict[str, Any]) -> No
             assert host_port == container_port, name
     for profile in DEVICE_PROFILES:
         exposed = [n for n in active_services(compose, profile) if published[n]]
-        assert sorted(exposed) == sorted([f"{profile}-gateway", "prometheus", "grafana"])
+        assert sorted(exposed) == sorted([f"{profile}-gateway", f"{profile}-exporter", "prometheus", "grafana"])
+        # the metrics `edgediff loadtest` reads from the host are published beside the gateway
+        assert {p[2] for p in published[f"{profile}-gateway"]} == {GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT}
+        assert {p[2] for p in published[f"{profile}-exporter"]} == {EXPORTER_PORT}
 
 
 def test_images_are_built_here_or_pinned(compose: dict[str, Any]) -> None:
     built: dict[str, str] = {}
     for name, service in compose["services"].items():
-        image = service["image"]
+        image = re.sub(r"\$\{[A-Z_]+:-([^}]+)\}", r"\1", service["image"])  # the default of a variable image
         repository, _, tag = image.rpartition(":")
         assert repository and tag and tag != "latest", f"{name}: image {image!r} is not pinned"
         if "build" in service:
@@ -143,7 +149,7 @@ def test_images_are_built_here_or_pinned(compose: dict[str, Any]) -> None:
             assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
             assert built.setdefault(image, str(dockerfile)) == str(dockerfile), f"{image} built from two files"
     for name, service in compose["services"].items():
-        if service["image"].startswith("edgediff-"):
+        if service["image"].startswith("edgediff-"):  # (variable images default to a registry's)
             assert service["image"] in built, f"{name}: no service builds {service['image']}"
     assert set(built) == {"edgediff-cpu:0.1.0", "edgediff-rtx:0.1.0", "edgediff-jetson:0.1.0"}
 

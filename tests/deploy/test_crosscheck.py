@@ -124,7 +124,7 @@ def test_gateway_ports_and_triton_address(profile: str) -> None:
     assert int(flag_value(command, "--port")) == GATEWAY_GRPC_PORT
     assert int(flag_value(command, "--metrics-port")) == GATEWAY_METRICS_PORT
     assert flag_value(command, "--triton-url") == f"triton:{TRITON_GRPC_PORT}"
-    assert [p[2] for p in published_ports(gateway)] == [GATEWAY_GRPC_PORT]
+    assert [p[2] for p in published_ports(gateway)] == [GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT]
     check = _healthcheck_argv(gateway)
     assert check[-2:] == ["grpc", f"{LOOPBACK}:{GATEWAY_GRPC_PORT}"]
 

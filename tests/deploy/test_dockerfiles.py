@@ -1,4 +1,7 @@
-"""The Dockerfiles: hadolint-clean, pinned bases, a non-root user, no secrets; and the Jetson image's Python 3.10."""
+"""The Dockerfiles: hadolint-clean, pinned bases, a non-root user, no secrets; and the Jetson image's Python 3.10.
+
+Built for real by tests/deploy/test_engine_e2e.py (the cpu and Prometheus images) where a Docker engine answers.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +17,16 @@ import pytest
 from .deployfiles import DOCKERFILES, ROOT, require_tool
 
 HADOLINT = str(Path(sys.executable).parent / "hadolint")
-SOURCE_PACKAGES = ("edgediff", "exporters", "services", "loadtest")
+SOURCE_PACKAGES = ("edgediff", "exporters", "services", "loadtest", "cli")
 EXPECTED_BASES = {
     "cpu.Dockerfile": "python:3.11-slim-bookworm",
     "rtx.Dockerfile": "nvcr.io/nvidia/tritonserver:25.02-py3",
     "jetson.Dockerfile": "nvcr.io/nvidia/l4t-jetpack:r36.4.0",
 }
+"""The device images' base (a build argument's default where the base is one: BASE_IMAGE of the cpu image)."""
+SERVICE_IMAGES = {"prometheus.Dockerfile": "debian:bookworm-slim"}
+"""Images that stand in for a registry's where none answers (built FROM the local Debian base by make images)."""
+DEVICE_DOCKERFILES = [p for p in DOCKERFILES if p.name in EXPECTED_BASES]
 PY311_ONLY = re.compile(r"(\.UTC\b|from datetime import [^\n]*\bUTC\b|StrEnum|tomllib|typing\.Self|"
                         r"import [^\n]*\bSelf\b|ExceptionGroup|except\*|hashlib\.file_digest|TaskGroup|"
                         r"typing\.Never|LiteralString|NotRequired|asyncio\.timeout\()")
@@ -39,7 +46,32 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def test_the_three_device_images_exist() -> None:
-    assert sorted(p.name for p in DOCKERFILES) == sorted(EXPECTED_BASES)
+    assert sorted(p.name for p in DOCKERFILES) == sorted({**EXPECTED_BASES, **SERVICE_IMAGES})
+
+
+def _bases(instructions: list[tuple[str, str]]) -> list[str]:
+    """FROM arguments with ``${ARG}`` replaced by the default of an ARG declared before the first FROM."""
+    defaults: dict[str, str] = {}
+    bases = []
+    for keyword, args in instructions:
+        if keyword == "ARG" and not bases and "=" in args:
+            name, _, value = args.partition("=")
+            defaults[name] = value
+        elif keyword == "FROM":
+            image = args.split()[0]  # without `AS stage`
+            bases.append(re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image))
+    return bases
+
+
+def test_prometheus_image_runs_debians_package_as_its_user() -> None:
+    path = ROOT / "docker" / "prometheus.Dockerfile"
+    instructions = _instructions(path)
+    assert _bases(instructions) == [SERVICE_IMAGES[path.name]]
+    assert [a for k, a in instructions if k == "USER"] == ["prometheus"]
+    run = " ".join(a for k, a in instructions if k == "RUN")
+    assert "apt-get install -y --no-install-recommends prometheus wget" in run and "policy-rc.d" in run
+    assert ("ENTRYPOINT", '["/usr/bin/prometheus"]') in instructions
+    assert any(k == "HEALTHCHECK" for k, _ in instructions)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -62,11 +94,11 @@ def test_every_hadolint_ignore_is_justified(dockerfile: Path) -> None:
             assert rules != ["DL3006"] and "DL3007" not in rules, "never ignore the base-image pin rules"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DEVICE_DOCKERFILES, ids=lambda p: p.name)
 def test_image_rules(dockerfile: Path) -> None:
     instructions = _instructions(dockerfile)
-    bases = [args for keyword, args in instructions if keyword == "FROM"]
-    assert bases == [EXPECTED_BASES[dockerfile.name]], "one pinned base image"
+    bases = _bases(instructions)
+    assert set(bases) == {EXPECTED_BASES[dockerfile.name]}, "one pinned base image (stages included)"
     users = [args for keyword, args in instructions if keyword == "USER"]
     assert users and users[-1] == "10001:10001", "the image must end as the non-root edgediff user"
     for keyword, args in instructions:

@@ -208,6 +208,9 @@ class _Images:
         if ":" not in ref.rsplit("/", 1)[-1]:
             ref += ":latest"
         self.engine.log.append(("images.pull", ref))
+        if ref in self.engine.unpullable:  # what a registry that does not answer looks like
+            raise docker.errors.APIError(f"Get https://registry-1.docker.io/v2/ ({ref}): dial tcp: lookup failed",
+                                         explanation=f"pull access denied for {ref}: registry unreachable")
         image = FakeImage(_new_id(), [ref], self.engine.image_config.get(ref, {}))
         self.engine.image_objects.append(image)
         return image
@@ -342,6 +345,7 @@ class FakeDockerClient:
         self.volume_objects: dict[str, FakeVolume] = {}
         self.container_objects: dict[str, FakeContainer] = {}
         self.implicit_volumes: list[str] = []
+        self.unpullable: set[str] = set()
         self.log: list[tuple[Any, ...]] = []
         self.images = _Images(self)
         self.networks = _Networks(self)

@@ -275,8 +275,11 @@ def test_up_starts_exactly_the_profile_services_as_compose_says(kind: str, profi
                                                                  tmp_path: Path) -> None:
     if kind == "real":
         make_client("real")  # skips without an engine
+        if profiles[0] != "cpu":
+            pytest.skip(f"the {profiles[0]} images need a GPU base image (NGC / l4t) and a GPU; none here")
         if profiles != ("cpu",) or os.environ.get("EDGEDIFF_DOCKER_E2E") != "1":
-            pytest.skip("builds the images: set EDGEDIFF_DOCKER_E2E=1 (cpu profile only)")
+            pytest.skip("the cpu profile runs on this engine in tests/deploy/test_engine_e2e.py; this variant also "
+                        "needs Grafana's image (pulled): EDGEDIFF_DOCKER_E2E=1 runs it (cpu) where a registry answers")
     raw = yaml.safe_load(REPO_COMPOSE.read_text())
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -628,3 +631,34 @@ def test_status_and_down_from_the_state_file_alone(tmp_path: Path) -> None:
     assert again.project == "fx" and again.status() == stack.status()
     assert again.down() == ["fx-worker-2", "fx-worker-1", "fx-frontend-1", "fx-backend-1", "fx-prepare-1"]
     assert read_state(stack.state_dir) is None
+
+
+def test_auto_runtime_picks_docker_only_when_the_images_are_here() -> None:
+    from services.stack.docker_runtime import choose_runtime
+
+    runtime, why = choose_runtime("cpu", REPO_COMPOSE, RecordingClient(FakeDockerClient()))
+    assert runtime == "local" and why.startswith("a Docker engine answers but edgediff-cpu:0.1.0, ")
+    assert why.endswith("are not on it: 'make images' builds the images (or use --runtime docker, which builds "
+                        "and pulls)")
+    here = ["edgediff-cpu:0.1.0", "prom/prometheus:v2.54.1"]  # Grafana's image is optional: up leaves it out
+    runtime, why = choose_runtime("cpu", REPO_COMPOSE, RecordingClient(FakeDockerClient(images=here)))
+    assert (runtime, why) == ("docker", "a Docker engine answers and the images of the profile are here")
+
+
+def test_grafana_left_out_when_its_image_cannot_be_had(tmp_path: Path) -> None:
+    client = RecordingClient(FakeDockerClient({"cpu-export": Behaviour(exit_code=0)},
+                                              images=["edgediff-cpu:0.1.0", "prom/prometheus:v2.54.1"]))
+    client.inner.unpullable = {"grafana/grafana-oss:11.2.2"}
+    lines: list[str] = []
+    stack = DockerRuntime(client, compose_file=REPO_COMPOSE, profile="cpu", env={}, state_dir=tmp_path,
+                          echo=lines.append, poll_s=0.0)
+    state = stack.up(wait_timeout_s=5)
+    assert "grafana" not in state["services"] and state["left_out"] == ["grafana"]
+    assert any(line.startswith("  grafana left out: grafana: pulling grafana/grafana-oss:11.2.2 failed: pull access")
+               for line in lines)
+    assert "edgediff-grafana-1" not in [c.name for c in client.of("containers.run")]
+    from services.stack.docker_runtime import runtime_from_state
+
+    again = runtime_from_state(read_docker_state(tmp_path), client, state_dir=tmp_path, env={}, echo=None)
+    assert "grafana" not in again.status()
+    stack.down()
