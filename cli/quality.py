@@ -21,7 +21,7 @@ from cli.args import (
     load_model,
 )
 from edgediff.errors import InvalidArgumentError
-from edgediff.models import LDMComponents
+from edgediff.models import ModelSpec
 from edgediff.quality.samples import DEFAULT_BATCH, DEFAULT_SAMPLES
 from edgediff.variants import BASELINE
 
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the scored images as one grid PNG (4 per row, 3x upscaled)")
 
 
-def _generate(args: argparse.Namespace, variant: str, components: LDMComponents) -> np.ndarray:
+def _generate(args: argparse.Namespace, variant: str, components: ModelSpec) -> np.ndarray:
     """The ``--samples`` images of ``variant`` (uint8 NHWC)."""
     from edgediff.quality.samples import sample_images
     from edgediff.variants import BuildOptions, build_variant

@@ -40,7 +40,7 @@ from edgediff.constants import (
 )
 from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
 from edgediff.io import atomic_write_json, atomic_write_text
-from edgediff.models import LDMComponents, get_preset, load_components
+from edgediff.models import ModelSpec, get_preset, load_components
 from edgediff.pipeline import MAX_BATCH
 from edgediff.variants import get_variant
 from exporters.configs import json_parameter, ldm_config, part_config, part_io, render_config
@@ -119,7 +119,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _io_shapes(part: str, components: LDMComponents) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+def _io_shapes(part: str, components: ModelSpec) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Artifact I/O shapes with the batch axis as -1 (the timestep is ``[batch]`` in every artifact)."""
     inputs, outputs = part_io(part, components.preset.latent_shape, components.preset.image_size)
 
@@ -134,7 +134,7 @@ def _first_blocker(formats: Sequence[str]) -> str | None:
     return next((reason for reason in map(build_blocker, formats) if reason), None)
 
 
-def _place_artifact(components: LDMComponents, part: str, placement: Placement, version_dir: Path) -> dict[str, Any]:
+def _place_artifact(components: ModelSpec, part: str, placement: Placement, version_dir: Path) -> dict[str, Any]:
     """Put the part's artifact into ``version_dir``; return its export report (times, sizes, op counts)."""
     fmt = placement.format_of(part)
     if fmt == WEIGHTS_FORMAT:
@@ -162,7 +162,7 @@ def _artifact_parts(part: str, filename: str) -> list[tuple[str, str]]:
 
 
 def _write_part_model(
-    components: LDMComponents, part: str, placement: Placement, target: Target, model_dir: Path, skipped: str | None
+    components: ModelSpec, part: str, placement: Placement, target: Target, model_dir: Path, skipped: str | None
 ) -> dict[str, Any]:
     name = model_dir.name
     version_dir = model_dir / VERSION
@@ -202,7 +202,7 @@ def _write_part_model(
             "cached": all(bool(r.get("cached")) for r in reports.values()), "skipped": None}
 
 
-def _write_ldm_model(components: LDMComponents, variant: str, target: Target, model_dir: Path,
+def _write_ldm_model(components: ModelSpec, variant: str, target: Target, model_dir: Path,
                      scheduler: str = "ddim") -> dict[str, Any]:
     names = model_names(variant)
     preset = components.preset

@@ -21,7 +21,6 @@ from edgediff.constants import (
     VQDEC_OUTPUT,
 )
 from edgediff.models.spec import ModelSpec
-from edgediff.models.weights import LDMComponents
 
 UNET_FULL = "unet-full"
 """DeepCache: the whole UNet, returning the noise and the deep feature."""
@@ -38,7 +37,7 @@ IO_NAMES = {
 }
 
 
-def part_module(components: LDMComponents, part: str) -> torch.nn.Module:
+def part_module(components: ModelSpec, part: str) -> torch.nn.Module:
     """The tensor-in, tensor-out fp32 CPU module of ``part`` (one of ``PARTS``)."""
     if part == "unet":
         return UNetModule(components.unet).eval()
@@ -51,7 +50,7 @@ def part_module(components: LDMComponents, part: str) -> torch.nn.Module:
     raise ValueError(f"part must be one of {PARTS}, got {part!r}")
 
 
-def part_inputs(components: LDMComponents, part: str, batch: int = 1) -> tuple[torch.Tensor, ...]:
+def part_inputs(components: ModelSpec, part: str, batch: int = 1) -> tuple[torch.Tensor, ...]:
     """Example inputs of ``part`` at ``batch``."""
     if part in (UNET_FULL, UNET_SHALLOW):
         inputs = example_inputs(components.preset.latent_shape, batch)["unet"]
@@ -62,7 +61,7 @@ def part_inputs(components: LDMComponents, part: str, batch: int = 1) -> tuple[t
     return example_inputs(components.preset.latent_shape, batch)[part]
 
 
-def artifact_request(model: LDMComponents | ModelSpec, part: str, fmt: str) -> tuple[str, dict[str, Any]]:
+def artifact_request(model: ModelSpec, part: str, fmt: str) -> tuple[str, dict[str, Any]]:
     """The cache ``kind`` and ``extra`` (settings that change the bytes) of an artifact."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -73,14 +72,14 @@ def artifact_request(model: LDMComponents | ModelSpec, part: str, fmt: str) -> t
 
 
 def find_artifact(
-    model: LDMComponents | ModelSpec, part: str, fmt: str, *, root: Path | None = None
+    model: ModelSpec, part: str, fmt: str, *, root: Path | None = None
 ) -> tuple[Path, dict] | None:
     """``(folder, report)`` of a finished artifact in the cache, or None; never exports (no modules needed)."""
     kind, extra = artifact_request(model, part, fmt)
     return find_cached(model.fingerprint(), kind, extra=extra, root=root)
 
 
-def build_artifact(components: LDMComponents, part: str, fmt: str, *, root: Path | None = None) -> tuple[Path, dict]:
+def build_artifact(components: ModelSpec, part: str, fmt: str, *, root: Path | None = None) -> tuple[Path, dict]:
     """Return ``(folder, report)`` of the artifact, exporting it only when the cache has no finished copy.
 
     Args:

@@ -15,7 +15,6 @@ import torch
 
 from edgediff.artifacts.deepcache_modules import UNetFullWithFeature
 from edgediff.models.spec import ModelSpec
-from edgediff.models.weights import LDMComponents
 from edgediff.pipeline import LDMPipeline, UNetFn
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class CalibrationSet:
                 "vqdec_samples": len(self.vqdec)}
 
 
-def calibration_config(model: LDMComponents | ModelSpec) -> dict[str, object]:
+def calibration_config(model: ModelSpec) -> dict[str, object]:
     """The settings that determine the calibration set (part of the int8 artifacts' cache keys)."""
     return {"seeds": list(SEEDS), "steps": model.preset.default_steps, "decoder_last_steps": DECODER_LAST_STEPS}
 
@@ -57,7 +56,7 @@ def calibration_config(model: LDMComponents | ModelSpec) -> dict[str, object]:
 class _Recorder:
     """A UNet runner and decoder that record their inputs (the decoder returns a blank image)."""
 
-    def __init__(self, components: LDMComponents) -> None:
+    def __init__(self, components: ModelSpec) -> None:
         self.module = UNetFullWithFeature(components.unet).eval()
         from diffusers import DDIMScheduler
 
@@ -87,7 +86,7 @@ class _Recorder:
 _MEMO: dict[str, CalibrationSet] = {}
 
 
-def calibration_set(components: LDMComponents) -> CalibrationSet:
+def calibration_set(components: ModelSpec) -> CalibrationSet:
     """Record the calibration set of ``components`` (memoised per model fingerprint within the process)."""
     key = components.fingerprint()
     if key in _MEMO:

@@ -21,14 +21,13 @@ from edgediff.artifacts.decoder_parts import DecoderTail, DecoderTrunk
 from edgediff.artifacts.unet_stages import Stage, UNetStage, plan_stages, run_stages
 from edgediff.constants import VQDEC_INPUT, VQDEC_OUTPUT
 from edgediff.models.spec import ModelSpec
-from edgediff.models.weights import LDMComponents
 
 
-def _kind(model: LDMComponents | ModelSpec, name: str) -> str:
+def _kind(model: ModelSpec, name: str) -> str:
     return f"{model.preset.name}-{name}"
 
 
-def _int8_extra(model: LDMComponents | ModelSpec, **more: Any) -> dict[str, Any]:
+def _int8_extra(model: ModelSpec, **more: Any) -> dict[str, Any]:
     return {"opset": onnx_export.OPSET, "quantization": openvino_int8.QUANTIZATION,
             "calibration": calibration.calibration_config(model), **more}
 
@@ -59,12 +58,12 @@ STAGE_MAX_PARAMS = 25_000_000
 """Largest stage, in parameters (int8: 25 MB of weights; OpenVINO holds about twice that while a stage runs)."""
 
 
-def stage_plan(components: LDMComponents) -> list[Stage]:
+def stage_plan(components: ModelSpec) -> list[Stage]:
     """The stage plan of the low-memory variant."""
     return plan_stages(components.unet, STAGE_MAX_PARAMS)
 
 
-def build_manifest(components: LDMComponents) -> tuple[ModelSpec, list[Stage]]:
+def build_manifest(components: ModelSpec) -> tuple[ModelSpec, list[Stage]]:
     """Cache the ``ModelSpec`` and the stage plan of ``components`` (what a low-memory process cannot compute)."""
     spec = ModelSpec.from_components(components)
     stages = stage_plan(components)
@@ -89,7 +88,7 @@ def find_manifest(fingerprint: str, preset_name: str) -> tuple[ModelSpec, list[S
 
 # --- UNet stages --------------------------------------------------------------------------------------------------
 
-def _stage_kind(model: LDMComponents | ModelSpec, index: int, count: int) -> str:
+def _stage_kind(model: ModelSpec, index: int, count: int) -> str:
     return _kind(model, f"unet-stage{index}of{count}-openvino-int8")
 
 
@@ -98,7 +97,7 @@ STAGE_CALIBRATION_SAMPLES = 48
 stage's inputs of every call are held at once: 160 calls took 9 GB for celebahq-256, 48 take about 3)."""
 
 
-def build_stages(components: LDMComponents, stages: list[Stage]) -> list[tuple[Path, dict[str, Any]]]:
+def build_stages(components: ModelSpec, stages: list[Stage]) -> list[tuple[Path, dict[str, Any]]]:
     """Build (or find) every stage's int8 IR; returns each stage's ``(folder, report)``."""
     memo: dict[str, list[list[tuple[torch.Tensor, ...]]]] = {}
 
@@ -151,7 +150,7 @@ DECODER_PARTS = {"vqdec-trunk": "vqdec-trunk-openvino-int8", "vqdec-tail": "vqde
 TRUNK_OUTPUT, TAIL_INPUT = "trunk_hidden", "tail_hidden"
 
 
-def build_decoder(components: LDMComponents) -> dict[str, tuple[Path, dict[str, Any]]]:
+def build_decoder(components: ModelSpec) -> dict[str, tuple[Path, dict[str, Any]]]:
     """Build (or find) the int8 decoder trunk and tail (see ``decoder_parts``); returns ``{part: (folder, report)}``.
 
     The trunk is calibrated on the calibration latents, the tail on the fp32 trunk's outputs for them (whole, not

@@ -266,7 +266,7 @@ def measure_variant(
 
     Args:
         spec: What to run.
-        components: Loaded ``LDMComponents`` to reuse (in-process benches); None loads what the variant needs
+        components: A loaded ``ModelSpec`` to reuse (in-process benches); None loads what the variant needs
             (``Variant.load_model``: the modules, or only a ``ModelSpec`` for variants that run from artifacts).
         monitor: A started ``EnergyMonitor`` to use; None builds one from ``spec.telemetry`` (when enabled) and
             closes it at the end.

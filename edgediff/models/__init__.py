@@ -1,11 +1,13 @@
-"""Model presets and weight loading."""
+"""Model presets, weight loading and the one model type (``ModelSpec``)."""
 
 from edgediff.models.presets import ModelPreset, get_preset, list_presets
-from edgediff.models.weights import LDMComponents, WeightsOrigin, load_components, save_components
+from edgediff.models.spec import ModelSpec, load_components
+from edgediff.models.weights import LDMModules, WeightsOrigin, save_components
 
 __all__ = [
-    "LDMComponents",
+    "LDMModules",
     "ModelPreset",
+    "ModelSpec",
     "WeightsOrigin",
     "get_preset",
     "list_presets",

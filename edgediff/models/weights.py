@@ -18,13 +18,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from edgediff.constants import ENV_WEIGHTS
 from edgediff.errors import WeightsError
 from edgediff.models.presets import ModelPreset, normalize_scheduler_config
+
+if TYPE_CHECKING:  # the model type is built on this module
+    from edgediff.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -74,36 +77,21 @@ class WeightsOrigin:
         return {"kind": self.kind, "path": self.path, "sha256": self.sha256, "seed": self.seed}
 
 
-@dataclass
-class LDMComponents:
-    """A preset's modules with their weights, in eval mode on the CPU, fp32.
+@dataclass(frozen=True)
+class LDMModules:
+    """A preset's torch modules with their weights, in eval mode on the CPU, fp32 (``ModelSpec.modules()``).
 
     Attributes:
-        preset: The architecture.
         unet: ``diffusers.UNet2DModel``.
         vqvae: ``diffusers.VQModel`` (its ``decode`` is the image decoder).
-        scheduler_config: ``DDIMScheduler`` keyword arguments.
-        weights: Where the weights came from.
     """
 
-    preset: ModelPreset
     unet: Any
     vqvae: Any
-    scheduler_config: dict[str, Any]
-    weights: WeightsOrigin
-
-    @property
-    def scaling_factor(self) -> float:
-        """The VQ latent scaling the diffusers LDMPipeline divides by before decoding."""
-        return float(self.vqvae.config.scaling_factor)
-
-    def fingerprint(self) -> str:
-        """Content hash of architecture + weights: the cache key base for exported artifacts."""
-        return model_fingerprint(self.preset, self.weights)
 
 
 def model_fingerprint(preset: ModelPreset, weights: WeightsOrigin) -> str:
-    """Content hash of architecture + weights (``LDMComponents.fingerprint``, also for a ``ModelSpec``)."""
+    """Content hash of architecture + weights (``ModelSpec.fingerprint``): the cache key base for artifacts."""
     payload = json.dumps({"preset": preset.to_dict(), "weights": weights.sha256}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -111,10 +99,10 @@ def model_fingerprint(preset: ModelPreset, weights: WeightsOrigin) -> str:
 def weights_origin(
     preset: ModelPreset, weights: str | os.PathLike[str] | None = None, *, seed: int = 0
 ) -> WeightsOrigin:
-    """The ``WeightsOrigin`` that ``load_components`` would report, without building or loading any module.
+    """The ``WeightsOrigin`` that ``load_modules`` would report, without building or loading any module.
 
     Hashes the weight files of a folder (read in chunks: the page cache, not this process, holds their bytes). The
-    folder's configs and tensors are not validated here: ``load_components`` does that when the model is loaded.
+    folder's configs and tensors are not validated here: ``load_modules`` does that when the model is loaded.
 
     Raises:
         WeightsError: the folder lacks a weight file.
@@ -143,14 +131,14 @@ def resolve_weights_dir(weights: str | os.PathLike[str] | None, preset: ModelPre
     return preset.bundled_weights
 
 
-def load_components(
+def load_modules(
     preset: ModelPreset,
     weights: str | os.PathLike[str] | None = None,
     *,
     seed: int = 0,
     warn: bool = True,
-) -> LDMComponents:
-    """Build the preset's UNet and VQ model and load their weights.
+) -> tuple[LDMModules, dict[str, Any], WeightsOrigin]:
+    """Build the preset's UNet and VQ model and load their weights (``ModelSpec`` calls this; use that).
 
     Args:
         preset: The architecture.
@@ -158,6 +146,9 @@ def load_components(
             synthetic weights, in that order.
         seed: Seed of the synthetic weights.
         warn: Log the loud synthetic-weights warning.
+
+    Returns:
+        ``(modules, scheduler config, weights origin)``.
 
     Raises:
         WeightsError: a file is missing, a config does not match the preset, or a tensor does not fit.
@@ -184,7 +175,7 @@ def load_components(
         origin = WeightsOrigin(kind=kind, path=str(folder), sha256=digest)
     unet.eval().requires_grad_(False)
     vqvae.eval().requires_grad_(False)
-    return LDMComponents(preset=preset, unet=unet, vqvae=vqvae, scheduler_config=scheduler_config, weights=origin)
+    return LDMModules(unet=unet, vqvae=vqvae), scheduler_config, origin
 
 
 def load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> tuple[Any, str]:
@@ -275,7 +266,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_components(components: LDMComponents, folder: str | os.PathLike[str]) -> Path:
+def save_components(components: ModelSpec, folder: str | os.PathLike[str]) -> Path:
     """Write the components in the diffusers layout (safetensors), e.g. to make a weights folder for tests.
 
     Args:
@@ -289,3 +280,4 @@ def save_components(components: LDMComponents, folder: str | os.PathLike[str]) -
     config = {"_class_name": "DDIMScheduler", **components.scheduler_config}
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return out
+

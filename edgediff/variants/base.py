@@ -12,8 +12,7 @@ import torch
 
 from edgediff.constants import ENV_THREADS
 from edgediff.models.presets import ModelPreset
-from edgediff.models.spec import ModelSpec
-from edgediff.models.weights import LDMComponents, load_components
+from edgediff.models.spec import ModelSpec, load_components
 from edgediff.pipeline import DecoderRunner, LDMPipeline, UNetFn, UNetRunner
 
 
@@ -93,20 +92,20 @@ class BuiltVariant:
     decoder: DecoderRunner
     info: dict[str, Any] = field(default_factory=dict)
 
-    def pipeline(self, components: LDMComponents | ModelSpec) -> LDMPipeline:
+    def pipeline(self, model: ModelSpec) -> LDMPipeline:
         """An ``LDMPipeline`` over this variant's runners, with the metadata every output carries."""
         metadata = {
-            "preset": components.preset.name,
+            "preset": model.preset.name,
             "variant": self.name,
-            "weights": components.weights.kind,
-            "weights_sha256": components.weights.sha256,
+            "weights": model.weights.kind,
+            "weights_sha256": model.weights.sha256,
         }
         return LDMPipeline(
             unet=self.unet,
             decoder=self.decoder,
-            scheduler_config=components.scheduler_config,
-            latent_shape=components.preset.latent_shape,
-            scaling_factor=components.scaling_factor,
+            scheduler_config=model.scheduler_config,
+            latent_shape=model.preset.latent_shape,
+            scaling_factor=model.scaling_factor,
             metadata=metadata,
         )
 
@@ -131,21 +130,24 @@ class Variant(abc.ABC):
     description: str
     tolerance: float = 1e-4
     supports_deepcache: bool = False
-    needs_modules: bool = True
-    """False for variants that run from exported artifacts alone and build from a ``ModelSpec`` (low memory)."""
 
     @abc.abstractmethod
     def availability(self) -> Availability:
         """Whether this variant can run on this machine (cheap: no export, no model load)."""
 
     @abc.abstractmethod
-    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:
-        """Export or wrap the components and return runners (artifacts come from the cache when present)."""
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:
+        """Export or wrap the model and return runners (artifacts come from the cache when present).
 
-    def load_model(
-        self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0
-    ) -> LDMComponents | ModelSpec:
-        """What ``build`` needs of the model: the loaded components, or (``needs_modules`` False) a ``ModelSpec``.
+        A variant touches ``model.unet``/``model.vqvae`` only when it needs them (to run them, or to export an
+        artifact the cache lacks): the modules load then, once.
+        """
+
+    def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:
+        """The model as ``build`` needs it; by default with its modules loaded, so ``build`` times no loading.
+
+        A variant that runs from exported artifacts alone returns a spec from the artifact cache instead, whose
+        modules are never loaded.
 
         Args:
             preset: The architecture.
@@ -154,12 +156,12 @@ class Variant(abc.ABC):
         """
         return load_components(preset, weights, seed=seed, warn=False)
 
-    def prepare(self, components: LDMComponents, options: BuildOptions) -> dict[str, Any]:
+    def prepare(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:
         """Build (or find in the cache) every artifact this variant needs; returns ``{part: report}``.
 
         The default builds the whole variant; variants with exported artifacts override it to skip loading them.
         """
-        return dict(self.build(components, options).info.get("artifacts", {}))
+        return dict(self.build(model, options).info.get("artifacts", {}))
 
     def to_dict(self) -> dict[str, Any]:
         """The registry's row for this variant (availability included)."""

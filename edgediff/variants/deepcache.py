@@ -18,7 +18,6 @@ import torch
 from edgediff.errors import InvalidArgumentError
 from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
-from edgediff.models.weights import LDMComponents
 from edgediff.pipeline import UNetFn, UNetRunner
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant
 
@@ -110,7 +109,6 @@ class DeepCacheVariant(Variant):
         self.backend, self.precision, self.device = base.backend, base.precision, base.device
         self.description = f"{base.description}; DeepCache, full UNet every {interval} steps"
         self.tolerance = base.tolerance + DEEPCACHE_TOLERANCE
-        self.needs_modules = base.needs_modules
 
     def availability(self) -> Availability:  # noqa: D102
         return self.base.availability()
@@ -121,15 +119,13 @@ class DeepCacheVariant(Variant):
                                        f"got --deepcache {options.deepcache_interval} (use 1 or {self.interval})")
         return dataclasses.replace(options, deepcache_interval=self.interval)
 
-    def build(self, components: LDMComponents | ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
-        built = self.base.build(components, self._options(options))  # type: ignore[arg-type]
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+        built = self.base.build(model, self._options(options))
         built.name = self.name
         return built
 
-    def prepare(self, components: LDMComponents, options: BuildOptions) -> dict[str, Any]:  # noqa: D102
-        return self.base.prepare(components, self._options(options))
+    def prepare(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:  # noqa: D102
+        return self.base.prepare(model, self._options(options))
 
-    def load_model(  # noqa: D102
-        self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0
-    ) -> LDMComponents | ModelSpec:
+    def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:  # noqa: D102
         return self.base.load_model(preset, weights, seed=seed)

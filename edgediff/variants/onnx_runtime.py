@@ -19,7 +19,7 @@ from edgediff.artifacts.build import IO_NAMES, build_artifact
 from edgediff.artifacts.onnx_export import FILENAME
 from edgediff.availability import is_cuda_available, is_onnxruntime_available, onnxruntime_providers, require
 from edgediff.errors import EdgediffError
-from edgediff.models.weights import LDMComponents
+from edgediff.models.spec import ModelSpec
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant
 from edgediff.variants.deepcache import unet_runner
 
@@ -167,13 +167,13 @@ class OnnxVariant(Variant):
             return Availability.no("needs onnxruntime-gpu with the CUDA execution provider and a CUDA device")
         return Availability.yes()
 
-    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         info: dict[str, Any] = {"device": "cuda" if self._cuda() else "cpu", "precision": self.precision,
                                 "threads": options.resolved_threads(), "artifacts": {},
                                 "deepcache_interval": options.deepcache_interval}
 
         def part_fn(part: str) -> Callable[..., torch.Tensor]:
-            folder, report = build_artifact(components, part, f"onnx-{self.precision}")
+            folder, report = build_artifact(model, part, f"onnx-{self.precision}")
             cuda = self._cuda()
             device_id = torch.cuda.current_device() if cuda else 0
             session = ort_session(folder / FILENAME, threads=options.resolved_threads(), cuda=cuda,

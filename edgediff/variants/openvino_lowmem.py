@@ -40,7 +40,7 @@ from edgediff.constants import VQDEC_INPUT
 from edgediff.errors import EdgediffError
 from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
-from edgediff.models.weights import LDMComponents, WeightsOrigin, model_fingerprint, weights_origin
+from edgediff.models.weights import WeightsOrigin, model_fingerprint, weights_origin
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant
 from edgediff.variants.deepcache import DeepCacheUNet, check_interval
 from edgediff.variants.tiled_decode import TiledDecoder
@@ -223,7 +223,6 @@ class LowMemoryVariant(Variant):
                    "no torch model in memory; slower")
     tolerance = TOLERANCE
     supports_deepcache = True
-    needs_modules = False
 
     def availability(self) -> Availability:  # noqa: D102
         if not is_module_available("openvino"):
@@ -234,19 +233,19 @@ class LowMemoryVariant(Variant):
 
     # --- artifacts ------------------------------------------------------------------------------------------------
 
-    def prepare(self, components: LDMComponents, options: BuildOptions) -> dict[str, Any]:
+    def prepare(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:
         """Build (or find) the manifest, the stages, the tile decoder and, with DeepCache, the shallow branch."""
         from edgediff.artifacts import lowmem
         from edgediff.artifacts.build import UNET_SHALLOW, build_artifact
 
-        _, stages = lowmem.build_manifest(components)
+        _, stages = lowmem.build_manifest(model)
         reports: dict[str, Any] = {}
-        for index, (folder, report) in enumerate(lowmem.build_stages(components, stages)):
+        for index, (folder, report) in enumerate(lowmem.build_stages(model, stages)):
             reports[f"unet-stage{index}"] = {"path": str(folder / FILENAME), **report}
-        for part, (folder, report) in lowmem.build_decoder(components).items():
+        for part, (folder, report) in lowmem.build_decoder(model).items():
             reports[part] = {"path": str(folder / FILENAME), **report}
         if check_interval(options.deepcache_interval) > 1:
-            folder, report = build_artifact(components, UNET_SHALLOW, "openvino-int8")
+            folder, report = build_artifact(model, UNET_SHALLOW, "openvino-int8")
             reports[UNET_SHALLOW] = {"path": str(folder / FILENAME), **report}
         return reports
 
@@ -299,18 +298,21 @@ class LowMemoryVariant(Variant):
 
     # --- runtime --------------------------------------------------------------------------------------------------
 
-    def build(self, components: LDMComponents | ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:
+        """Streamed runners over the cached artifacts.
+
+        What the cache lacks is exported in this process when ``model`` has its modules in memory already, else in a
+        child process: this one never loads them.
+        """
         interval = check_interval(options.deepcache_interval)
-        if isinstance(components, LDMComponents):
-            self.prepare(components, options)
-            spec = ModelSpec.from_components(components)
-        else:
-            spec = components
-            import_diffusers_without_dynamo()
-        found = self._find(spec, options)
+        import_diffusers_without_dynamo()
+        found = self._find(model, options)
         if found is None:
-            self._prepare_elsewhere(spec.preset, spec.weights, options)
-            found = self._find(spec, options)
+            if model.has_modules:
+                self.prepare(model, options)
+            else:
+                self._prepare_elsewhere(model.preset, model.weights, options)
+            found = self._find(model, options)
         if found is None:
             raise EdgediffError(f"{self.name}: artifacts still missing from the cache after export")
         limit_malloc_arenas()
@@ -340,10 +342,10 @@ class LowMemoryVariant(Variant):
 
             shallow = StreamedModel(core, Path(found[UNET_SHALLOW]["path"]), config, IO_NAMES[UNET_SHALLOW][0])
             unet = _StreamedDeepCache(full, shallow, interval)
-        tile = decoder_tile(spec.preset.latent_shape[1], DECODER_TILE_FRACTION)
+        tile = decoder_tile(model.preset.latent_shape[1], DECODER_TILE_FRACTION)
         trunk = StreamedModel(core, Path(found["vqdec-trunk"]["path"]), config, [VQDEC_INPUT])
         tail = StreamedModel(core, Path(found["vqdec-tail"]["path"]), config, [TAIL_INPUT])
-        factor = spec.preset.image_size // spec.preset.latent_shape[1]
+        factor = model.preset.image_size // model.preset.latent_shape[1]
         decoder = _StreamedDecoder(trunk, tail, tile=tile, factor=factor)
         info = {"device": "cpu", "precision": "int8", "compile_precision": precision, "threads": threads,
                 "deepcache_interval": interval, "stages": [list(s.layers) for s in stages],

@@ -22,7 +22,7 @@ from edgediff.availability import (
     is_openvino_available,
     require,
 )
-from edgediff.models.weights import LDMComponents
+from edgediff.models.spec import ModelSpec
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant
 from edgediff.variants.deepcache import check_interval, unet_runner
 
@@ -171,24 +171,24 @@ class OpenVinoVariant(Variant):
             return "bf16" if cpu_supports_bf16() else "fp32"
         return self.precision
 
-    def _artifact(self, components: LDMComponents, part: str) -> dict[str, Any]:
+    def _artifact(self, model: ModelSpec, part: str) -> dict[str, Any]:
         fmt = "openvino-int8" if self.part_precision(part) == "int8" else "openvino"
-        folder, report = build_artifact(components, part, fmt)
+        folder, report = build_artifact(model, part, fmt)
         return {"path": str(folder / FILENAME), **report}
 
-    def prepare(self, components: LDMComponents, options: BuildOptions) -> dict[str, Any]:
+    def prepare(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:
         """Export (or find) the IR of each part the options need, without compiling them."""
         unet_parts = ["unet"] if check_interval(options.deepcache_interval) == 1 else [UNET_FULL, UNET_SHALLOW]
-        return {part: self._artifact(components, part) for part in [*unet_parts, "vqdec"]}
+        return {part: self._artifact(model, part) for part in [*unet_parts, "vqdec"]}
 
-    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         threads = options.resolved_threads()
         precision = self.compile_precision()
         info: dict[str, Any] = {"device": "cpu", "precision": self.precision, "compile_precision": precision,
                                 "threads": threads, "artifacts": {}, "deepcache_interval": options.deepcache_interval}
 
         def part_fn(part: str) -> Callable[..., torch.Tensor]:
-            info["artifacts"][part] = self._artifact(components, part)
+            info["artifacts"][part] = self._artifact(model, part)
             return ir_fn(Path(info["artifacts"][part]["path"]), precision=precision, threads=threads)
 
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

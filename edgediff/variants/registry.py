@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from edgediff.errors import InvalidArgumentError, UnknownVariantError, VariantUnavailableError
 from edgediff.models.presets import get_preset
-from edgediff.models.spec import ModelSpec
-from edgediff.models.weights import LDMComponents, load_components
+from edgediff.models.spec import ModelSpec, load_components
 from edgediff.variants.base import BuildOptions, BuiltVariant, Variant
 from edgediff.variants.deepcache import DeepCacheVariant
 from edgediff.variants.onnx_runtime import OnnxVariant
@@ -109,27 +108,20 @@ def parse_variant_list(spec: str) -> list[str]:
     return names
 
 
-def load_model(
-    model: str, weights: str | None = None, *, seed: int = 0, variant: str | None = None
-) -> LDMComponents | ModelSpec:
+def load_model(model: str, weights: str | None = None, *, seed: int = 0, variant: str | None = None) -> ModelSpec:
     """Load the preset ``model`` with ``weights`` (or bundled / seeded synthetic ones) as ``variant`` needs it.
 
-    A variant that runs from exported artifacts alone (the low-memory one) gets a ``ModelSpec``, and the torch modules
-    are never built; any other variant (or none) gets the modules.
+    ``Variant.load_model``: a variant that runs from exported artifacts alone (the low-memory ones) gets a spec whose
+    torch modules are never built; any other variant (or none) gets them loaded.
     """
     preset = get_preset(model)
-    if variant is not None and not get_variant(variant).needs_modules:
+    if variant is not None:
         return get_variant(variant).load_model(preset, weights, seed=seed)
     return load_components(preset, weights, seed=seed, warn=False)
 
 
-def build_variant(
-    name: str, components: LDMComponents | ModelSpec, options: BuildOptions | None = None
-) -> BuiltVariant:
-    """Check, then build the variant ``name`` for ``components``.
-
-    ``components`` may be a ``ModelSpec`` (``Variant.load_model`` of a variant that runs from artifacts alone); a
-    variant that needs the modules then loads them.
+def build_variant(name: str, model: ModelSpec, options: BuildOptions | None = None) -> BuiltVariant:
+    """Check, then build the variant ``name`` for ``model`` (whose modules load if the variant needs them).
 
     Raises:
         UnknownVariantError, VariantUnavailableError: see ``require_available``.
@@ -139,7 +131,4 @@ def build_variant(
     options = options or BuildOptions()
     if options.deepcache_interval != 1 and not variant.supports_deepcache:
         raise InvalidArgumentError(f"--deepcache: variant {name} does not support DeepCache; use --deepcache 1")
-    if isinstance(components, ModelSpec) and variant.needs_modules:  # a spec is enough only for artifact variants
-        components = load_components(components.preset, components.weights.path, seed=components.weights.seed or 0,
-                                     warn=False)
-    return variant.build(components, options)
+    return variant.build(model, options)

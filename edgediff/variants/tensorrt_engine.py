@@ -20,7 +20,7 @@ from edgediff.artifacts.build import IO_NAMES, build_artifact
 from edgediff.artifacts.tensorrt_plan import FILENAME
 from edgediff.availability import is_cuda_available, is_onnxruntime_available, is_tensorrt_available, require
 from edgediff.errors import EdgediffError
-from edgediff.models.weights import LDMComponents
+from edgediff.models.spec import ModelSpec
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant
 
 Shape = tuple[int, ...]
@@ -199,11 +199,11 @@ class TensorRTVariant(Variant):
             return Availability.no("the engine is built from the ONNX export: pip install 'edgediff[onnx]'")
         return Availability.yes()
 
-    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         runners: dict[str, TensorRTRunner] = {}
         info: dict[str, Any] = {"device": "cuda", "precision": "fp16", "artifacts": {}}
         for part in ("unet", "vqdec"):
-            folder, report = build_artifact(components, part, "tensorrt-fp16")
+            folder, report = build_artifact(model, part, "tensorrt-fp16")
             inputs, outputs = IO_NAMES[part]
             runners[part] = TensorRTRunner.from_plan(folder / FILENAME, inputs, outputs[:1])
             info["artifacts"][part] = {"path": str(folder / FILENAME), **report,

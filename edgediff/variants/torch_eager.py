@@ -11,7 +11,7 @@ import torch
 
 from edgediff.artifacts.build import part_module
 from edgediff.availability import is_cuda_available
-from edgediff.models.weights import LDMComponents
+from edgediff.models.spec import ModelSpec
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant, to_cpu_float
 from edgediff.variants.deepcache import unet_runner
 
@@ -70,20 +70,20 @@ class TorchVariant(Variant):
     def _device(self) -> str:
         return default_device() if self.device == "auto" else self.device
 
-    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         device = self._device()
         if device == "cpu":
             torch.set_num_threads(options.resolved_threads())
         if self.precision == "fp16":  # one fp16 copy of the modules, shared by every part
-            components = copy.copy(components)
-            components.unet = copy.deepcopy(components.unet).half()
-            components.vqvae = copy.deepcopy(components.vqvae).half()
+            model = copy.copy(model)
+            model.unet = copy.deepcopy(model.unet).half()
+            model.vqvae = copy.deepcopy(model.vqvae).half()
 
         def part_fn(part: str) -> Callable[..., torch.Tensor]:
-            module = part_module(components, part).to(device)
+            module = part_module(model, part).to(device)
             if device == "cuda" and self.precision == "fp16":
                 return _cast_fn(module, device, torch.float16)
-            if self.channels_last:  # on a copy: the shared components keep their layout for the other variants
+            if self.channels_last:  # on a copy: the shared model keeps its layout for the other variants
                 module = copy.deepcopy(module).to(memory_format=torch.channels_last)
             return autocast_fn(module, device, torch.bfloat16 if self.precision == "bf16" else None,
                                 channels_last=self.channels_last)
@@ -118,13 +118,13 @@ class CompileVariant(Variant):
             return Availability.no("torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH")
         return Availability.yes()
 
-    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         device = default_device()
         if device == "cpu":
             torch.set_num_threads(options.resolved_threads())
 
         def part_fn(part: str) -> Callable[..., torch.Tensor]:
-            return autocast_fn(torch.compile(part_module(components, part).to(device), dynamic=False), device, None)
+            return autocast_fn(torch.compile(part_module(model, part).to(device), dynamic=False), device, None)
 
         info = {"device": device, "precision": "fp32", "deepcache_interval": options.deepcache_interval}
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

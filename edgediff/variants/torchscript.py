@@ -9,7 +9,7 @@ import torch
 from edgediff.artifacts.build import build_artifact, part_inputs, part_module
 from edgediff.artifacts.torchscript import FILENAME, trace_module
 from edgediff.availability import is_cuda_available
-from edgediff.models.weights import LDMComponents
+from edgediff.models.spec import ModelSpec
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant, torch_fn
 from edgediff.variants.deepcache import unet_runner
 from edgediff.variants.torch_eager import default_device
@@ -37,7 +37,7 @@ class JitVariant(Variant):
             return Availability.no("needs a CUDA device")
         return Availability.yes()
 
-    def build(self, components: LDMComponents, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         device = default_device() if self.device == "auto" else self.device
         if device == "cpu":
             torch.set_num_threads(options.resolved_threads())
@@ -46,12 +46,12 @@ class JitVariant(Variant):
 
         def part_fn(part: str) -> Callable[..., torch.Tensor]:
             if self.precision == "fp16" or device == "cpu":
-                folder, report = build_artifact(components, part, f"torchscript-{self.precision}")
+                folder, report = build_artifact(model, part, f"torchscript-{self.precision}")
                 module = torch.jit.load(str(folder / FILENAME), map_location=device)
                 info["artifacts"][part] = {"path": str(folder / FILENAME), **report}
             else:  # fp32 on CUDA: trace on the device itself
-                module = trace_module(part_module(components, part).to(device),
-                                      tuple(t.to(device) for t in part_inputs(components, part)))
+                module = trace_module(part_module(model, part).to(device),
+                                      tuple(t.to(device) for t in part_inputs(model, part)))
             return torch_fn(module, device)
 
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

@@ -154,7 +154,7 @@ def test_lowmem_runs_from_a_spec_without_torch_modules(tiny_components, lowmem_b
     def forbidden(*args, **kwargs):
         raise AssertionError("the low-memory path must not load the torch model or export")
 
-    monkeypatch.setattr(weights, "load_components", forbidden)
+    monkeypatch.setattr(weights, "load_modules", forbidden)  # every way to the torch modules goes through it
     monkeypatch.setattr(prepare, "prepare_in_subprocess", forbidden)
     variant = get_variant(NAME)
     spec = variant.load_model(tiny_components.preset)
@@ -165,6 +165,7 @@ def test_lowmem_runs_from_a_spec_without_torch_modules(tiny_components, lowmem_b
     expected = lowmem_built.pipeline(tiny_components)(seed=SEED, steps=STEPS)
     assert torch.equal(result.latents, expected.latents)
     assert result.metadata["variant"] == NAME and result.metadata["weights_sha256"] == spec.weights.sha256
+    assert not spec.has_modules
 
 
 def test_missing_artifacts_are_exported_in_a_child_process(tiny_components, monkeypatch, tmp_path):
