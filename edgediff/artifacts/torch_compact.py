@@ -57,6 +57,8 @@ _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int8: "I8"}
 _TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
 _SIZES = {"F32": 4, "F16": 2, "I8": 1}
 PAGE = mmap.PAGESIZE
+FAULT_AROUND_BYTES = 64 * 1024
+"""Linux maps up to this much around a faulting page of a file (``fault_around_bytes``): dropped with the tensor."""
 
 
 def check_dtype(dtype: str) -> str:
@@ -218,6 +220,7 @@ class CompactWeights:
         return out
 
     def _drop(self, start: int, end: int) -> None:
+        start, end = max(0, start - FAULT_AROUND_BYTES), end + FAULT_AROUND_BYTES  # the kernel maps neighbours too
         begin = start - start % PAGE
         length = min(len(self._map), end + (-end) % PAGE) - begin
         if length > 0:

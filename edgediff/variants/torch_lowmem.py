@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,43 @@ def _conv_hook(module: torch.nn.Module, args: Any, output: Any) -> None:
     torch._C._set_mkldnn_enabled(module._edgediff_mkldnn)  # type: ignore[arg-type]
 
 
+_SKIPPED_INITS = ("normal_", "trunc_normal_")
+"""``torch.nn.init`` functions made no-ops while a skeleton is built (a meta tensor has no values to fill)."""
+
+
+QUANTIZE_ROWS = 512
+"""Latent pixels per chunk of the codebook search (celebahq-256 whole: a 4096 x 8192 distance matrix, 134 MB)."""
+
+
+def _chunked_quantize(self: Any, z: torch.Tensor) -> tuple[torch.Tensor, None, tuple[None, None, torch.Tensor]]:
+    """The ``VectorQuantizer.forward`` of diffusers for decoding (no remap, no loss), its distance matrix in row chunks.
+
+    Each row's distances, and so its nearest code, are computed as in the whole matrix.
+    """
+    z = z.permute(0, 2, 3, 1).contiguous()
+    flat = z.view(-1, self.vq_embed_dim)
+    codebook = self.embedding.weight
+    indices = torch.cat([torch.argmin(torch.cdist(rows, codebook), dim=1) for rows in flat.split(QUANTIZE_ROWS)])
+    z_q = self.embedding(indices).view(z.shape)
+    z_q = z + (z_q - z)
+    return z_q.permute(0, 3, 1, 2).contiguous(), None, (None, None, indices)
+
+
 def _skeleton(cls: Any, config: dict[str, Any]) -> Any:
     """A diffusers model built on the ``meta`` device: its structure, no weights, no memory."""
-    with torch.device("meta"):
-        model = cls(**config)
+    init = torch.nn.init
+    saved = {name: getattr(init, name) for name in _SKIPPED_INITS}
+    try:  # on meta, nn.init's normal_ runs a torch._refs decomposition that imports torch._dynamo (100 MB)
+        for name in _SKIPPED_INITS:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            model = cls(**config)
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+    quantize = getattr(model, "quantize", None)
+    if quantize is not None and getattr(quantize, "remap", None) is None:
+        quantize.forward = types.MethodType(_chunked_quantize, quantize)
     for module in model.modules():  # these pre-hooks read only shapes (the weights are still meta then)
         if isinstance(module, torch.nn.Conv2d):
             module.register_forward_pre_hook(_conv_pre_hook)
