@@ -1,12 +1,10 @@
-"""One part (UNet or VQ decoder) of a variant, loaded from a repository model folder and run on the CPU.
+"""The Triton side of a part model: its config parameters, numpy in and out, and DeepCache's image sequences.
 
-The one exception is eager PyTorch (``torch-fp32``), which the GPU targets serve as Python-backend models on a
-``KIND_GPU`` instance: its module goes to the instance's device (``load_part``'s ``device``).
-
-This is what the CPU target's Python-backend part model (``python_models/part_model.py``) calls. Loading and running
-reuse the core's variant code (``ort_session``/``session_fn``, ``ir_fn``, ``torch.jit.load`` +
-``torch_fn``, the eager wrappers of ``edgediff.artifacts.modules``, ``DeepCacheUNet``), so a part served by Triton
-computes exactly what the same variant computes in-process.
+What the Python-backend part model (``python_models/part_model.py``) calls. Loading is the variant's own
+``Variant.load_part``, the method its in-process ``build`` loads the same artifacts with, and the DeepCache logic is
+the core's ``DeepCacheUNet``: a part served by Triton computes what the variant computes in-process by construction.
+Parts run on the CPU, except eager PyTorch (``torch-fp32``), which the GPU targets serve as Python-backend models on
+a ``KIND_GPU`` instance: its module goes to the instance's device (``load_part``'s ``device``).
 """
 
 from __future__ import annotations
@@ -26,13 +24,13 @@ from edgediff.constants import UNET_INPUT_TIMESTEP
 from edgediff.errors import EdgediffError, InvalidArgumentError
 from edgediff.models import get_preset
 from edgediff.pipeline import UNetFn
-from edgediff.variants import get_variant
-from edgediff.variants.base import resolve_threads, torch_fn
+from edgediff.variants import BuildOptions, get_variant
+from edgediff.variants.base import PartFn
 from edgediff.variants.deepcache import DeepCacheUNet
+from edgediff.variants.torch_eager import PART_SUBFOLDER
 from exporters.targets import DEEPCACHE_PART
 
-PART_SUBFOLDER = {"unet": "unet", "vqdec": "vqvae"}
-"""Sub-folder of the diffusers weights layout that holds each part (eager-PyTorch variants)."""
+__all__ = ["PART_SUBFOLDER", "DeepCacheSequences", "PartRunner", "PartSpec", "load_deepcache", "load_part"]
 
 
 @dataclass(frozen=True)
@@ -84,22 +82,8 @@ class PartSpec:
                    deepcache_interval=int(values.get("deepcache_interval", "1")))
 
 
-def _eager_module(spec: PartSpec, folder: Path) -> torch.nn.Module:
-    from diffusers import UNet2DModel, VQModel
-
-    from edgediff.artifacts.modules import DecoderModule, UNetModule
-    from edgediff.models.weights import load_module
-
-    preset = get_preset(spec.preset)
-    if spec.part == "unet":
-        unet, _ = load_module(UNet2DModel, folder, PART_SUBFOLDER["unet"], preset.unet_config)
-        return UNetModule(unet.eval().requires_grad_(False)).eval()
-    vqvae, _ = load_module(VQModel, folder, PART_SUBFOLDER["vqdec"], preset.vqvae_config)
-    return DecoderModule(vqvae.eval().requires_grad_(False)).eval()
-
-
-def load_part(spec: PartSpec, model_dir: Path | str, device: str = "cpu") -> Callable[..., torch.Tensor]:
-    """Load the artifact of ``spec`` from ``model_dir`` (a repository model folder) as a tensor-in, tensor-out fn.
+def load_part(spec: PartSpec, model_dir: Path | str, device: str = "cpu") -> PartFn:
+    """Load the artifact of ``spec`` from ``model_dir`` (a repository model folder) with ``Variant.load_part``.
 
     Args:
         spec: What to load.
@@ -107,8 +91,8 @@ def load_part(spec: PartSpec, model_dir: Path | str, device: str = "cpu") -> Cal
         device: ``cpu``, or the GPU instance's ``cuda:<id>`` (eager PyTorch only); outputs are CPU tensors either way.
 
     Raises:
-        EdgediffError: the artifact is missing, or the variant has no runtime here (not a CPU variant, or a GPU
-            device for a variant other than eager PyTorch).
+        EdgediffError: the artifact is missing, or the variant has no Python part runtime here (a GPU device for a
+            variant other than eager PyTorch: the GPU targets serve those with native Triton backends).
     """
     path = Path(model_dir) / spec.artifact
     if not path.exists():
@@ -117,29 +101,8 @@ def load_part(spec: PartSpec, model_dir: Path | str, device: str = "cpu") -> Cal
     if device != "cpu" and variant.backend != "torch":
         raise EdgediffError(f"variant {spec.variant} has no Python part runtime on {device}; the GPU targets serve "
                             "it with a native Triton backend")
-    threads = resolve_threads(spec.threads or None)
-    input_names = IO_NAMES[spec.part][0]
-    if variant.backend == "onnx":
-        from edgediff.variants.onnx_runtime import ort_session, session_fn
-
-        return session_fn(ort_session(path, threads=threads, cuda=False), input_names)
-    if variant.backend == "openvino":
-        from edgediff.variants.openvino_runtime import ir_fn
-
-        base = getattr(variant, "base", variant)  # a DeepCache combination compiles like its base variant
-        precision = base.compile_precision() if hasattr(base, "compile_precision") else variant.precision
-        return ir_fn(path, precision=precision, threads=threads)
-    torch.set_num_threads(threads)
-    if variant.backend == "jit":
-        return torch_fn(torch.jit.load(str(path), map_location="cpu"), "cpu")
-    if variant.backend == "torch":
-        module = _eager_module(spec, path)
-        if variant.precision == "bf16":
-            from edgediff.variants.torch_eager import autocast_fn
-
-            return autocast_fn(module, "cpu", torch.bfloat16)
-        return torch_fn(module.to(device), device)
-    raise EdgediffError(f"variant {spec.variant} has no CPU part runtime (backend {variant.backend})")
+    return variant.load_part(spec.part, path, BuildOptions(threads=spec.threads or None),
+                             preset=get_preset(spec.preset), device=device)
 
 
 class PartRunner:

@@ -178,6 +178,22 @@ def load_modules(
     return LDMModules(unet=unet, vqvae=vqvae), scheduler_config, origin
 
 
+def load_submodel(preset: ModelPreset, folder: Path, sub: str) -> Any:
+    """One module of the preset, ``sub`` = ``unet`` or ``vqvae``, loaded alone from ``folder/sub``.
+
+    Checked as ``load_modules`` checks it; eval mode, CPU, fp32. For a process that serves one part and must not
+    hold the other.
+    """
+    from diffusers import UNet2DModel, VQModel
+
+    classes = {"unet": (UNet2DModel, preset.unet_config), "vqvae": (VQModel, preset.vqvae_config)}
+    if sub not in classes:
+        raise ValueError(f"sub must be unet or vqvae, got {sub!r}")
+    cls, config = classes[sub]
+    module, _ = load_module(cls, Path(folder), sub, config)
+    return module.eval().requires_grad_(False)
+
+
 def load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> tuple[Any, str]:
     """Load ``folder/sub`` with ``cls.from_pretrained`` (local files only) after checking files and config."""
     sub_dir = folder / sub

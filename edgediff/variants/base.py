@@ -6,11 +6,13 @@ import abc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgediff.constants import ENV_THREADS
+from edgediff.errors import EdgediffError
 from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec, load_components
 from edgediff.pipeline import DecoderRunner, LDMPipeline, UNetFn, UNetRunner
@@ -63,6 +65,10 @@ def resolve_threads(threads: int | None = None) -> int:
     import psutil
 
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+PartFn = Callable[..., Any]
+"""A loaded part: tensors in, a tensor (or a tuple of them, the DeepCache ``unet-full`` part) out as fp32."""
 
 
 class StatelessUNet:
@@ -142,6 +148,28 @@ class Variant(abc.ABC):
         A variant touches ``model.unet``/``model.vqvae`` only when it needs them (to run them, or to export an
         artifact the cache lacks): the modules load then, once.
         """
+
+    def load_part(
+        self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cpu"
+    ) -> PartFn:
+        """Load one part's artifact as this variant runs it: the one loader of a variant's artifacts.
+
+        ``build`` loads the artifacts it exported with it, and Triton's Python-backend part model
+        (``exporters.part_runtime``) the copy in its model folder, so a part served by Triton computes what the
+        variant computes in-process.
+
+        Args:
+            part: ``unet``, ``vqdec``, ``unet-full`` or ``unet-shallow`` (``edgediff.artifacts.build.PARTS``).
+            artifact: The artifact file (``model.onnx``, ``model.xml``, ``model.pt``, ``model.plan``), or the
+                diffusers weights folder of eager PyTorch.
+            options: Threads (the other options are the variant's, not the part's).
+            preset: The architecture (eager PyTorch builds the module from it).
+            device: ``cpu`` or ``cuda[:N]``.
+
+        Raises:
+            EdgediffError: this variant does not run a part from one artifact, or not on ``device``.
+        """
+        raise EdgediffError(f"variant {self.name} does not run a part from a single artifact")
 
     def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:
         """The model as ``build`` needs it; by default with its modules loaded, so ``build`` times no loading.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from edgediff.errors import InvalidArgumentError
 from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
 from edgediff.pipeline import UNetFn, UNetRunner
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, PartFn, StatelessUNet, Variant
 
 FULL_PART = "unet-full"
 """Artifact part of the full UNet that also returns the deep feature."""
@@ -129,3 +130,8 @@ class DeepCacheVariant(Variant):
 
     def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:  # noqa: D102
         return self.base.load_model(preset, weights, seed=seed)
+
+    def load_part(  # noqa: D102
+        self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cpu"
+    ) -> PartFn:
+        return self.base.load_part(part, artifact, options, preset=preset, device=device)

@@ -19,8 +19,9 @@ from edgediff.artifacts.build import IO_NAMES, build_artifact
 from edgediff.artifacts.onnx_export import FILENAME
 from edgediff.availability import is_cuda_available, is_onnxruntime_available, onnxruntime_providers, require
 from edgediff.errors import EdgediffError
+from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, PartFn, Variant
 from edgediff.variants.deepcache import unet_runner
 
 
@@ -167,21 +168,30 @@ class OnnxVariant(Variant):
             return Availability.no("needs onnxruntime-gpu with the CUDA execution provider and a CUDA device")
         return Availability.yes()
 
+    def load_part(
+        self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cpu"
+    ) -> PartFn:
+        """An ORT session over ``model.onnx``: through I/O binding on CUDA (``BoundSession``), numpy on the CPU."""
+        input_names = IO_NAMES[part][0]
+        if device == "cpu":
+            return session_fn(ort_session(Path(artifact), threads=options.resolved_threads(), cuda=False),
+                              input_names)
+        index = torch.device(device).index
+        device_id = torch.cuda.current_device() if index is None else index
+        session = ort_session(Path(artifact), threads=options.resolved_threads(), cuda=True, device_id=device_id)
+        return BoundSession(session, input_names, device="cuda", device_id=device_id)
+
     def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         info: dict[str, Any] = {"device": "cuda" if self._cuda() else "cpu", "precision": self.precision,
                                 "threads": options.resolved_threads(), "artifacts": {},
                                 "deepcache_interval": options.deepcache_interval}
 
-        def part_fn(part: str) -> Callable[..., torch.Tensor]:
+        def part_fn(part: str) -> PartFn:
             folder, report = build_artifact(model, part, f"onnx-{self.precision}")
-            cuda = self._cuda()
-            device_id = torch.cuda.current_device() if cuda else 0
-            session = ort_session(folder / FILENAME, threads=options.resolved_threads(), cuda=cuda,
-                                  device_id=device_id)
             info["artifacts"][part] = {"path": str(folder / FILENAME), **report}
-            if cuda:  # device tensors through I/O binding: no numpy round trip inside ORT
+            device = f"cuda:{torch.cuda.current_device()}" if self._cuda() else "cpu"
+            if device != "cpu":  # device tensors through I/O binding: no numpy round trip inside ORT
                 info["io_binding"] = True
-                return BoundSession(session, IO_NAMES[part][0], device="cuda", device_id=device_id)
-            return session_fn(session, IO_NAMES[part][0])
+            return self.load_part(part, folder / FILENAME, options, preset=model.preset, device=device)
 
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

@@ -22,8 +22,10 @@ from edgediff.availability import (
     is_openvino_available,
     require,
 )
+from edgediff.errors import EdgediffError
+from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, PartFn, Variant
 from edgediff.variants.deepcache import check_interval, unet_runner
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
@@ -181,14 +183,21 @@ class OpenVinoVariant(Variant):
         unet_parts = ["unet"] if check_interval(options.deepcache_interval) == 1 else [UNET_FULL, UNET_SHALLOW]
         return {part: self._artifact(model, part) for part in [*unet_parts, "vqdec"]}
 
-    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
-        threads = options.resolved_threads()
-        precision = self.compile_precision()
-        info: dict[str, Any] = {"device": "cpu", "precision": self.precision, "compile_precision": precision,
-                                "threads": threads, "artifacts": {}, "deepcache_interval": options.deepcache_interval}
+    def load_part(
+        self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cpu"
+    ) -> PartFn:
+        """The IR compiled at ``compile_precision`` (``ir_fn``); CPU only."""
+        if device != "cpu":
+            raise EdgediffError(f"variant {self.name} runs on the CPU only, not on {device}")
+        return ir_fn(Path(artifact), precision=self.compile_precision(), threads=options.resolved_threads())
 
-        def part_fn(part: str) -> Callable[..., torch.Tensor]:
+    def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
+        info: dict[str, Any] = {"device": "cpu", "precision": self.precision,
+                                "compile_precision": self.compile_precision(), "threads": options.resolved_threads(),
+                                "artifacts": {}, "deepcache_interval": options.deepcache_interval}
+
+        def part_fn(part: str) -> PartFn:
             info["artifacts"][part] = self._artifact(model, part)
-            return ir_fn(Path(info["artifacts"][part]["path"]), precision=precision, threads=threads)
+            return self.load_part(part, Path(info["artifacts"][part]["path"]), options, preset=model.preset)
 
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

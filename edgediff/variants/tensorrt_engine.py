@@ -20,8 +20,9 @@ from edgediff.artifacts.build import IO_NAMES, build_artifact
 from edgediff.artifacts.tensorrt_plan import FILENAME
 from edgediff.availability import is_cuda_available, is_onnxruntime_available, is_tensorrt_available, require
 from edgediff.errors import EdgediffError
+from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, StatelessUNet, Variant
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, PartFn, StatelessUNet, Variant
 
 Shape = tuple[int, ...]
 
@@ -199,13 +200,21 @@ class TensorRTVariant(Variant):
             return Availability.no("the engine is built from the ONNX export: pip install 'edgediff[onnx]'")
         return Availability.yes()
 
+    def load_part(
+        self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cuda"
+    ) -> PartFn:
+        """The deserialized plan (``TensorRTRunner``) on the current CUDA device."""
+        if not device.startswith("cuda"):
+            raise EdgediffError(f"variant {self.name} runs on a CUDA device only, not on {device}")
+        inputs, outputs = IO_NAMES[part]
+        return TensorRTRunner.from_plan(Path(artifact), inputs, outputs[:1])
+
     def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
-        runners: dict[str, TensorRTRunner] = {}
+        runners: dict[str, Any] = {}  # TensorRTRunner
         info: dict[str, Any] = {"device": "cuda", "precision": "fp16", "artifacts": {}}
         for part in ("unet", "vqdec"):
             folder, report = build_artifact(model, part, "tensorrt-fp16")
-            inputs, outputs = IO_NAMES[part]
-            runners[part] = TensorRTRunner.from_plan(folder / FILENAME, inputs, outputs[:1])
+            runners[part] = self.load_part(part, folder / FILENAME, options, preset=model.preset)
             info["artifacts"][part] = {"path": str(folder / FILENAME), **report,
                                        "profile_batch": [runners[part].min_batch, runners[part].max_batch]}
         return BuiltVariant(self.name, StatelessUNet(runners["unet"]), runners["vqdec"], info)  # type: ignore[arg-type]

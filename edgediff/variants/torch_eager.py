@@ -6,14 +6,22 @@ import contextlib
 import copy
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from edgediff.artifacts.build import part_module
+from edgediff.artifacts.modules import DecoderModule, UNetModule
 from edgediff.availability import is_cuda_available
+from edgediff.errors import EdgediffError
+from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant, to_cpu_float
+from edgediff.models.weights import load_submodel
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, PartFn, Variant, to_cpu_float
 from edgediff.variants.deepcache import unet_runner
+
+PART_SUBFOLDER = {"unet": "unet", "vqdec": "vqvae"}
+"""Sub-folder of the diffusers weights layout that holds each part: eager PyTorch's artifact is a weights folder."""
 
 
 def default_device() -> str:
@@ -70,6 +78,30 @@ class TorchVariant(Variant):
     def _device(self) -> str:
         return default_device() if self.device == "auto" else self.device
 
+    def _runner(self, module: torch.nn.Module, device: str) -> PartFn:
+        """``module`` run as this variant runs it on ``device`` (precision, memory layout); CPU fp32 outputs."""
+        module = module.to(device)
+        if device.startswith("cuda") and self.precision == "fp16":
+            return _cast_fn(module, device, torch.float16)
+        if self.channels_last:  # on a copy: the shared model keeps its layout for the other variants
+            module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+        return autocast_fn(module, device, torch.bfloat16 if self.precision == "bf16" else None,
+                           channels_last=self.channels_last)
+
+    def load_part(
+        self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cpu"
+    ) -> PartFn:
+        """The part's module from a diffusers weights folder, run as ``build`` runs the loaded model's.
+
+        ``artifact/unet`` or ``artifact/vqvae`` holds the part (``PART_SUBFOLDER``).
+        """
+        if part not in PART_SUBFOLDER:
+            raise EdgediffError(f"variant {self.name} loads {' and '.join(PART_SUBFOLDER)} from weights, not {part!r}")
+        if device == "cpu":
+            torch.set_num_threads(options.resolved_threads())
+        module = load_submodel(preset, Path(artifact), PART_SUBFOLDER[part])
+        return self._runner((UNetModule if part == "unet" else DecoderModule)(module).eval(), device)
+
     def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         device = self._device()
         if device == "cpu":
@@ -79,14 +111,8 @@ class TorchVariant(Variant):
             model.unet = copy.deepcopy(model.unet).half()
             model.vqvae = copy.deepcopy(model.vqvae).half()
 
-        def part_fn(part: str) -> Callable[..., torch.Tensor]:
-            module = part_module(model, part).to(device)
-            if device == "cuda" and self.precision == "fp16":
-                return _cast_fn(module, device, torch.float16)
-            if self.channels_last:  # on a copy: the shared model keeps its layout for the other variants
-                module = copy.deepcopy(module).to(memory_format=torch.channels_last)
-            return autocast_fn(module, device, torch.bfloat16 if self.precision == "bf16" else None,
-                                channels_last=self.channels_last)
+        def part_fn(part: str) -> PartFn:
+            return self._runner(part_module(model, part), device)
 
         info = {"device": device, "precision": self.precision, "threads": torch.get_num_threads(),
                 "deepcache_interval": options.deepcache_interval, "channels_last": self.channels_last}

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from edgediff.artifacts.build import build_artifact, part_inputs, part_module
 from edgediff.artifacts.torchscript import FILENAME, trace_module
 from edgediff.availability import is_cuda_available
+from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
-from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, Variant, torch_fn
+from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, PartFn, Variant, torch_fn
 from edgediff.variants.deepcache import unet_runner
 from edgediff.variants.torch_eager import default_device
 
@@ -37,6 +38,14 @@ class JitVariant(Variant):
             return Availability.no("needs a CUDA device")
         return Availability.yes()
 
+    def load_part(
+        self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cpu"
+    ) -> PartFn:
+        """The TorchScript module on ``device`` (``torch.jit.load``); CPU fp32 outputs."""
+        if device == "cpu":
+            torch.set_num_threads(options.resolved_threads())
+        return torch_fn(torch.jit.load(str(artifact), map_location=device), device)
+
     def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         device = default_device() if self.device == "auto" else self.device
         if device == "cpu":
@@ -44,14 +53,14 @@ class JitVariant(Variant):
         info: dict = {"device": device, "precision": self.precision, "artifacts": {},
                       "deepcache_interval": options.deepcache_interval}
 
-        def part_fn(part: str) -> Callable[..., torch.Tensor]:
+        def part_fn(part: str) -> PartFn:
             if self.precision == "fp16" or device == "cpu":
                 folder, report = build_artifact(model, part, f"torchscript-{self.precision}")
-                module = torch.jit.load(str(folder / FILENAME), map_location=device)
                 info["artifacts"][part] = {"path": str(folder / FILENAME), **report}
-            else:  # fp32 on CUDA: trace on the device itself
-                module = trace_module(part_module(model, part).to(device),
-                                      tuple(t.to(device) for t in part_inputs(model, part)))
+                return self.load_part(part, folder / FILENAME, options, preset=model.preset, device=device)
+            # fp32 on CUDA: trace on the device itself
+            module = trace_module(part_module(model, part).to(device),
+                                  tuple(t.to(device) for t in part_inputs(model, part)))
             return torch_fn(module, device)
 
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)
