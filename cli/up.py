@@ -59,6 +59,19 @@ def _auto_runtime(profile: str) -> str:
     return runtime
 
 
+def _default_variants(args: argparse.Namespace) -> str:
+    """The cpu profile's default: this machine's tune profile (``edgediff tune``) when there is a valid one."""
+    if args.profile == "cpu":
+        from edgediff.bench.tune import profile_defaults
+
+        profile = profile_defaults(args.model, warn=lambda line: print(line, file=sys.stderr))
+        if profile is not None:
+            print(f"variant from this machine's tune profile: {profile['variant']} (the gateway serves it with "
+                  f"{profile['scheduler']} {profile['steps']} steps by default)", flush=True)
+            return str(profile["variant"])
+    return DEFAULT_VARIANTS[args.profile]
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Start the stack."""
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
@@ -66,7 +79,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     runtime = args.runtime
     if runtime == "auto":
         runtime = _auto_runtime(args.profile)
-    variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS[args.profile]).split(",") if v.strip()]
+    variants = [v.strip() for v in (args.variants or _default_variants(args)).split(",") if v.strip()]
     if not variants:
         raise InvalidArgumentError("--variants: give at least one variant")
     if runtime == "docker":

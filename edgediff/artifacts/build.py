@@ -67,7 +67,9 @@ def artifact_request(model: ModelSpec, part: str, fmt: str) -> tuple[str, dict[s
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     extra: dict[str, Any] = {"opset": onnx_export.OPSET}
     if fmt == "openvino-int8":
-        extra.update(quantization=openvino_int8.QUANTIZATION, calibration=calibration.calibration_config(model))
+        config = (calibration.decoder_calibration_config(model) if part == "vqdec"
+                  else calibration.calibration_config(model))
+        extra.update(quantization=openvino_int8.QUANTIZATION, calibration=config)
     return f"{model.preset.name}-{part}-{fmt}", extra
 
 
@@ -108,7 +110,9 @@ def build_artifact(components: ModelSpec, part: str, fmt: str, *, root: Path | N
             return openvino_ir.export_openvino(source / onnx_export.FILENAME, folder)
         if fmt == "openvino-int8":
             ir, _ = build_artifact(components, part, "openvino", root=root)
-            samples = calibration.part_samples(calibration.calibration_set(components), part)
+            cset = (calibration.decoder_calibration_set(components) if part == "vqdec"
+                    else calibration.calibration_set(components))
+            samples = calibration.part_samples(cset, part)
             named = [dict(zip(in_names, (t.numpy() for t in sample), strict=True)) for sample in samples]
             return openvino_int8.quantize_ir(ir / openvino_ir.FILENAME, named, folder)
         shapes = {name: tuple(t.shape) for name, t in zip(in_names, inputs, strict=True)}

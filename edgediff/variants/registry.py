@@ -30,6 +30,8 @@ def register(variant: Variant) -> Variant:
 
 _OPENVINO_BF16, _OPENVINO_INT8, _LOWMEM = OpenVinoVariant("bf16"), OpenVinoVariant("int8"), LowMemoryVariant()
 _OPENVINO_BF16_INT8DEC = OpenVinoVariant("bf16", decoder_precision="int8")
+_OPENVINO_FP32 = OpenVinoVariant("fp32")  # fp32 kernels: fast DeepCache variants on CPUs without native bf16
+_OPENVINO_FP32_INT8DEC = OpenVinoVariant("fp32", decoder_precision="int8")
 _TORCH_INT8_LOWMEM = TorchLowMemoryVariant("int8")
 
 for _variant in (
@@ -40,10 +42,13 @@ for _variant in (
     JitVariant("fp16"),
     OnnxVariant("fp32"),
     OnnxVariant("fp16"),
-    OpenVinoVariant("fp32"),
+    _OPENVINO_FP32,
     _OPENVINO_BF16,
     _OPENVINO_INT8,
     _OPENVINO_BF16_INT8DEC,
+    _OPENVINO_FP32_INT8DEC,
+    DeepCacheVariant(_OPENVINO_FP32, 3),
+    DeepCacheVariant(_OPENVINO_FP32_INT8DEC, 3),
     DeepCacheVariant(_OPENVINO_BF16, 3),
     DeepCacheVariant(_OPENVINO_INT8, 3),
     DeepCacheVariant(_OPENVINO_BF16_INT8DEC, 3),
@@ -99,12 +104,17 @@ def require_available(name: str) -> Variant:
 
 
 def parse_variant_list(spec: str) -> list[str]:
-    """``"all"`` -> every registered name; ``"a,b"`` -> ``["a", "b"]`` (each checked to exist)."""
+    """``"all"`` -> every registered name; ``"a,b"`` -> ``["a", "b"]`` (each checked to exist).
+
+    A name may carry a sampler, ``VARIANT@SCHEDULER[:STEPS]`` (``edgediff.schedulers.split_row``): bench rows.
+    """
+    from edgediff.schedulers import split_row
+
     if spec.strip() == "all":
         return variant_names()
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for name in names:
-        get_variant(name)
+        get_variant(split_row(name)[0])
     return names
 
 

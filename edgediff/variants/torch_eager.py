@@ -12,7 +12,7 @@ import torch
 
 from edgediff.artifacts.build import part_module
 from edgediff.artifacts.modules import DecoderModule, UNetModule
-from edgediff.availability import is_cuda_available
+from edgediff.availability import cpu_supports_bf16, is_cuda_available
 from edgediff.errors import EdgediffError
 from edgediff.models.presets import ModelPreset
 from edgediff.models.spec import ModelSpec
@@ -73,6 +73,9 @@ class TorchVariant(Variant):
     def availability(self) -> Availability:  # noqa: D102
         if self.precision == "fp16" and not is_cuda_available():
             return Availability.no("needs a CUDA device (fp16 kernels on CPU are slower than fp32)")
+        if self.precision == "bf16" and self._device() == "cpu" and not cpu_supports_bf16():
+            return Availability.no("this CPU has no native bf16 (AVX-512 BF16, AMX or Arm BF16): bf16 would be "
+                                   "emulated, slower than fp32")
         return Availability.yes()
 
     def _device(self) -> str:
