@@ -11,7 +11,8 @@
 # Settings: EDGEDIFF_MODEL (celebahq-256; `tiny` to try the plumbing first), EDGEDIFF_WEIGHTS (a diffusers-format
 # folder on the phone; without it, seeded synthetic weights, labelled as such), EDGEDIFF_BIND_ADDRESS (127.0.0.1;
 # 0.0.0.0 to serve other machines on the Wi-Fi, then also set EDGEDIFF_TOKEN_FILE), EDGEDIFF_THREADS,
-# EDGEDIFF_IDLE_SECONDS (measure the idle baseline this long at exporter start; 0 = none).
+# EDGEDIFF_IDLE_SECONDS (measure the idle baseline this long at exporter start; 0 = none), EDGEDIFF_MAX_MEMORY
+# (the gateway's memory budget, e.g. 1.5G; under 3G, or total RAM under 3 GiB, serves torch-int8-lowmem).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -72,10 +73,14 @@ start() {
   elif [ "${bind}" != "127.0.0.1" ]; then
     log "warning: serving on ${bind} without EDGEDIFF_TOKEN_FILE: anyone on this network can generate"
   fi
+  local memory_args=()
+  if [ -n "${EDGEDIFF_MAX_MEMORY:-}" ]; then
+    memory_args=(--max-memory "${EDGEDIFF_MAX_MEMORY}")
+  fi
   # One generation at a time and a short queue: a phone has the memory for one celebahq-256 pipeline.
   start_one gateway \
     edgediff serve --backend local --model "${model}" --host "${bind}" --port "${gateway_port}" \
-      --metrics-port "${gateway_metrics_port}" --max-concurrency 1 --max-queue 2 --max-batch 1 "${token_args[@]}"
+      --metrics-port "${gateway_metrics_port}" --max-concurrency 1 --max-queue 2 --max-batch 1 "${token_args[@]}" "${memory_args[@]}"
   # The battery reader needs the phone unplugged (it marks readings taken on a charger or USB as invalid).
   start_one exporter \
     edgediff exporter --host "${bind}" --port "${exporter_port}" --interval 0.1 \
