@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgediff.bench.gateway import connect, gateway_variants
 from edgediff.io import atomic_write_text
 from edgediff.models import get_preset
 from edgediff.variants import BuildOptions, build_variant, get_variant
 from edgediff.variants.base import resolve_threads
+from services.gateway.bench_target import connect, gateway_variants
 
 MS_PER_S = 1000.0
 

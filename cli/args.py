@@ -10,6 +10,7 @@ from edgediff.errors import InvalidArgumentError
 from edgediff.models import ModelSpec, list_presets
 from edgediff.models.weights import SYNTHETIC_WARNING
 from edgediff.pipeline import MAX_STEPS
+from edgediff.schedulers import SCHEDULERS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "celebahq-256") -> None:
@@ -35,8 +36,6 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, steps: int | None
 
 def add_scheduler_argument(parser: argparse.ArgumentParser, default: str | None = "ddim") -> None:
     """``--scheduler ddim|dpmpp|unipc`` (``edgediff.schedulers``)."""
-    from edgediff.schedulers import SCHEDULERS
-
     parser.add_argument("--scheduler", default=default, choices=SCHEDULERS,
                         help="sampler: ddim (the study's), dpmpp (DPM-Solver++ multistep) or unipc; the multistep "
                              "solvers reach DDIM-20 quality in fewer --steps (eta must be 0) (default: "

@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 
 from cli.args import add_build_arguments, add_model_arguments, add_sampling_arguments
+from edgediff.bench.report_writers import results_table, write_outputs
+from edgediff.bench.runner import TelemetryOptions
+from edgediff.bench.suite import BenchConfig, run_bench
 from edgediff.errors import InvalidArgumentError
+from edgediff.quality.bench_hook import make_quality_hook, quality_failed
+from edgediff.variants import parse_variant_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--variants", default="all", metavar="all|V,...",
                         help="variants to measure (default: all; unavailable ones are listed with the reason). "
-                             "torch-fp32 always runs too: it is the reference for speedup and fidelity")
+                             "torch-fp32 always runs too: it is the reference for speedup and fidelity. "
+                             "V@SCHEDULER:STEPS runs V with its own sampler and steps (openvino-fp32-dc3@dpmpp:10), "
+                             "for speed at equal quality against the baseline's --scheduler and --steps")
     add_sampling_arguments(parser)
     add_build_arguments(parser)
     parser.add_argument("--warmup", type=int, default=2, help="warm-up runs per variant, not counted (default: 2)")
@@ -58,11 +65,6 @@ def _through(values: list[str]) -> tuple[str, str | None]:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the bench, write the report, print the table and where the report lives."""
-    from edgediff.bench.report_writers import results_table, write_outputs
-    from edgediff.bench.runner import TelemetryOptions
-    from edgediff.bench.suite import BenchConfig, run_bench
-    from edgediff.variants import parse_variant_list
-
     through, gateway = _through(args.through)
     if args.fixture_power_watts is not None:
         print(f"WARNING: --fixture-power-watts {args.fixture_power_watts}: energy is a made-up fixture number "
@@ -81,6 +83,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         runs=args.runs,
         threads=args.threads,
         deepcache=args.deepcache,
+        scheduler=args.scheduler,
         isolate=args.isolate,
         through=through,
         gateway=gateway,
@@ -93,9 +96,17 @@ def run_from_args(args: argparse.Namespace) -> int:
         out=out,
         command=shlex.join(["edgediff", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "edgediff bench",
     )
-    from edgediff.quality.bench_hook import make_quality_hook, quality_failed
 
-    report, _runs = run_bench(config, quality_fn=make_quality_hook(config))  # digits: quality gate per variant
+    remote = None
+    if through == "gateway":
+        from services.gateway.bench_target import GatewayTarget
+
+        remote = GatewayTarget(gateway, token=args.token, tls_ca=args.tls_ca)
+    try:
+        report, _runs = run_bench(config, quality_fn=make_quality_hook(config), remote=remote)
+    finally:
+        if remote is not None:
+            remote.close()  # digits: quality gate per variant
     incomplete = report.get("incomplete")  # a stop signal cut the bench short (edgediff.processes)
     if incomplete and not report["variants"]:
         print(f"edgediff bench: {incomplete['reason']} before any variant finished: no report written",

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgediff.bench.compare import SELECT_FASTEST
+from edgediff.bench.compare import SELECT_FASTEST, compare_reports, load_report, plot_comparison, render_markdown
+from edgediff.io import atomic_write_json, atomic_write_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Load, check, compare; write compare.md, compare.png and compare.json; print the table."""
-    from edgediff.bench.compare import compare_reports, load_report, plot_comparison, render_markdown
-    from edgediff.io import atomic_write_json, atomic_write_text
-
     reports = [(str(path), load_report(path, allow_incomplete=args.allow_incomplete)) for path in args.reports]
     comparison = compare_reports(reports, reference=args.reference, variant=args.variant, force=args.force)
     for source, report in reports:

@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+from services.stack.local_runtime import remove_shm_regions
 from services.stack.state import add_state_dir_argument, pid_alive, remove_state, state_from_args
 from services.stack.supervisor import signal_group
 
@@ -36,7 +37,6 @@ def stop_local(state: dict, state_dir: Path, timeout_s: float) -> None:
         if pid:
             signal_group(pid, signal.SIGKILL)
     if state.get("shm_prefix"):
-        from services.stack.local_runtime import remove_shm_regions
 
         remove_shm_regions(state["shm_prefix"])
     remove_state(state_dir)

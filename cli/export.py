@@ -8,6 +8,11 @@ import sys
 from typing import Any
 
 from cli.args import add_model_arguments, add_scheduler_argument
+from edgediff.bench.tune import profile_defaults
+from edgediff.models.weights import SYNTHETIC_WARNING
+from edgediff.schedulers import DDIM
+from exporters.repository import export_repository
+from exporters.targets import TARGETS, get_target
 
 DEFAULT_REPO = "model_repository"
 FIGURE3_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Div", "Cast", "Reshape", "Identity", "Mul",
@@ -17,8 +22,6 @@ FIGURE3_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Div", "Cas
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff export``."""
-    from exporters.targets import TARGETS
-
     defaults = "; ".join(f"{t.name}: {','.join(t.default_variants)}" for t in TARGETS.values())
     parser.add_argument("--target", required=True, choices=list(TARGETS),
                         help="where the repository is served: cpu (Python-backend models), rtx or jetson (native "
@@ -95,12 +98,6 @@ def _print_op_counts(manifest: dict[str, Any], repo: str) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Export and print what was built."""
-    from edgediff.bench.tune import profile_defaults
-    from edgediff.models.weights import SYNTHETIC_WARNING
-    from edgediff.schedulers import DDIM
-    from exporters.repository import export_repository
-    from exporters.targets import get_target
-
     target = get_target(args.target)
     spec = (args.variants or "").strip()
     variants = list(target.placements) if spec == "all" else [v for v in spec.split(",") if v.strip()]

@@ -31,6 +31,8 @@ from edgediff.constants import (
     METRIC_GATEWAY_IMAGES_TOTAL,
 )
 from edgediff.errors import EdgediffError, InvalidArgumentError
+from loadtest.mix import RequestMix
+from loadtest.runner import LocustPlan, log_tail, run_locust
 
 if TYPE_CHECKING:
     from loadtest.runner import LocustPlan, LocustRun
@@ -151,9 +153,6 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the load test and write the report; 0 when every request succeeded and images were served."""
-    from loadtest.mix import RequestMix
-    from loadtest.runner import LocustPlan, run_locust
-
     target = check_target(args.target)
     users, spawn_rate = int(_resolved(args, "users")), float(_resolved(args, "spawn_rate"))
     if users < 1:
@@ -224,7 +223,6 @@ def finish(plan: LocustPlan, run: LocustRun, config: dict[str, Any], *, promethe
     )
     from loadtest.records import read_records
     from loadtest.report import build_report, write_report
-    from loadtest.runner import log_tail
     from loadtest.summary import read_locust_totals, summarize, timeline
 
     records = read_records(plan.record_dir)

@@ -21,9 +21,15 @@ from cli.args import (
     load_model,
 )
 from edgediff.errors import InvalidArgumentError
+from edgediff.io import atomic_write_bytes, atomic_write_json
 from edgediff.models import ModelSpec
-from edgediff.quality.samples import DEFAULT_BATCH, DEFAULT_SAMPLES
-from edgediff.variants import BASELINE
+from edgediff.pipeline import encode_png
+from edgediff.quality.classifier import load_classifier
+from edgediff.quality.gate import evaluate, quality_gate
+from edgediff.quality.metrics import load_image_folder
+from edgediff.quality.samples import DEFAULT_BATCH, DEFAULT_SAMPLES, image_grid, sample_images
+from edgediff.request import GenerationRequest
+from edgediff.variants import BASELINE, BuildOptions, build_variant, require_available
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _generate(args: argparse.Namespace, variant: str, components: ModelSpec) -> np.ndarray:
     """The ``--samples`` images of ``variant`` (uint8 NHWC)."""
-    from edgediff.quality.samples import sample_images
-    from edgediff.variants import BuildOptions, build_variant
-
     built = build_variant(variant, components, BuildOptions(threads=args.threads, deepcache_interval=args.deepcache))
     pipeline = built.pipeline(components)
     return sample_images(pipeline, samples=args.samples, steps=args.steps, seed=args.seed, batch=args.batch,
@@ -62,13 +65,6 @@ def _generate(args: argparse.Namespace, variant: str, components: ModelSpec) -> 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Score, print, optionally gate and write JSON."""
-    from edgediff.io import atomic_write_json
-    from edgediff.quality.classifier import load_classifier
-    from edgediff.quality.gate import evaluate, quality_gate
-    from edgediff.quality.metrics import load_image_folder
-    from edgediff.request import GenerationRequest
-    from edgediff.variants import require_available
-
     if (args.fid_reference is None) != (args.inception_weights is None):
         raise InvalidArgumentError("--fid-reference and --inception-weights must be given together")
     if args.images is not None and args.gate:
@@ -102,9 +98,6 @@ def run_from_args(args: argparse.Namespace) -> int:
                   "weights": components.weights.to_dict()}
     result: dict[str, Any] = {"source": source, "scores": scores.to_dict()}
     if args.grid:
-        from edgediff.io import atomic_write_bytes
-        from edgediff.pipeline import encode_png
-        from edgediff.quality.samples import image_grid
 
         metadata = {k: str(v) for k, v in source.items() if k != "weights"}
         atomic_write_bytes(args.grid, encode_png(image_grid(images), metadata))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
-from cli.args import add_model_arguments
+from cli.args import add_model_arguments, add_scheduler_argument, check_positive
+from edgediff.bench.tune import profile_defaults
 from edgediff.constants import DEFAULT_HOST, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, TRITON_GRPC_PORT
 from edgediff.pipeline import MAX_BATCH
+from edgediff.processes import hangup_means_terminate
+from edgediff.schedulers import DDIM, check_scheduler
 
 if TYPE_CHECKING:
     from services.gateway.server import GatewayConfig
@@ -15,10 +19,14 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff serve``."""
-    parser.add_argument("--backend", required=True, choices=("triton", "local"),
+    parser.add_argument("--backend", required=True, choices=("triton", "local", "fleet"),
                         help="triton: forward to Triton's ldm_<variant> models; local: run the pipeline in-process "
-                             "with plain PyTorch (phones; needs no Triton, ONNX Runtime or OpenVINO)")
+                             "with plain PyTorch (phones; needs no Triton, ONNX Runtime or OpenVINO); fleet: route "
+                             "each request to one of several upstream gateways (--upstream, --policy)")
     add_model_arguments(parser)
+    add_scheduler_argument(parser, default=None)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps of requests that send 0 (default: the tune profile's, else 20)")
     parser.add_argument("--variant", default=None,
                         help="default variant for requests that name none (local: torch-fp32; triton: the first "
                              "ready ldm_* model in registry order)")
@@ -55,6 +63,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds an accepted request that has not started waits for the backend to serve "
                              "again (Triton restarting) before UNAVAILABLE, within its own deadline; 0 fails at "
                              "once (default: %(default)s)")
+    fleet = parser.add_argument_group("fleet backend (one endpoint in front of several gateways)")
+    fleet.add_argument("--upstream", action="append", default=[], metavar="ADDR",
+                       help="an upstream gateway, repeatable: HOST:PORT or dns:NAME:PORT (every address of NAME), "
+                            "options after ';': metrics=URL (its gateway metrics, default http://HOST:9401/metrics), "
+                            "exporter=URL (its telemetry exporter, default http://HOST:9400/metrics), name=LABEL; "
+                            "'none' disables a URL")
+    fleet.add_argument("--policy", default="edge-first", choices=("fastest", "lowest-energy", "edge-first"),
+                       help="fastest: least predicted latency; lowest-energy: least measured energy per image; "
+                            "edge-first: the cheapest upstream whose predicted latency meets the request's deadline "
+                            "(default: %(default)s)")
+    fleet.add_argument("--latency-target", type=float, default=30.0, metavar="S",
+                       help="edge-first: the latency to meet when a request has no deadline (default: %(default)s)")
+    fleet.add_argument("--fleet-refresh", type=float, default=2.0, metavar="S",
+                       help="seconds between health checks and metric scrapes of the upstreams (default: %(default)s)")
+    fleet.add_argument("--upstream-token-file", default=None, metavar="FILE",
+                       help="bearer token the upstream gateways require, read from FILE")
+    fleet.add_argument("--upstream-tls-ca", default=None, metavar="PEM", help="CA certificate of TLS upstreams")
+
+
+def sampler_defaults(args: argparse.Namespace) -> dict:
+    """``scheduler`` and ``steps`` for requests that name none, and the default variant.
+
+    The flags win; else this machine's tune profile (``edgediff tune``), used only when it also chose the default
+    variant (a profile from another machine is refused with a warning); else DDIM-20.
+    """
+    profile = None
+    if args.backend != "fleet" and (args.variant is None or args.scheduler is None):
+        profile = profile_defaults(args.model, warn=lambda line: print(line, file=sys.stderr))
+    use = profile is not None and args.variant in (None, profile["variant"])
+    if use:
+        args.variant = profile["variant"]
+        print(f"defaults from this machine's tune profile: {profile['variant']}, {profile['scheduler']} "
+              f"{profile['steps']} steps", file=sys.stderr)
+    scheduler = args.scheduler or (profile["scheduler"] if use else DDIM)
+    steps = args.steps or (int(profile["steps"]) if use else 20)
+    return {"scheduler": check_scheduler(scheduler, field="--scheduler"), "steps": steps}
 
 
 def parse_memory_size(text: str) -> int:
@@ -72,13 +116,14 @@ def parse_memory_size(text: str) -> int:
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     """The ``GatewayConfig`` the arguments describe (the token file is read here; its content is never printed)."""
-    from cli.args import check_positive
     from services.gateway.auth import read_token_file
     from services.gateway.server import GatewayConfig
 
     check_positive("threads", args.threads)
     token = read_token_file(args.token_file) if args.token_file else None
+    samplers = sampler_defaults(args)  # may set args.variant from this machine's tune profile
     config = GatewayConfig(
+        **samplers,
         backend=args.backend, model=args.model, weights=args.weights, weights_seed=args.weights_seed,
         variant=args.variant, host=args.host, port=args.port, metrics_port=args.metrics_port,
         triton_url=args.triton_url, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
@@ -86,6 +131,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         preload=not args.no_preload, max_memory=args.max_memory, shutdown_grace_s=args.shutdown_grace,
         health_interval_s=args.health_interval,
         max_backend_wait_s=args.max_backend_wait,
+        upstreams=args.upstream, policy=args.policy, latency_target_s=args.latency_target,
+        fleet_refresh_s=args.fleet_refresh,
+        upstream_token=read_token_file(args.upstream_token_file) if args.upstream_token_file else None,
+        upstream_tls_ca=args.upstream_tls_ca,
     )
     config.check()
     return config
@@ -93,7 +142,6 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve until SIGTERM, SIGINT or SIGHUP; exit 0 after a graceful shutdown (``edgediff.processes``)."""
-    from edgediff.processes import hangup_means_terminate
     from services.gateway.server import serve
 
     config = config_from_args(args)

@@ -13,12 +13,11 @@ import sys
 
 from cli.args import check_positive
 from edgediff.errors import InvalidArgumentError
+from edgediff.quality.train import TrainConfig, committed_record, install_reference, train_reference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff train-reference``."""
-    from edgediff.quality.train import TrainConfig
-
     d = TrainConfig()
     parser.add_argument("--out", default="digits-reference", metavar="DIR",
                         help="output folder: diffusers layout (usable as --weights) + classifier/ + training.json "
@@ -41,8 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Train, write, print a summary."""
-    from edgediff.quality.train import TrainConfig, committed_record, install_reference, train_reference
-
     check_positive("threads", args.threads)
     for name in ("vq_steps", "unet_steps", "classifier_steps", "eval_samples"):
         check_positive(name.replace("_", "-"), getattr(args, name), minimum=0)

@@ -12,14 +12,14 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from cli.args import check_positive
+from cli.export import DEFAULT_REPO
 from edgediff.constants import DEFAULT_HOST, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
+from services.triton.launcher import MODEL_CONTROL_MODES, TritonServer, error_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff triton``."""
-    from cli.export import DEFAULT_REPO
-    from services.triton.launcher import MODEL_CONTROL_MODES
-
     parser.add_argument("--repo", default=DEFAULT_REPO, metavar="DIR",
                         help="model repository written by 'edgediff export' (default: %(default)s)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
@@ -48,9 +48,6 @@ def repository_index(http_url: str) -> list[dict]:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Start the server, print where it listens, wait; exit non-zero with Triton's errors when it fails."""
-    from cli.args import check_positive
-    from services.triton.launcher import TritonServer, error_lines
-
     for name in ("http_port", "grpc_port", "metrics_port"):
         check_positive(name.replace("_", "-"), getattr(args, name))
     server = TritonServer(

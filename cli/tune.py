@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 from cli.args import add_model_arguments, check_positive
+from edgediff.bench.tune import SAMPLER_LADDER, TuneConfig, load_profile, tune
+from edgediff.errors import InvalidArgumentError
+from edgediff.schedulers import check_scheduler
+from edgediff.variants import parse_variant_list
 
 
 def _samplers(text: str) -> tuple[tuple[str, int], ...]:
-    from edgediff.errors import InvalidArgumentError
-    from edgediff.schedulers import check_scheduler
 
     out = []
     for item in (s.strip() for s in text.split(",") if s.strip()):
@@ -29,8 +31,6 @@ def _samplers(text: str) -> tuple[tuple[str, int], ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``edgediff tune``."""
-    from edgediff.bench.tune import SAMPLER_LADDER
-
     add_model_arguments(parser)
     parser.add_argument("--variants", default=None, metavar="V,...",
                         help="candidates (default: every variant available here but the baseline and low-memory "
@@ -52,8 +52,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Tune (or show the profile) and print where the profile is."""
     import json
 
-    from edgediff.bench.tune import TuneConfig, load_profile, tune
-    from edgediff.variants import parse_variant_list
 
     if args.show:
         print(json.dumps(load_profile(args.model), indent=2))

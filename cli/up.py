@@ -14,9 +14,22 @@ import sys
 import time
 from pathlib import Path
 
+from cli.status import print_status
+from edgediff.bench.tune import profile_defaults
 from edgediff.errors import EdgediffError, InvalidArgumentError
 from edgediff.processes import ChildProcess
+from edgediff.variants import get_variant
+from services.stack.local_runtime import (
+    DEFAULT_PORTS,
+    REPO_ROOT,
+    LocalStackConfig,
+    build_specs,
+    ensure_repository,
+    parse_ports,
+    shm_prefix,
+)
 from services.stack.state import add_state_dir_argument, default_state_dir, pid_alive, read_state
+from services.stack.supervisor import Supervisor
 
 PROFILES = ("cpu", "rtx", "jetson")
 DEFAULT_VARIANTS = {"cpu": "onnx-fp32", "rtx": "trt-fp16", "jetson": "trt-fp16"}
@@ -52,7 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _auto_runtime(profile: str) -> str:
     """``docker`` when the Docker runtime can start ``profile`` here, else ``local``; says which and why."""
     from services.stack.docker_runtime import choose_runtime
-    from services.stack.local_runtime import REPO_ROOT
 
     runtime, why = choose_runtime(profile, REPO_ROOT / "compose.yaml")
     print(f"runtime auto: {'Docker containers' if runtime == 'docker' else 'local processes'} ({why})", flush=True)
@@ -62,7 +74,6 @@ def _auto_runtime(profile: str) -> str:
 def _default_variants(args: argparse.Namespace) -> str:
     """The cpu profile's default: this machine's tune profile (``edgediff tune``) when there is a valid one."""
     if args.profile == "cpu":
-        from edgediff.bench.tune import profile_defaults
 
         profile = profile_defaults(args.model, warn=lambda line: print(line, file=sys.stderr))
         if profile is not None:
@@ -117,9 +128,6 @@ def refuse_if_running(state_dir: Path) -> None:
 
 
 def _up_local(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:
-    from edgediff.variants import get_variant
-    from services.stack.local_runtime import LocalStackConfig, build_specs, ensure_repository, parse_ports, shm_prefix
-    from services.stack.supervisor import Supervisor
 
     for name in variants:
         get_variant(name)
@@ -190,7 +198,6 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
             state = read_state(state_dir)
             if state and state.get("services") and all(s["status"] == "healthy"
                                                        for s in state["services"].values()):
-                from cli.status import print_status
 
                 child.release()  # from now on it runs on its own
                 print_status(state)
@@ -203,7 +210,6 @@ def _detach(args: argparse.Namespace, state_dir: Path) -> int:
 
 def _up_docker(args: argparse.Namespace, variants: list[str], state_dir: Path) -> int:
     from services.stack.docker_runtime import DockerRuntime, compose_environment
-    from services.stack.local_runtime import DEFAULT_PORTS, REPO_ROOT, parse_ports
 
     ports = parse_ports(args.ports)
     runtime = DockerRuntime(

@@ -50,6 +50,7 @@ LDM_INPUT_SEED = "SEED"
 LDM_INPUT_STEPS = "STEPS"
 LDM_INPUT_ETA = "ETA"
 LDM_INPUT_BATCH = "BATCH"
+LDM_INPUT_SCHEDULER = "SCHEDULER"
 LDM_OUTPUT_IMAGE = "IMAGE"
 LDM_OUTPUT_TIMINGS = "TIMINGS"
 LDM_TIMINGS_FIELDS = ("denoise_s", "decode_s", "total_s")
@@ -72,6 +73,17 @@ METRIC_GATEWAY_IMAGES_TOTAL = "edgediff_gateway_images_total"
 METRIC_GATEWAY_IN_FLIGHT = "edgediff_gateway_in_flight_requests"
 METRIC_GATEWAY_QUEUE_DEPTH = "edgediff_gateway_queue_depth"
 METRIC_GATEWAY_BACKEND_WAIT_SECONDS = "edgediff_gateway_backend_wait_seconds"
+# fleet router (``edgediff serve --backend fleet``): served with the gateway's metrics; label ``upstream``
+METRIC_FLEET_REQUESTS_TOTAL = "edgediff_fleet_requests_total"
+"""Counter, labels ``upstream`` and ``outcome`` (``ok``, ``failed_over``, ``error``)."""
+METRIC_FLEET_UPSTREAM_UP = "edgediff_fleet_upstream_up"
+METRIC_FLEET_UPSTREAM_LATENCY_SECONDS = "edgediff_fleet_upstream_latency_seconds"
+"""Gauge, labels ``upstream`` and ``variant``: the learned seconds per image."""
+METRIC_FLEET_UPSTREAM_ENERGY_PER_IMAGE_JOULES = "edgediff_fleet_upstream_energy_per_image_joules"
+FLEET_METRIC_LABELS = {METRIC_FLEET_REQUESTS_TOTAL: ("upstream", "outcome"), METRIC_FLEET_UPSTREAM_UP: ("upstream",),
+                       METRIC_FLEET_UPSTREAM_LATENCY_SECONDS: ("upstream", "variant"),
+                       METRIC_FLEET_UPSTREAM_ENERGY_PER_IMAGE_JOULES: ("upstream",)}
+"""Labels of the router's metrics (the dashboard tests check queries against them)."""
 # a DeepCache unet_<variant> model: Triton custom metrics, served on Triton's metrics port
 METRIC_DEEPCACHE_EVALUATIONS_TOTAL = "edgediff_deepcache_evaluations_total"
 """Counter, labels ``model`` and ``kind`` (``full``: the whole UNet, refreshing the cached feature; ``shallow``: only

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from edgediff.io import atomic_write_bytes
 from edgediff.request import MAX_BATCH as MAX_BATCH  # the pipeline's limits live with the request
 from edgediff.request import MAX_STEPS as MAX_STEPS
 from edgediff.schedulers import check_scheduler, make_scheduler, step_kwargs
@@ -99,8 +100,6 @@ class GenerationResult:
 
     def save(self, path: str | Path) -> list[Path]:
         """Write every image as PNG atomically; ``x.png`` with batch 3 gives ``x.png``, ``x-1.png``, ``x-2.png``."""
-        from edgediff.io import atomic_write_bytes
-
         base = Path(path)
         paths = []
         for i in range(self.images.shape[0]):

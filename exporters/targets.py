@@ -23,6 +23,8 @@ from edgediff.availability import (
     is_tensorrt_available,
 )
 from edgediff.errors import InvalidArgumentError
+from edgediff.variants import get_variant
+from edgediff.variants.deepcache import DeepCacheVariant
 
 KIND_CPU = "KIND_CPU"
 KIND_GPU = "KIND_GPU"
@@ -37,9 +39,6 @@ def deepcache_interval(variant: str) -> int:
     Raises:
         UnknownVariantError: ``variant`` is not registered.
     """
-    from edgediff.variants import get_variant
-    from edgediff.variants.deepcache import DeepCacheVariant
-
     found = get_variant(variant)
     return found.interval if isinstance(found, DeepCacheVariant) else 1
 

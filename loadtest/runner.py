@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.constants import DEFAULT_HOST, ENV_LOADTEST_RECORD_DIR
+from edgediff.processes import ChildProcess, Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +145,6 @@ def run_locust(plan: LocustPlan) -> LocustRun:
     signal to this process is passed on as SIGTERM (Locust then ends the test, writes its CSVs and our records).
     The run then returns normally with ``interrupted`` set, so the caller reports the window that ran.
     """
-    from edgediff.processes import ChildProcess, Interrupted
-
     if not plan.out_dir.is_absolute():  # the processes run inside out_dir
         plan = dataclasses.replace(plan, out_dir=plan.out_dir.resolve())
     for folder in (plan.out_dir, plan.record_dir, plan.log_dir):

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgediff.bench.plots import pyplot, save_figure
+from edgediff.bench.report_writers import MB, markdown_table
 from edgediff.bench.schema import SCHEMA_VERSION, validate_report
 from edgediff.errors import EdgediffError, InvalidArgumentError
 from edgediff.telemetry.base import (
@@ -206,8 +208,6 @@ def _fmt(value: float | None, fmt: str) -> str:
 
 def render_markdown(comparison: dict[str, Any]) -> str:
     """The comparison as Markdown (Table 4 of the study, plus the variant each device ran)."""
-    from edgediff.bench.report_writers import MB, markdown_table
-
     selector = {SELECT_FASTEST: "each device's fastest measured variant",
                 SELECT_BASELINE: "each device's baseline"}.get(comparison["variant_selector"],
                                                                f"variant {comparison['variant_selector']}")
@@ -243,8 +243,6 @@ def render_markdown(comparison: dict[str, Any]) -> str:
 
 def plot_comparison(comparison: dict[str, Any], path: Path) -> Path:
     """Latency and energy per image per device, side by side (missing energy is marked n/a)."""
-    from edgediff.bench.plots import pyplot, save_figure
-
     plt = pyplot()
     rows = comparison["rows"]
     names = [f"{r['device']}\n{r['variant']}" for r in rows]

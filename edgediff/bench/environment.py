@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.constants import ENV_THREADS
+from edgediff.processes import run_child
 
 LIBRARIES = ("edgediff", "torch", "diffusers", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino",
              "tensorrt", "nvidia-ml-py", "tritonclient", "grpcio")
@@ -92,7 +93,6 @@ def gpu_info() -> dict[str, Any]:
 
 
 def _run(command: list[str]) -> str | None:
-    from edgediff.processes import run_child
 
     try:  # an owned child (edgediff.processes): stopped on timeout and with this process
         done = run_child(command, timeout_s=_PROBE_TIMEOUT_S, capture=True)

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from edgediff.bench.plots import BREAKDOWN_PNG, ENERGY_PNG, LATENCY_PNG, write_plots
+from edgediff.bench.schema import validate_report
 from edgediff.io import atomic_write_csv, atomic_write_json, atomic_write_text, csv_text
 
 MB = 1_000_000
@@ -286,9 +288,6 @@ def write_outputs(report: dict[str, Any], out: Path, *, plots: bool = True) -> d
     Raises:
         ReportSchemaError: the report does not match its schema (a bug: nothing is written).
     """
-    from edgediff.bench.plots import BREAKDOWN_PNG, ENERGY_PNG, LATENCY_PNG, write_plots
-    from edgediff.bench.schema import validate_report
-
     report["files"] = {"json": "report.json", "csv": "report.csv", "md": "report.md"}
     if plots:
         report["files"].update(latency_png=LATENCY_PNG, energy_png=ENERGY_PNG, breakdown_png=BREAKDOWN_PNG)

@@ -34,6 +34,13 @@ from edgediff.errors import (
     WeightsError,
 )
 from edgediff.io import atomic_write_bytes, atomic_write_json
+from edgediff.models import get_preset
+from edgediff.processes import ChildProcess
+from edgediff.schedulers import split_row
+from edgediff.telemetry import EnergyMonitor
+from edgediff.telemetry.base import ReaderError
+from edgediff.telemetry.memory import MemoryReader
+from edgediff.variants import BuildOptions, build_variant, get_variant
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +77,6 @@ class TelemetryOptions:
 
     def monitor(self) -> Any:
         """A new, unstarted ``EnergyMonitor`` over every sensor discovery finds (plus the opt-in readers)."""
-        from edgediff.telemetry import EnergyMonitor
-
         return EnergyMonitor.from_discovery(
             interval_s=self.interval_s,
             estimated_cpu_tdp_w=self.estimated_cpu_tdp_w,
@@ -217,9 +222,6 @@ def reset_peak_rss() -> bool:
 
 def process_memory() -> dict[str, int]:
     """This process's memory now, by kind (``process-rss``, ``process-peak-rss``, CUDA kinds when in use)."""
-    from edgediff.telemetry.base import ReaderError
-    from edgediff.telemetry.memory import MemoryReader
-
     try:
         return {m.kind: m.used_bytes for m in MemoryReader().read_memory()}
     except ReaderError as exc:
@@ -279,9 +281,6 @@ def measure_variant(
     """
     import torch
 
-    from edgediff.models import get_preset
-    from edgediff.schedulers import split_row
-    from edgediff.variants import BuildOptions, build_variant, get_variant
 
     say = progress or (lambda _msg: None)
     name = split_row(spec.variant)[0]  # a bench row VARIANT@SCHEDULER:STEPS builds VARIANT
@@ -378,8 +377,6 @@ def measure_isolated(spec: RunSpec, *, timeout_s: float | None = None) -> Varian
         EdgediffError: The worker hit an error that would fail every variant (bad weights, bad argument).
         Interrupted: a stop signal arrived; the worker was stopped and nothing of this variant is kept.
     """
-    from edgediff.processes import ChildProcess
-
     with tempfile.TemporaryDirectory(prefix="edgediff-bench-") as tmp:
         folder = Path(tmp)
         spec_path = folder / "spec.json"

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from edgediff.bench import report as report_mod
+from edgediff.bench.environment import fingerprint
+from edgediff.bench.remote import RemoteTarget
 from edgediff.bench.runner import (
     STATUS_OK,
     STATUS_UNAVAILABLE,
@@ -27,8 +29,12 @@ from edgediff.bench.runner import (
     measure_isolated,
     measure_variant,
 )
-from edgediff.errors import InvalidArgumentError
+from edgediff.errors import InvalidArgumentError, UnknownVariantError
+from edgediff.models import get_preset, load_components
 from edgediff.processes import Interrupted
+from edgediff.request import GenerationRequest
+from edgediff.schedulers import check_scheduler, split_row
+from edgediff.variants import BASELINE, get_variant
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,8 @@ class BenchConfig:
         runs: Timed runs per variant.
         threads: Intra-op threads (None: default).
         deepcache: DeepCache interval (1 = off); variants without DeepCache are listed as unavailable.
+        scheduler: The sampler of every row that names none (``VARIANT@SCHEDULER:STEPS`` rows bring their own
+            sampler and steps, so one bench compares speed at equal quality against the baseline's DDIM-20).
         isolate: Measure each variant in a fresh subprocess (per-variant peak memory).
         through: ``local`` or ``gateway``.
         gateway: ``host:port`` of the gateway when ``through == "gateway"``.
@@ -83,6 +91,7 @@ class BenchConfig:
     runs: int = 10
     threads: int | None = None
     deepcache: int = 1
+    scheduler: str = "ddim"
     isolate: bool = True
     through: str = THROUGH_LOCAL
     gateway: str | None = None
@@ -99,12 +108,14 @@ class BenchConfig:
                 "warmup": self.warmup, "runs": self.runs, "seed": self.seed, "threads": self.threads,
                 "deepcache": self.deepcache, "variants_requested": list(self.variants), "through": self.through,
                 "gateway": self.gateway, "isolate": self.isolate and self.through == THROUGH_LOCAL,
-                "weights_seed": self.weights_seed}
+                "weights_seed": self.weights_seed, "scheduler": self.scheduler}
 
     def spec(self, variant: str, idle_power_w: dict[str, float]) -> RunSpec:
-        """The ``RunSpec`` of one variant."""
+        """The ``RunSpec`` of one variant (a row ``VARIANT@SCHEDULER:STEPS`` brings its own sampler and steps)."""
+        _, scheduler, steps = split_row(variant)
         return RunSpec(variant=variant, model=self.model, weights=self.weights, weights_seed=self.weights_seed,
-                       steps=self.steps, eta=self.eta, batch=self.batch, warmup=self.warmup, runs=self.runs,
+                       steps=steps or self.steps, scheduler=scheduler or self.scheduler, eta=self.eta,
+                       batch=self.batch, warmup=self.warmup, runs=self.runs,
                        seed=self.seed, threads=self.threads, deepcache=self.deepcache, telemetry=self.telemetry,
                        idle_power_w=dict(idle_power_w),
                        sample_path=str(self.out / SAMPLES_DIR / f"{variant}.png"))
@@ -116,10 +127,14 @@ def validate_config(config: BenchConfig) -> None:
     Raises:
         InvalidArgumentError: an argument is out of range.
     """
-    from edgediff.models import get_preset
-    from edgediff.request import GenerationRequest
-
     GenerationRequest.validated(seed=config.seed, steps=config.steps, eta=config.eta, batch=config.batch)
+
+    check_scheduler(config.scheduler, eta=config.eta)
+    for row in config.variants:
+        _, scheduler, steps = split_row(row)
+        check_scheduler(scheduler or config.scheduler, eta=config.eta, field=f"--variants {row}: scheduler")
+        GenerationRequest.validated(seed=config.seed, steps=steps or config.steps, eta=config.eta, batch=config.batch,
+                                    names={"steps": f"--variants {row}: steps"})
     get_preset(config.model)
     if config.warmup < 0:
         raise InvalidArgumentError(f"--warmup must be >= 0, got {config.warmup}")
@@ -147,9 +162,8 @@ def plan(config: BenchConfig, *, reference: str) -> list[tuple[str, bool]]:
 
 
 def _local_unavailable(name: str, deepcache: int) -> str | None:
-    from edgediff.variants import get_variant
 
-    variant = get_variant(name)
+    variant = get_variant(split_row(name)[0])
     avail = variant.availability()
     if not avail.ok:
         return avail.reason
@@ -167,6 +181,7 @@ def run_bench(
     *,
     quality_fn: QualityFn | None = None,
     progress: Callable[[str], None] | None = _stderr,
+    remote: RemoteTarget | None = None,
 ) -> tuple[dict[str, Any], dict[str, VariantRun]]:
     """Measure every planned variant and return ``(report, runs)`` (runs keep the images for plots and hooks).
 
@@ -174,27 +189,24 @@ def run_bench(
         config: The bench's arguments.
         quality_fn: Optional per-variant quality hook (see ``QualityFn``); its result goes to ``quality``.
         progress: Called with one-line progress messages (None: silent).
+        remote: The endpoint to measure through when ``config.through`` is ``gateway`` (required then).
 
     Raises:
         InvalidArgumentError, WeightsError: bad arguments or weights (checked before or at the first variant).
         EdgediffError: the gateway cannot be reached.
     """
-    from edgediff.bench.environment import fingerprint
-    from edgediff.models import get_preset
-    from edgediff.variants import BASELINE, get_variant
-
     say = progress or (lambda _m: None)
     validate_config(config)
     preset = get_preset(config.model)
     order = plan(config, reference=BASELINE)
 
-    client = None
-    remote: dict[str, tuple[bool, str]] = {}
+    served: dict[str, tuple[bool, str]] = {}
     if config.through == THROUGH_GATEWAY:
-        from edgediff.bench import gateway
-
-        client = gateway.connect(config.gateway, token=config.token, tls_ca=config.tls_ca)
-        remote = gateway.gateway_variants(client, config.model)
+        if remote is None:
+            raise InvalidArgumentError("--through gateway: no gateway target was given to the bench")
+        served = remote.variants(config.model)
+    else:
+        remote = None
 
     monitor = None
     telemetry: dict[str, Any] = {"enabled": config.telemetry.enabled, "power_readers": [], "unavailable": [],
@@ -223,7 +235,7 @@ def run_bench(
         components = None
         for index, (name, requested) in enumerate(order, start=1):
             if config.through == THROUGH_GATEWAY:
-                ok, why = remote.get(name, (False, "the gateway does not list this variant"))
+                ok, why = served.get(name, (False, "the gateway does not list this variant"))
                 reason = None if ok else why
             else:
                 reason = _local_unavailable(name, config.deepcache)
@@ -235,15 +247,12 @@ def run_bench(
                                                     if not requested else ""))
             spec = config.spec(name, telemetry["idle_power_w"])
             current = name
-            if client is not None:
-                from edgediff.bench import gateway
-
-                run = gateway.measure_through_gateway(spec, client, monitor)
+            if remote is not None:
+                run = remote.measure(spec, monitor)
             elif config.isolate:
                 run = measure_isolated(spec)
             else:
                 if components is None:
-                    from edgediff.models import load_components
 
                     components = load_components(preset, config.weights, seed=config.weights_seed, warn=False)
                 run = measure_variant(spec, components=components, monitor=monitor, progress=lambda m: say(f"  {m}"))
@@ -262,8 +271,6 @@ def run_bench(
     finally:
         if monitor is not None:
             monitor.close()
-        if client is not None:
-            client.close()
     if environment is None:
         environment = fingerprint(config.label)
     not_measured = [name for name, _ in order if name not in runs]
@@ -276,12 +283,15 @@ def run_bench(
         run = runs[name]
         quality = None
         if quality_fn is not None and run.status == STATUS_OK and run.images is not None:
-            context = {"preset": config.model, "steps": config.steps, "eta": config.eta, "batch": config.batch,
+            spec = config.spec(name, {})
+            context = {"preset": config.model, "steps": spec.steps, "scheduler": spec.scheduler, "eta": config.eta,
+                       "batch": config.batch,
                        "seeds": [r["seed"] for r in run.runs], "weights": weights, "baseline": BASELINE,
                        "baseline_images": baseline_run.images if baseline_run is not None else None}
             quality = quality_fn(name, run.images, context)
         sample = f"{SAMPLES_DIR}/{name}.png" if run.status == STATUS_OK else None
-        variant = get_variant(name) if config.through == THROUGH_LOCAL else _maybe_variant(name)
+        base = split_row(name)[0]
+        variant = get_variant(base) if config.through == THROUGH_LOCAL else _maybe_variant(base)
         entries.append(report_mod.variant_entry(
             run, variant=variant, requested=requested, role="baseline" if name == BASELINE else "variant",
             batch=config.batch, baseline_run=baseline_run, reference=BASELINE, sample=sample, quality=quality))
@@ -313,8 +323,6 @@ def mark_incomplete(report: dict[str, Any], interrupted: Interrupted, *, during:
 
 
 def _maybe_variant(name: str) -> Any:
-    from edgediff.errors import UnknownVariantError
-    from edgediff.variants import get_variant
 
     try:
         return get_variant(name)

@@ -30,8 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgediff.artifacts.cache import cache_root
+from edgediff.availability import is_cuda_available
+from edgediff.bench.environment import cpu_model, library_versions
+from edgediff.bench.report_writers import write_outputs
+from edgediff.bench.runner import TelemetryOptions
+from edgediff.bench.suite import BenchConfig, run_bench
 from edgediff.errors import EdgediffError, InvalidArgumentError
+from edgediff.io import atomic_write_json
+from edgediff.quality.bench_hook import make_quality_hook
 from edgediff.schedulers import DDIM, DPMPP, UNIPC, row_name, split_row
+from edgediff.variants import BASELINE, all_variants, get_variant
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +69,6 @@ class ProfileError(EdgediffError):
 # --- the machine -----------------------------------------------------------------------------------------------
 def machine_fingerprint(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """What a profile is only valid for: CPU model, the flags in ``CPU_FLAGS`` it has, architecture, CUDA devices."""
-    from edgediff.bench.environment import cpu_model
-
     try:
         text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -73,7 +80,6 @@ def machine_fingerprint(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]
             words.update(value.split())
     cuda: list[str] = []
     try:
-        from edgediff.availability import is_cuda_available
 
         if is_cuda_available():
             import torch
@@ -96,15 +102,11 @@ def mismatch(profile: dict[str, Any], here: dict[str, Any]) -> list[str]:
 # --- the profile file -------------------------------------------------------------------------------------------
 def profile_path(model: str, root: Path | None = None) -> Path:
     """``<cache>/profiles/<model>.json`` (``$EDGEDIFF_CACHE_DIR`` or ``~/.cache/edgediff``)."""
-    from edgediff.artifacts.cache import cache_root
-
     return (root or cache_root()) / PROFILE_DIR / f"{model}.json"
 
 
 def write_profile(profile: dict[str, Any], path: Path) -> Path:
     """Write ``profile`` atomically."""
-    from edgediff.io import atomic_write_json
-
     return atomic_write_json(path, profile)
 
 
@@ -199,8 +201,6 @@ def candidate_variants(names: Sequence[str] | None = None) -> tuple[list[str], d
     Args:
         names: Restrict to these (each must exist); None means every registered variant.
     """
-    from edgediff.variants import BASELINE, all_variants, get_variant
-
     pool = [get_variant(n) for n in names] if names else all_variants()
     keep, skipped = [], {}
     for variant in pool:
@@ -219,10 +219,6 @@ def candidate_variants(names: Sequence[str] | None = None) -> tuple[list[str], d
 
 def _bench(config: TuneConfig, *, model: str, rows: list[str], out: Path, runs: int, warmup: int,
            say: Callable[[str], None]) -> dict[str, Any]:
-    from edgediff.bench.report_writers import write_outputs
-    from edgediff.bench.runner import TelemetryOptions
-    from edgediff.bench.suite import BenchConfig, run_bench
-    from edgediff.quality.bench_hook import make_quality_hook
 
     quality = model == QUALITY_MODEL
     bench = BenchConfig(model=model, variants=rows, weights=None if quality else config.weights,
@@ -252,9 +248,6 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
         InvalidArgumentError: bad arguments.
         ProfileError: ``--revalidate`` without a profile, or no candidate passed the gate.
     """
-    from edgediff.bench.environment import library_versions
-    from edgediff.variants import BASELINE
-
     if config.runs < 1 or config.warmup < 0:
         raise InvalidArgumentError(f"--runs must be >= 1 and --warmup >= 0, got {config.runs} and {config.warmup}")
     here = machine_fingerprint()
@@ -327,7 +320,7 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
     threads = (best.get("info") or {}).get("threads") or config.threads
     profile = {
         "schema": PROFILE_SCHEMA,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": config.command,
         "model": config.model,
         "machine": here,

@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from edgediff.models import get_preset, load_components
 from edgediff.quality.gate import QualityScores, evaluate, quality_gate
+from edgediff.quality.samples import sample_images
+from edgediff.schedulers import DDIM, split_row
+from edgediff.variants import BASELINE, BuildOptions, build_variant
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +39,8 @@ def make_quality_hook(config: Any, *, samples: int = QUALITY_SAMPLES) -> Any:
         config: The bench's config (model, weights, steps, eta, threads, deepcache, through).
         samples: Images generated per variant (>= 2).
     """
-    from edgediff.variants import BASELINE
-
     if config.model != QUALITY_PRESET:
         return None
-    from edgediff.schedulers import DDIM, split_row
 
     cache: dict[tuple[str, int], QualityScores] = {}
     state: dict[str, Any] = {}
@@ -48,9 +49,6 @@ def make_quality_hook(config: Any, *, samples: int = QUALITY_SAMPLES) -> Any:
     rows use, so a faster sampler at fewer steps is judged against DDIM's quality."""
 
     def local_images(row: str, deepcache: int) -> np.ndarray:
-        from edgediff.models import get_preset, load_components
-        from edgediff.quality.samples import sample_images
-        from edgediff.variants import BuildOptions, build_variant
 
         variant, scheduler, steps = split_row(row)
         scheduler = scheduler or getattr(config, "scheduler", DDIM)

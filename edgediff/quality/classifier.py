@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from edgediff.errors import WeightsError
-from edgediff.quality.dataset import IMAGE_SIZE, NUM_CLASSES, DigitsSplit
+from edgediff.io import atomic_write_bytes, atomic_write_json
+from edgediff.quality.dataset import IMAGE_SIZE, NUM_CLASSES, DigitsSplit, minibatches
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 CLASSIFIER_FILE = ASSETS_DIR / "digits_classifier.safetensors"
@@ -123,8 +124,6 @@ def train_classifier(
     Returns:
         The model in eval mode, and the mean loss of each tenth of the run.
     """
-    from edgediff.quality.train import minibatches
-
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -165,7 +164,6 @@ def save_classifier(model: DigitsClassifier, weights_file: str | os.PathLike[str
     """Write the weights (safetensors) and a JSON of config + ``info`` beside them (``.json``), atomically."""
     from safetensors.torch import save
 
-    from edgediff.io import atomic_write_bytes, atomic_write_json
 
     path = Path(weights_file)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

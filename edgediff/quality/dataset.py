@@ -7,11 +7,14 @@ images through this module, so they all see the same pixels and the same split.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
+
+from edgediff.pipeline import to_uint8_images
 
 IMAGE_SIZE = 32
 """Side in pixels of the upsampled images (the ``digits`` preset's image size)."""
@@ -42,8 +45,6 @@ class DigitsSplit:
 
     def uint8_nhwc(self) -> np.ndarray:
         """The images as the pipeline outputs them: uint8 ``[N, 32, 32, 3]``."""
-        from edgediff.pipeline import to_uint8_images
-
         return to_uint8_images(self.rgb())
 
 
@@ -77,3 +78,12 @@ def load_split() -> tuple[DigitsSplit, DigitsSplit]:
         DigitsSplit(images[train_idx], labels[train_idx]),
         DigitsSplit(images[test_idx], labels[test_idx]),
     )
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless index batches: a fresh permutation of ``range(n)`` per epoch, the last partial batch dropped."""
+    batch_size = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]

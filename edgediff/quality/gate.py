@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.quality.metrics import CONFIDENCE_THRESHOLD, FeatureStats, confident_share, frechet_distance
+from edgediff.errors import InvalidArgumentError
+from edgediff.quality.classifier import classify, load_classifier
+from edgediff.quality.dataset import load_split
+from edgediff.quality.metrics import CONFIDENCE_THRESHOLD, FeatureStats, confident_share, fid, frechet_distance
 
 FD_TOLERANCE = 0.10
 """Largest allowed relative increase of the digits-FD over the baseline's."""
@@ -115,9 +118,6 @@ def reference_stats(classifier: Any) -> FeatureStats:
 
     Cached per classifier object (the cache holds the object, so its id cannot be reused while cached).
     """
-    from edgediff.quality.classifier import classify
-    from edgediff.quality.dataset import load_split
-
     hit = _REFERENCE_CACHE.get(id(classifier))
     if hit is not None and hit[0] is classifier:
         return hit[1]
@@ -148,10 +148,6 @@ def evaluate(
         InvalidArgumentError: fewer than 2 images, or only one of the two FID arguments.
         WeightsError: a weights file is missing or broken.
     """
-    from edgediff.errors import InvalidArgumentError
-    from edgediff.quality.classifier import classify, load_classifier
-    from edgediff.quality.metrics import fid
-
     if (fid_reference is None) != (inception_weights is None):
         raise InvalidArgumentError("--fid-reference and --inception-weights must be given together")
     images = np.asarray(images_uint8_nhwc)

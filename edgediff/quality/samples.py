@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgediff.errors import InvalidArgumentError
 from edgediff.pipeline import LDMPipeline
 
 DEFAULT_SAMPLES = 64
@@ -34,8 +35,6 @@ def sample_images(
         eta: DDIM eta.
         scheduler: ``ddim``, ``dpmpp`` or ``unipc``; None uses the pipeline's.
     """
-    from edgediff.errors import InvalidArgumentError
-
     if samples < 1:
         raise InvalidArgumentError(f"--samples must be >= 1, got {samples}")
     chunks = []

@@ -37,7 +37,15 @@ from typing import Any
 
 import torch
 
-from edgediff.quality.dataset import DigitsSplit, load_split
+from edgediff.errors import InvalidArgumentError
+from edgediff.io import atomic_write_bytes, atomic_write_json
+from edgediff.models import load_components
+from edgediff.models.presets import BUNDLED_WEIGHTS_ROOT, ModelPreset, _read_config, normalize_scheduler_config
+from edgediff.quality.classifier import CLASSIFIER_FILE, accuracy, save_classifier, train_classifier
+from edgediff.quality.dataset import DigitsSplit, load_split, minibatches
+from edgediff.quality.gate import evaluate
+from edgediff.quality.samples import sample_images
+from edgediff.variants import BASELINE, BuildOptions, build_variant
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +143,6 @@ class TrainingSummary:
 
     out_dir: Path
     record: dict[str, Any]
-
-
-def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless index batches: a fresh permutation of ``range(n)`` per epoch, the last partial batch dropped."""
-    batch_size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield order[start:start + batch_size]
 
 
 @contextlib.contextmanager
@@ -338,8 +337,6 @@ def train_reference(
     Raises:
         InvalidArgumentError: ``out_dir`` exists and ``overwrite`` is false, or a step count is negative.
     """
-    from edgediff.errors import InvalidArgumentError
-
     config = config or TrainConfig()
     log = log or logger.info
     out = Path(out_dir)
@@ -362,8 +359,6 @@ def train_reference(
 def _train_into(config: TrainConfig, folder: Path, log: Callable[[str], None], command: str | None) -> dict[str, Any]:
     import diffusers
 
-    from edgediff.io import atomic_write_json
-    from edgediff.quality.classifier import accuracy, save_classifier, train_classifier
 
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
@@ -425,8 +420,6 @@ def _train_into(config: TrainConfig, folder: Path, log: Callable[[str], None], c
 
 def digits_preset_for(folder: Path) -> Any:
     """A ``digits`` preset whose configs come from ``folder`` (a weights folder that is not the committed one)."""
-    from edgediff.models.presets import ModelPreset, _read_config, normalize_scheduler_config
-
     return ModelPreset(
         name="digits",
         description="digits reference model from " + str(folder),
@@ -439,11 +432,6 @@ def digits_preset_for(folder: Path) -> Any:
 
 def _evaluate(config: TrainConfig, folder: Path, classifier: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """Load what was just written, generate ``eval_samples`` images with torch-fp32 and score them."""
-    from edgediff.models import load_components
-    from edgediff.quality.gate import evaluate
-    from edgediff.quality.samples import sample_images
-    from edgediff.variants import BASELINE, BuildOptions, build_variant
-
     components = load_components(digits_preset_for(folder), folder, warn=False)
     pipeline = build_variant(BASELINE, components, BuildOptions(threads=config.threads)).pipeline(components)
     images = sample_images(pipeline, samples=config.eval_samples, steps=config.eval_steps)
@@ -479,9 +467,6 @@ def install_reference(folder: str | os.PathLike[str]) -> dict[str, Path]:
     The model goes to ``edgediff/models/weights/digits/`` (with its ``training.json``), the classifier to
     ``edgediff/quality/assets/``; each is replaced atomically.
     """
-    from edgediff.models.presets import BUNDLED_WEIGHTS_ROOT
-    from edgediff.quality.classifier import CLASSIFIER_FILE
-
     src = Path(folder)
     model_dst = BUNDLED_WEIGHTS_ROOT / "digits"
     model_dst.parent.mkdir(parents=True, exist_ok=True)
@@ -494,7 +479,6 @@ def install_reference(folder: str | os.PathLike[str]) -> dict[str, Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    from edgediff.io import atomic_write_bytes
 
     classifier_src = src / "classifier" / CLASSIFIER_FILE.name
     if classifier_src.is_file():
@@ -507,7 +491,5 @@ def install_reference(folder: str | os.PathLike[str]) -> dict[str, Path]:
 
 def committed_record() -> dict[str, Any] | None:
     """``training.json`` of the committed weights, if present."""
-    from edgediff.models.presets import BUNDLED_WEIGHTS_ROOT
-
     path = BUNDLED_WEIGHTS_ROOT / "digits" / "training.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

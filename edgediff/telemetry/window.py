@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.telemetry.base import SOURCE_FIXTURE, EnergySample, PowerSample, Reader, ReaderError, Unavailable
+from edgediff.telemetry.discovery import discover
 from edgediff.telemetry.estimated_cpu import SOURCE as SOURCE_ESTIMATED
 from edgediff.telemetry.integrate import counter_delta_j, trapezoid_step_j
 
@@ -427,8 +428,6 @@ class EnergyMonitor:
             **discover_options: Passed to ``edgediff.telemetry.discovery.discover`` (e.g. ``fixture_power_w=50.0``,
                 ``estimated_cpu_tdp_w=65.0``, ``tegrastats_command=[...]``).
         """
-        from edgediff.telemetry.discovery import discover  # discovery imports this module's neighbours
-
         found = discover(root, clock=clock, **discover_options)
         return cls(
             found.readers,

@@ -33,8 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgediff.artifacts import lowmem, prepare
+from edgediff.artifacts.build import IO_NAMES, UNET_SHALLOW, build_artifact, find_artifact
+from edgediff.artifacts.cache import cache_root
 from edgediff.artifacts.lowmem import TAIL_INPUT
 from edgediff.artifacts.openvino_ir import FILENAME
+from edgediff.artifacts.unet_stages import run_stages
 from edgediff.availability import cpu_supports_bf16, is_module_available, is_onnxruntime_available, require
 from edgediff.constants import VQDEC_INPUT
 from edgediff.errors import EdgediffError
@@ -235,9 +239,6 @@ class LowMemoryVariant(Variant):
 
     def prepare(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:
         """Build (or find) the manifest, the stages, the tile decoder and, with DeepCache, the shallow branch."""
-        from edgediff.artifacts import lowmem
-        from edgediff.artifacts.build import UNET_SHALLOW, build_artifact
-
         _, stages = lowmem.build_manifest(model)
         reports: dict[str, Any] = {}
         for index, (folder, report) in enumerate(lowmem.build_stages(model, stages)):
@@ -251,9 +252,6 @@ class LowMemoryVariant(Variant):
 
     def _find(self, spec: ModelSpec, options: BuildOptions) -> dict[str, Any] | None:
         """The cached artifacts of ``spec`` (same keys as ``prepare``), or None when one is missing."""
-        from edgediff.artifacts import lowmem
-        from edgediff.artifacts.build import UNET_SHALLOW, find_artifact
-
         manifest = lowmem.find_manifest(spec.fingerprint(), spec.preset.name)
         if manifest is None:
             return None
@@ -275,16 +273,12 @@ class LowMemoryVariant(Variant):
 
     def _prepare_elsewhere(self, preset: ModelPreset, weights: WeightsOrigin, options: BuildOptions) -> None:
         """Export what is missing in a child process (which holds the fp32 model, then exits)."""
-        from edgediff.artifacts.prepare import prepare_in_subprocess
-
         logger.warning("%s: exporting its artifacts in a separate process (once per model)", self.name)
-        prepare_in_subprocess(model=preset.name, weights=weights.path, weights_seed=weights.seed or 0,
+        prepare.prepare_in_subprocess(model=preset.name, weights=weights.path, weights_seed=weights.seed or 0,
                               variant=self.name, deepcache=options.deepcache_interval)
 
     def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:
         """The ``ModelSpec`` from the artifact cache (exported first, in a child process, when missing)."""
-        from edgediff.artifacts import lowmem
-
         import_diffusers_without_dynamo()
         origin = weights_origin(preset, weights, seed=seed)
         fingerprint = model_fingerprint(preset, origin)
@@ -319,7 +313,6 @@ class LowMemoryVariant(Variant):
         ov = require("openvino")
         core = ov.Core()
         if COMPILED_CACHE:
-            from edgediff.artifacts.cache import cache_root
 
             core.set_property({"CACHE_DIR": str(cache_root() / COMPILED_CACHE_DIR)})
         threads = options.resolved_threads()
@@ -331,14 +324,12 @@ class LowMemoryVariant(Variant):
                     for i, stage in enumerate(stages)]
 
         def full(sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            from edgediff.artifacts.unet_stages import run_stages
 
             return run_stages(stages, lambda index, inputs: streamed[index](*inputs), sample, timestep)
 
         if interval == 1:
             unet: Any = StatelessUNet(lambda sample, timestep: full(sample, timestep)[0])
         else:
-            from edgediff.artifacts.build import IO_NAMES, UNET_SHALLOW
 
             shallow = StreamedModel(core, Path(found[UNET_SHALLOW]["path"]), config, IO_NAMES[UNET_SHALLOW][0])
             unet = _StreamedDeepCache(full, shallow, interval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgediff.errors import InvalidArgumentError, UnknownVariantError, VariantUnavailableError
 from edgediff.models.presets import get_preset
 from edgediff.models.spec import ModelSpec, load_components
+from edgediff.schedulers import split_row
 from edgediff.variants.base import BuildOptions, BuiltVariant, Variant
 from edgediff.variants.deepcache import DeepCacheVariant
 from edgediff.variants.onnx_runtime import OnnxVariant
@@ -108,8 +109,6 @@ def parse_variant_list(spec: str) -> list[str]:
 
     A name may carry a sampler, ``VARIANT@SCHEDULER[:STEPS]`` (``edgediff.schedulers.split_row``): bench rows.
     """
-    from edgediff.schedulers import split_row
-
     if spec.strip() == "all":
         return variant_names()
     names = [s.strip() for s in spec.split(",") if s.strip()]

@@ -33,6 +33,9 @@ from typing import Any
 
 import torch
 
+from edgediff.artifacts import prepare
+from edgediff.artifacts.decoder_parts import DecoderTail, DecoderTrunk
+from edgediff.artifacts.deepcache_modules import UNetFullWithFeature, UNetShallow
 from edgediff.artifacts.torch_compact import VQVAE_PREFIXES, CompactWeights, build_compact, check_dtype, find_compact
 from edgediff.errors import EdgediffError
 from edgediff.models.presets import ModelPreset
@@ -285,10 +288,8 @@ class TorchLowMemoryVariant(Variant):
 
     def _prepare_elsewhere(self, preset: ModelPreset, weights: WeightsOrigin) -> None:
         """Write the compact file in a child process (which holds the fp32 model once, then exits)."""
-        from edgediff.artifacts.prepare import prepare_in_subprocess
-
         logger.warning("%s: writing its compact weights in a separate process (once per model)", self.name)
-        prepare_in_subprocess(model=preset.name, weights=weights.path, weights_seed=weights.seed or 0,
+        prepare.prepare_in_subprocess(model=preset.name, weights=weights.path, weights_seed=weights.seed or 0,
                               variant=self.name)
 
     def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:
@@ -337,8 +338,6 @@ def build_runners(spec: ModelSpec, weights: CompactWeights, interval: int = 1) -
         ``{"unet": UNetRunner, "decoder": DecoderRunner, "decoder_tile": [side, overlap] or None}``.
     """
     unet_cls, vq_cls = import_diffusers_models_lean()
-    from edgediff.artifacts.decoder_parts import DecoderTail, DecoderTrunk
-    from edgediff.artifacts.deepcache_modules import UNetFullWithFeature, UNetShallow
 
     unet = _skeleton(unet_cls, spec.preset.unet_config)
     vqvae = _skeleton(vq_cls, spec.preset.vqvae_config)

@@ -14,7 +14,8 @@ a generation is one sequence with its own correlation ID, its first step carries
 generation ends (finished, failed or cancelled) one request with the END flag per image closes it. The feature never
 crosses a process boundary, so a DeepCache step costs one round trip of the latents like a plain one.
 
-Inputs: ``SEED`` INT64 [1], ``STEPS`` INT32 [1], ``ETA`` FP32 [1] (optional, 0), ``BATCH`` INT32 [1] (optional, 1).
+Inputs: ``SEED`` INT64 [1], ``STEPS`` INT32 [1], ``ETA`` FP32 [1] (optional, 0), ``BATCH`` INT32 [1] (optional, 1),
+``SCHEDULER`` BYTES [1] (optional: ``ddim``, ``dpmpp`` or ``unipc``; default the config's ``scheduler`` parameter).
 Outputs: ``IMAGE`` UINT8 [batch, H, W, 3] and ``TIMINGS`` FP64 [3] = denoise_s, decode_s, total_s.
 """
 
@@ -27,6 +28,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
+
+from edgediff import constants as c
+from edgediff.errors import InvalidArgumentError
+from edgediff.pipeline import GenerationCancelled, LDMPipeline
+from edgediff.request import GenerationRequest
+from edgediff.schedulers import check_scheduler
 
 
 class InnerModelError(Exception):
@@ -180,7 +187,6 @@ class BlsDecoder:
 
 
 def _scalar(request: pb_utils.InferenceRequest, name: str, default: object = None) -> object:
-    from edgediff.errors import InvalidArgumentError
 
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -190,7 +196,8 @@ def _scalar(request: pb_utils.InferenceRequest, name: str, default: object = Non
     array = tensor.as_numpy()
     if array.size != 1:
         raise InvalidArgumentError(f"{name} must hold exactly one value, got shape {list(array.shape)}")
-    return array.reshape(-1)[0].item()
+    value = array.reshape(-1)[0]
+    return value.item() if hasattr(value, "item") else value  # BYTES tensors hold Python bytes (no .item())
 
 
 class TritonPythonModel:
@@ -198,9 +205,6 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Build the pipeline from the config's parameters (no artifact is loaded here)."""
-        from edgediff import constants as c
-        from edgediff.pipeline import LDMPipeline
-
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.c = c
@@ -223,11 +227,11 @@ class TritonPythonModel:
             scaling_factor=float(params["scaling_factor"]),
             metadata={"preset": params["preset"], "variant": params["variant"], "weights": params["weights"],
                       "weights_sha256": params["weights_sha256"]},
+            scheduler=params.get("scheduler", "ddim"),  # requests without SCHEDULER use the export's --scheduler
         )
         pb_utils.Logger.log_info(f"{args['model_name']}: DDIM over {unet_label} + {params['vqdec_model']}")
 
     def _generate(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
-        from edgediff.request import GenerationRequest
 
         c = self.c
         checked = GenerationRequest.validated(  # the model's inputs enter here; the pipeline trusts them
@@ -237,9 +241,14 @@ class TritonPythonModel:
             batch=int(_scalar(request, c.LDM_INPUT_BATCH, 1)),
             max_batch=self.max_batch,
         )
+
+        name = pb_utils.get_input_tensor_by_name(request, c.LDM_INPUT_SCHEDULER)
+        raw = _scalar(request, c.LDM_INPUT_SCHEDULER) if name is not None else None
+        scheduler = check_scheduler(raw.decode() if isinstance(raw, bytes) else raw or self.pipeline.scheduler,
+                                    eta=checked.eta, field=c.LDM_INPUT_SCHEDULER)
         is_cancelled = getattr(request, "is_cancelled", None)
         result = self.pipeline(seed=checked.seed, steps=checked.steps, eta=checked.eta, batch=checked.batch,
-                               should_stop=is_cancelled)
+                               should_stop=is_cancelled, scheduler=scheduler)
         timings = np.array([getattr(result.timings, f) for f in c.LDM_TIMINGS_FIELDS], dtype=np.float64)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor(c.LDM_OUTPUT_IMAGE, np.ascontiguousarray(result.images, dtype=np.uint8)),
@@ -248,9 +257,6 @@ class TritonPythonModel:
 
     def execute(self, requests: list[pb_utils.InferenceRequest]) -> list[pb_utils.InferenceResponse]:
         """One generation per request; every failure becomes that request's Triton error."""
-        from edgediff.errors import InvalidArgumentError
-        from edgediff.pipeline import GenerationCancelled
-
         responses = []
         for request in requests:
             try:

@@ -23,15 +23,17 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from edgediff import constants as c
+from edgediff.artifacts.build import IO_NAMES
+from exporters.part_runtime import PartRunner, PartSpec, load_deepcache
+from exporters.targets import DEEPCACHE_PART
+
 
 class TritonPythonModel:
     """A UNet or VQ-decoder part on a CPU instance (or, eager PyTorch only, a GPU instance)."""
 
     def initialize(self, args: dict[str, str]) -> None:
         """Parse the config once and load the artifact (errors here fail the model load, with the reason)."""
-        from exporters.part_runtime import PartRunner, PartSpec
-        from exporters.targets import DEEPCACHE_PART
-
         config = json.loads(args["model_config"])
         spec = PartSpec.from_parameters(config.get("parameters", {}))
         self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
@@ -47,9 +49,6 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: {spec.variant} {spec.part} from {spec.artifact} on {device}")
 
     def _init_deepcache(self, model: str, spec: object, model_dir: str, config: dict) -> None:
-        from edgediff import constants as c
-        from edgediff.artifacts.build import IO_NAMES
-        from exporters.part_runtime import load_deepcache
 
         idle_us = int(config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0) or 0)
         idle_s = idle_us / 1e6 if idle_us else c.DEEPCACHE_SEQUENCE_IDLE_S

@@ -38,7 +38,7 @@ GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_
 """``edgediff.v1.Generator``: also the service name whose health the gateway reports."""
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest gRPC message either way (a batch of 256x256 PNGs stays far below)."""
-BACKENDS = ("triton", "local")
+BACKENDS = ("triton", "local", "fleet")
 DEFAULT_MAX_BACKEND_WAIT_S = 120.0
 """Default ``--max-backend-wait``: longer than a supervised Triton restart of a small repository (under a minute)."""
 MAX_BACKEND_WAIT_LIMIT_S = 3600.0
@@ -74,6 +74,14 @@ class GatewayConfig:
         health_interval_s: Triton backend: seconds between health probes.
         max_backend_wait_s: Seconds an accepted, not yet started request waits for the backend to serve again
             (Triton restarting) before UNAVAILABLE; each request's own deadline still applies; 0 fails at once.
+        upstreams: Fleet backend: the upstream gateways (``--upstream`` values, ``backends.fleet.parse_upstream``).
+        policy: Fleet backend: ``fastest``, ``lowest-energy`` or ``edge-first``.
+        fleet_refresh_s: Fleet backend: seconds between health checks and metric scrapes of the upstreams.
+        latency_target_s: Fleet backend: edge-first's latency target for requests without a deadline.
+        upstream_token: Fleet backend: bearer token the upstreams require. Never logged.
+        upstream_tls_ca: Fleet backend: CA certificate of upstreams that speak TLS.
+        scheduler: Sampler of requests that name none (``ddim``, ``dpmpp``, ``unipc``; a tune profile's).
+        steps: Steps of requests that send 0.
     """
 
     backend: str
@@ -97,6 +105,14 @@ class GatewayConfig:
     shutdown_grace_s: float = 30.0
     health_interval_s: float = 1.0
     max_backend_wait_s: float = DEFAULT_MAX_BACKEND_WAIT_S
+    upstreams: list[str] = field(default_factory=list)
+    policy: str = "edge-first"
+    fleet_refresh_s: float = 2.0
+    latency_target_s: float = 30.0
+    upstream_token: str | None = field(default=None, repr=False)
+    upstream_tls_ca: str | None = None
+    scheduler: str = "ddim"
+    steps: int = 20
 
     def check(self) -> None:
         """Raise ``InvalidArgumentError`` naming the flag of the first bad setting."""
@@ -112,6 +128,12 @@ class GatewayConfig:
             raise InvalidArgumentError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace_s}")
         if self.health_interval_s <= 0:
             raise InvalidArgumentError(f"--health-interval must be > 0, got {self.health_interval_s}")
+        if self.backend == "fleet":
+            from services.gateway.backends.fleet import check_settings
+
+            check_settings(self.upstreams, self.policy, self.fleet_refresh_s, self.latency_target_s)
+        elif self.upstreams:
+            raise InvalidArgumentError(f"--upstream is for --backend fleet, not {self.backend}")
         if not 0 <= self.max_backend_wait_s <= MAX_BACKEND_WAIT_LIMIT_S:
             raise InvalidArgumentError(f"--max-backend-wait must be in 0..{MAX_BACKEND_WAIT_LIMIT_S:g} seconds, "
                                        f"got {self.max_backend_wait_s}")
@@ -126,7 +148,17 @@ def backend_module(name: str) -> str:
 
 def make_backend(config: GatewayConfig) -> Backend:
     """The configured backend (its module imported only now: ``local`` never imports tritonclient)."""
+    backend = _make_backend(config)
+    backend.default_sampler = (config.scheduler, config.steps)
+    return backend
+
+
+def _make_backend(config: GatewayConfig) -> Backend:
     module = importlib.import_module(backend_module(config.backend))
+    if config.backend == "fleet":
+        return module.FleetBackend([module.parse_upstream(u) for u in config.upstreams], policy=config.policy,
+                                   refresh_s=config.fleet_refresh_s, latency_target_s=config.latency_target_s,
+                                   token=config.upstream_token, tls_ca=config.upstream_tls_ca)
     if config.backend == "local":
         return module.LocalBackend(config.model, weights=config.weights, weights_seed=config.weights_seed,
                                    default_variant=config.variant, threads=config.threads, preload=config.preload,
@@ -169,6 +201,7 @@ class GatewayServer:
         self.config = config
         self.backend = backend if backend is not None else make_backend(config)
         self.metrics = GatewayMetrics()
+        self.backend.register_metrics(self.metrics.registry)
         self.admission = Admission(config.max_concurrency, config.max_queue)
         self.metrics.track_admission(lambda: self.admission.running, lambda: self.admission.waiting)
         self.health = health.HealthServicer()

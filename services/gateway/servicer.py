@@ -107,15 +107,16 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         assert result is not None
         total_s = time.perf_counter() - t_arrival
         queue_s = waited.queue_s
-        self.metrics.observe_generation(args.variant, len(result.images), {
+        variant = result.variant or args.variant  # a fleet router's upstream chose its own default
+        self.metrics.observe_generation(variant, len(result.images), {
             "queue": queue_s, "denoise": result.denoise_s, "decode": result.decode_s, "total": total_s,
         })
         timings = generator_pb2.Timings(queue_ms=queue_s * 1e3, denoise_ms=result.denoise_s * 1e3,
                                         decode_ms=result.decode_s * 1e3, total_ms=total_s * 1e3,
                                         backend_wait_ms=waited.backend_wait_s * 1e3)
-        return generator_pb2.GenerateResponse(images=result.images, seed=args.seed, variant=args.variant,
+        return generator_pb2.GenerateResponse(images=result.images, seed=args.seed, variant=variant,
                                               timings=timings, weights_origin=result.weights_origin,
-                                              model=result.model, steps=args.steps)
+                                              model=result.model, steps=args.steps, upstream=result.upstream)
 
     def _generate(self, request: Any, context: grpc.ServicerContext, should_stop: Any
                   ) -> tuple[BackendResult, GenerateArgs, Admitted]:
@@ -173,7 +174,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         rows = [
             generator_pb2.VariantInfo(name=v.name, available=v.available, reason=redact_paths(v.reason),
                                       backend=v.backend,
-                                      precision=v.precision, is_default=v.name == default)
+                                      precision=v.precision, is_default=v.name == default,
+                                      upstreams=list(v.upstreams))
             for v in self.backend.variants()
         ]
         return generator_pb2.ListVariantsResponse(variants=rows, model=self.backend.model_name(),

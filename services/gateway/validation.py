@@ -15,6 +15,7 @@ import numpy as np
 
 from edgediff.errors import InvalidArgumentError, VariantUnavailableError
 from edgediff.request import MAX_BATCH, GenerationRequest
+from edgediff.schedulers import DDIM, check_scheduler
 from services.gateway.backends.base import Backend, GenerateArgs
 
 DEFAULT_STEPS = 20
@@ -63,29 +64,33 @@ def validate_generate(request: Any, backend: Backend, *, max_batch: int) -> Gene
         VariantUnavailableError: the variant exists but this server cannot run it (the reason is in the message).
         BackendUnavailableError: the backend cannot be asked which variants run (Triton down).
     """
+    default_scheduler, default_steps = getattr(backend, "default_sampler", (DDIM, DEFAULT_STEPS))
     checked = GenerationRequest.validated(
         seed=int(request.seed),
-        steps=int(request.steps) or DEFAULT_STEPS,
+        steps=int(request.steps) or default_steps,
         eta=wire_float(request.eta),
         batch=int(request.batch_size) or DEFAULT_BATCH,
         max_batch=max_batch,
         names=FIELD_NAMES,
     )
+    scheduler = check_scheduler(getattr(request, "scheduler", "").strip() or default_scheduler, eta=checked.eta,
+                                field="scheduler")
     fmt = request.format.strip().lower() or FORMAT_PNG
     if fmt not in FORMATS:
         raise InvalidArgumentError(
             f"format must be one of {', '.join(FORMATS)} (empty means png), got {_short(request.format)}"
         )
     variant = request.variant.strip() or backend.default_variant()
-    known = backend.known_variants()
-    if variant not in known:
-        raise InvalidArgumentError(f"variant must be one of {_names(known)} (empty means the server's default), "
-                                   f"got {_short(request.variant)}")
-    status = backend.variant_status(variant)
-    if not status.available:
-        raise VariantUnavailableError(f"variant {variant} is unavailable on this server: {status.reason}")
+    if variant:  # "" stays "": a fleet router lets each upstream use its own default
+        known = backend.known_variants()
+        if variant not in known:
+            raise InvalidArgumentError(f"variant must be one of {_names(known)} (empty means the server's default), "
+                                       f"got {_short(request.variant)}")
+        status = backend.variant_status(variant)
+        if not status.available:
+            raise VariantUnavailableError(f"variant {variant} is unavailable on this server: {status.reason}")
     return GenerateArgs(seed=checked.seed, steps=checked.steps, eta=checked.eta, variant=variant, batch=checked.batch,
-                        format=fmt)
+                        format=fmt, scheduler=scheduler)
 
 
 def check_max_batch(max_batch: int) -> None:

@@ -29,8 +29,14 @@ from edgediff.constants import (
     TRITON_METRICS_PORT,
 )
 from edgediff.errors import InvalidArgumentError
+from edgediff.io import atomic_write_text
+from edgediff.models import get_preset
+from edgediff.models.weights import weights_origin
+from exporters.manifest import exporter_sha256, read_manifest, repository_problems, unfinished_export
+from exporters.repository import export_repository
 from services.stack.health import HealthCheck
 from services.stack.supervisor import ServiceSpec
+from services.triton.launcher import TritonServer, is_bundled, server_environment
 
 logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -108,10 +114,6 @@ def repository_is_current(config: LocalStackConfig) -> tuple[bool, str]:
     Returns:
         (current, why not) — the reason is shown when the repository is re-exported.
     """
-    from edgediff.models import get_preset
-    from edgediff.models.weights import weights_origin
-    from exporters.manifest import exporter_sha256, read_manifest, repository_problems, unfinished_export
-
     unfinished = unfinished_export(config.repo)
     if unfinished:
         return False, unfinished
@@ -141,7 +143,6 @@ def ensure_repository(config: LocalStackConfig) -> str:
     current, why = repository_is_current(config)
     if current:
         return f"model repository {config.repo} is current"
-    from exporters.repository import export_repository
 
     print(f"exporting {config.model} ({', '.join(config.variants)}) for {config.profile} into {config.repo}: {why}",
           flush=True)
@@ -185,8 +186,6 @@ def remove_shm_regions(prefix: str) -> list[str]:
 
 def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
     """The services of the local stack, with their commands, health checks and dependencies."""
-    from services.triton.launcher import TritonServer, is_bundled, server_environment
-
     ports = config.ports
     prefix = shm_prefix(config.state_dir)
     triton = TritonServer(
@@ -223,7 +222,6 @@ def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
     if config.with_prometheus and binary:
         import yaml
 
-        from edgediff.io import atomic_write_text
 
         if port_taken(ports["prometheus"]):  # e.g. the distribution's Prometheus service: never stop it, move ours
             taken, ports["prometheus"] = ports["prometheus"], free_port()

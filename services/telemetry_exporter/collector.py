@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import edgediff
 from edgediff.constants import (
     METRIC_BUILD_INFO,
     METRIC_ENERGY_JOULES_TOTAL,
@@ -48,7 +49,6 @@ def edgediff_version() -> str:
     try:
         return importlib.metadata.version("edgediff")
     except importlib.metadata.PackageNotFoundError:
-        import edgediff
 
         return str(getattr(edgediff, "__version__", "unknown"))
 

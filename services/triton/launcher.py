@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from edgediff.artifacts.cache import cache_root
 from edgediff.constants import DEFAULT_HOST, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
 from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
 from edgediff.processes import ChildProcess
@@ -99,8 +100,6 @@ def bundled_backend_dir() -> Path:
     Assembled once per wheel version and Python version under the edgediff cache, atomically (built beside, then
     renamed), so concurrent first starts do not see a half-copied stub.
     """
-    from edgediff.artifacts.cache import cache_root
-
     root = _pytriton_root()
     if root is None:
         raise BackendMissingError("nvidia-pytriton is not installed: pip install 'edgediff[triton]'")

@@ -109,7 +109,8 @@ def test_fidelity_of_the_baseline_against_itself(cli_bench: CliBench) -> None:
 
 
 def test_stdout_has_the_table_and_where_the_report_lives(cli_bench: CliBench) -> None:
-    assert "| Variant | Denoise p50 (s) | Decode p50 (s) | Total p50 (s) | p90 | Speedup |" in cli_bench.stdout
+    header = "| Variant | Sampler | Denoise p50 (s) | Decode p50 (s) | Total p50 (s) | p90 | Speedup |"
+    assert header in cli_bench.stdout
     assert "| torch-fp32 (baseline) |" in cli_bench.stdout
     assert f"report: {cli_bench.out / 'report.md'}" in cli_bench.stdout
     assert "WARNING: weights: synthetic" in cli_bench.stdout

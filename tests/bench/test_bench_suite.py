@@ -94,6 +94,7 @@ def test_energy_per_image_is_watts_times_latency_with_a_fixture_reader(tmp_path:
 
 
 def test_bench_through_a_real_gateway(tmp_path: Path, _isolated_cache: Path) -> None:
+    from services.gateway.bench_target import GatewayTarget
     from services.gateway.server import GatewayConfig, GatewayServer
 
     server = GatewayServer(GatewayConfig(backend="local", model="tiny", port=0, metrics_port=0,
@@ -101,7 +102,11 @@ def test_bench_through_a_real_gateway(tmp_path: Path, _isolated_cache: Path) -> 
     try:
         config = _config(tmp_path, ["torch-fp32", "onnx-fp32", "torch-fp16"], through="gateway",
                          gateway=server.target)
-        report, runs = run_bench(config, progress=None)
+        remote = GatewayTarget(server.target)
+        try:
+            report, runs = run_bench(config, progress=None, remote=remote)
+        finally:
+            remote.close()
     finally:
         server.stop(grace_s=2.0)
     base, onnx, fp16 = report["variants"]

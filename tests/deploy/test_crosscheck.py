@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from edgediff import constants
 from cli.main import COMMANDS, build_parser
+from edgediff import constants
 from edgediff.constants import (
     EXPORTER_PORT,
     GATEWAY_GRPC_PORT,

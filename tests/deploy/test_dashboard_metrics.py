@@ -106,6 +106,26 @@ def gateway_samples() -> dict[str, set[str]]:
     return _samples(generate_latest(metrics.registry).decode())
 
 
+@pytest.fixture(scope="module")
+def fleet_samples() -> dict[str, set[str]]:
+    """The fleet router's metrics after one routed request and one learned cost, as it exposes them."""
+    from prometheus_client import CollectorRegistry
+
+    from services.gateway.backends.fleet import FleetMetrics
+
+    registry = CollectorRegistry()
+    metrics = FleetMetrics(registry)
+    metrics.requests.labels(upstream="jetson", outcome="ok").inc()
+    metrics.up.labels(upstream="jetson").set(1)
+    metrics.latency.labels(upstream="jetson", variant="onnx-fp32").set(2.0)
+    metrics.energy.labels(upstream="jetson").set(12.0)
+    samples = _samples(generate_latest(registry).decode())
+    assert {name for name in samples if not name.endswith("_created")} == set(constants.FLEET_METRIC_LABELS)
+    for name, labels in constants.FLEET_METRIC_LABELS.items():
+        assert samples[name] == set(labels), name
+    return samples
+
+
 def test_dashboard_metrics_are_named_in_the_code(dashboard: dict[str, Any]) -> None:
     known = edgediff_metric_names() | set(TRITON_METRICS)
     used = set().union(*(promql_metric_names(e) for e in dashboard_exprs(dashboard)))
@@ -117,9 +137,10 @@ def test_dashboard_metrics_are_named_in_the_code(dashboard: dict[str, Any]) -> N
 
 
 def test_dashboard_metrics_and_labels_are_served(
-    dashboard: dict[str, Any], exporter_samples: dict[str, set[str]], gateway_samples: dict[str, set[str]]
+    dashboard: dict[str, Any], exporter_samples: dict[str, set[str]], gateway_samples: dict[str, set[str]],
+    fleet_samples: dict[str, set[str]],
 ) -> None:
-    served = {**exporter_samples, **gateway_samples}
+    served = {**exporter_samples, **gateway_samples, **fleet_samples}
     for expr in dashboard_exprs(dashboard):
         metrics = promql_metric_names(expr)
         labels: set[str] = set()

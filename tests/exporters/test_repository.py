@@ -225,5 +225,5 @@ def test_a_damaged_artifact_is_refused_with_a_clear_error(onnx_repo, tmp_path, p
     assert len(problems) == 1 and "unet_onnx_fp32/1/model.onnx" in problems[0] and expected in problems[0]
     with pytest.raises(EdgediffError, match="will not be served"):
         verify_repository(repo)
-    with pytest.raises(TritonStartError, match="unet_onnx_fp32/1/model.onnx"):
+    with pytest.raises(TritonStartError, match=r"unet_onnx_fp32/1/model\.onnx"):
         TritonServer(repo, **ports).start()  # refused before any tritonserver starts

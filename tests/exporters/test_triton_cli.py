@@ -53,7 +53,7 @@ def test_triton_serves_until_sigterm(onnx_repo):
             proc.wait()
 
 
-def test_a_missing_artifact_fails_fast_with_tritons_error(tmp_path):
+def test_a_missing_artifact_is_refused_before_triton_starts(tmp_path):
     repo = tmp_path / "broken"
     export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo)
     (repo / "unet_onnx_fp32" / "1" / "model.onnx").unlink()
@@ -65,6 +65,7 @@ def test_a_missing_artifact_fails_fast_with_tritons_error(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 2, err
-    assert err.startswith("edgediff triton: error: tritonserver exited with code")
-    assert "failed to load 'unet_onnx_fp32'" in err
-    assert "unet_onnx_fp32/1/model.onnx is missing" in err
+    # the manifest's sizes and hashes are checked first: the damaged repository is never served
+    assert err.startswith("edgediff triton: error: model repository")
+    assert "unet_onnx_fp32/1/model.onnx is missing" in err and "it will not be served" in err
+    assert "tritonserver exited" not in err

@@ -10,7 +10,8 @@ import pytest
 from edgediff.errors import InvalidArgumentError
 from edgediff.models import get_preset, load_components
 from edgediff.quality.classifier import load_classifier
-from edgediff.quality.train import TrainConfig, minibatches, train_reference
+from edgediff.quality.dataset import minibatches
+from edgediff.quality.train import TrainConfig, train_reference
 
 FEW = {"classifier_steps": 3, "vq_steps": 4, "unet_steps": 3, "eval_samples": 2, "eval_steps": 2,
        "kmeans_iterations": 2}

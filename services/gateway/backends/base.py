@@ -12,6 +12,7 @@ import abc
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from edgediff.errors import EdgediffError
 
@@ -40,6 +41,7 @@ class VariantStatus:
         reason: Why not, when unavailable.
         backend: The variant's backend family (``torch``, ``onnx``...).
         precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``.
+        upstreams: Fleet router only: the upstream gateways that run it now.
     """
 
     name: str
@@ -47,6 +49,7 @@ class VariantStatus:
     reason: str = ""
     backend: str = ""
     precision: str = ""
+    upstreams: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class GenerateArgs:
         variant: A registry variant this backend can run.
         batch: Images per request, 1..the server's max batch.
         format: Image encoding; only ``png``.
+        scheduler: The sampler (``ddim``, ``dpmpp``, ``unipc``: ``edgediff.schedulers``).
     """
 
     seed: int
@@ -68,6 +72,7 @@ class GenerateArgs:
     variant: str
     batch: int
     format: str = "png"
+    scheduler: str = "ddim"
 
 
 @dataclass
@@ -82,6 +87,8 @@ class BackendResult:
         weights_origin: The weights' public label (``public_weights_label``): kind, name, preset and sha256
             prefix, never a local path (``synthetic weights for tiny (seed 0, sha256 1a2b3c4d5e6f)``).
         model: The model preset name.
+        upstream: Fleet router only: the upstream gateway that generated it.
+        variant: The variant that ran, when the request left it to the backend (a fleet upstream's default).
     """
 
     images: list[bytes]
@@ -90,6 +97,8 @@ class BackendResult:
     total_s: float
     weights_origin: str
     model: str
+    upstream: str = ""
+    variant: str = ""
 
 
 def public_weights_label(preset: str, kind: str, sha256: str, *, name: str = "", seed: int | None = None) -> str:
@@ -126,6 +135,8 @@ class Backend(abc.ABC):
     """
 
     name: str
+    default_sampler: tuple[str, int] = ("ddim", 20)
+    """``(scheduler, steps)`` for requests that leave them empty (a tune profile sets them: ``edgediff serve``)."""
 
     def __init__(self) -> None:
         self._listeners: list[HealthListener] = []
@@ -136,6 +147,9 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Stop watchers and release resources."""
+
+    def register_metrics(self, registry: Any) -> None:  # noqa: B027 - optional hook
+        """Register the backend's own metrics in the gateway's ``prometheus_client`` registry."""
 
     @abc.abstractmethod
     def model_name(self) -> str:

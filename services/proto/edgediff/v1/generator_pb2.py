@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*services/proto/edgediff/v1/generator.proto\x12\x0b\x65\x64gediff.v1\"p\n\x0fGenerateRequest\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x0b\n\x03\x65ta\x18\x03 \x01(\x02\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x06 \x01(\t\"m\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x17\n\x0f\x62\x61\x63kend_wait_ms\x18\x05 \x01(\x01\"\x9e\x01\n\x10GenerateResponse\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12%\n\x07timings\x18\x04 \x01(\x0b\x32\x14.edgediff.v1.Timings\x12\x16\n\x0eweights_origin\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\r\n\x05steps\x18\x07 \x01(\r\"\x15\n\x13ListVariantsRequest\"v\n\x0bVariantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x12\n\nis_default\x18\x06 \x01(\x08\"b\n\x14ListVariantsResponse\x12*\n\x08variants\x18\x01 \x03(\x0b\x32\x18.edgediff.v1.VariantInfo\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t2\xa9\x01\n\tGenerator\x12G\n\x08Generate\x12\x1c.edgediff.v1.GenerateRequest\x1a\x1d.edgediff.v1.GenerateResponse\x12S\n\x0cListVariants\x12 .edgediff.v1.ListVariantsRequest\x1a!.edgediff.v1.ListVariantsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*services/proto/edgediff/v1/generator.proto\x12\x0b\x65\x64gediff.v1\"\x83\x01\n\x0fGenerateRequest\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\r\n\x05steps\x18\x02 \x01(\r\x12\x0b\n\x03\x65ta\x18\x03 \x01(\x02\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x06 \x01(\t\x12\x11\n\tscheduler\x18\x07 \x01(\t\"m\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x17\n\x0f\x62\x61\x63kend_wait_ms\x18\x05 \x01(\x01\"\xb0\x01\n\x10GenerateResponse\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12%\n\x07timings\x18\x04 \x01(\x0b\x32\x14.edgediff.v1.Timings\x12\x16\n\x0eweights_origin\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\r\n\x05steps\x18\x07 \x01(\r\x12\x10\n\x08upstream\x18\x08 \x01(\t\"\x15\n\x13ListVariantsRequest\"\x89\x01\n\x0bVariantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x12\n\nis_default\x18\x06 \x01(\x08\x12\x11\n\tupstreams\x18\x07 \x03(\t\"b\n\x14ListVariantsResponse\x12*\n\x08variants\x18\x01 \x03(\x0b\x32\x18.edgediff.v1.VariantInfo\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t2\xa9\x01\n\tGenerator\x12G\n\x08Generate\x12\x1c.edgediff.v1.GenerateRequest\x1a\x1d.edgediff.v1.GenerateResponse\x12S\n\x0cListVariants\x12 .edgediff.v1.ListVariantsRequest\x1a!.edgediff.v1.ListVariantsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.proto.edgediff.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=59
-  _globals['_GENERATEREQUEST']._serialized_end=171
-  _globals['_TIMINGS']._serialized_start=173
-  _globals['_TIMINGS']._serialized_end=282
-  _globals['_GENERATERESPONSE']._serialized_start=285
-  _globals['_GENERATERESPONSE']._serialized_end=443
-  _globals['_LISTVARIANTSREQUEST']._serialized_start=445
-  _globals['_LISTVARIANTSREQUEST']._serialized_end=466
-  _globals['_VARIANTINFO']._serialized_start=468
-  _globals['_VARIANTINFO']._serialized_end=586
-  _globals['_LISTVARIANTSRESPONSE']._serialized_start=588
-  _globals['_LISTVARIANTSRESPONSE']._serialized_end=686
-  _globals['_GENERATOR']._serialized_start=689
-  _globals['_GENERATOR']._serialized_end=858
+  _globals['_GENERATEREQUEST']._serialized_start=60
+  _globals['_GENERATEREQUEST']._serialized_end=191
+  _globals['_TIMINGS']._serialized_start=193
+  _globals['_TIMINGS']._serialized_end=302
+  _globals['_GENERATERESPONSE']._serialized_start=305
+  _globals['_GENERATERESPONSE']._serialized_end=481
+  _globals['_LISTVARIANTSREQUEST']._serialized_start=483
+  _globals['_LISTVARIANTSREQUEST']._serialized_end=504
+  _globals['_VARIANTINFO']._serialized_start=507
+  _globals['_VARIANTINFO']._serialized_end=644
+  _globals['_LISTVARIANTSRESPONSE']._serialized_start=646
+  _globals['_LISTVARIANTSRESPONSE']._serialized_end=744
+  _globals['_GENERATOR']._serialized_start=747
+  _globals['_GENERATOR']._serialized_end=916
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,4 @@
-"""Measure a variant through the gRPC gateway (``edgediff bench --through gateway ADDR``).
+"""Measure a variant through the gRPC gateway (``edgediff bench --through gateway ADDR``): a bench ``RemoteTarget``.
 
 Total latency is the client's wall time around each ``Generate`` call (network, queueing, PNG encoding included);
 the denoise and decode stages come from the response's ``timings``. The gateway returns images only, so the latent
@@ -6,7 +6,8 @@ error is not available; the serving process's memory is on the server (read it f
 the report's memory is "not measured" here. The energy window uses this machine's sensors: it means something only
 when the gateway and its backend run on this machine.
 
-``services.gateway.client`` (grpc) is imported inside the functions: the core bench never needs grpc.
+The core bench knows only the ``edgediff.bench.remote.RemoteTarget`` protocol; ``cli/bench.py`` hands it a
+``GatewayTarget``, so the core never imports grpc.
 """
 
 from __future__ import annotations
@@ -15,26 +16,44 @@ import io
 import time
 from typing import Any
 
+import grpc
 import numpy as np
 
 from edgediff.bench.runner import STATUS_FAILED, STATUS_OK, STATUS_UNAVAILABLE, RunSpec, VariantRun
 from edgediff.errors import EdgediffError, InvalidArgumentError
 from edgediff.io import atomic_write_bytes
+from edgediff.schedulers import split_row
+from edgediff.telemetry.window import EnergyMonitor
+from services.gateway.client import GeneratorClient
 
 MEMORY_NOT_MEASURED = ("not measured: through the gateway the serving process runs elsewhere; read its memory from "
                        "the telemetry exporter (edgediff_memory_used_bytes)")
 MS_PER_S = 1000.0
 
 
-def connect(target: str, *, token: str | None = None, tls_ca: str | None = None) -> Any:
-    """A ``GeneratorClient`` for ``target`` (imported lazily; needs the serve extra)."""
-    try:
-        from services.gateway.client import GeneratorClient
-    except ImportError as exc:
-        raise EdgediffError(
-            f"--through gateway needs the gateway client (pip install 'edgediff[serve]'): {exc}"
-        ) from exc
+def connect(target: str, *, token: str | None = None, tls_ca: str | None = None) -> GeneratorClient:
+    """A ``GeneratorClient`` for ``target``."""
     return GeneratorClient(target, token=token, tls_ca=tls_ca)
+
+
+class GatewayTarget:
+    """The bench's ``RemoteTarget`` over one gateway: its variant list and ``Generate`` calls."""
+
+    def __init__(self, target: str, *, token: str | None = None, tls_ca: str | None = None) -> None:
+        self.client = connect(target, token=token, tls_ca=tls_ca)
+        self.target = target
+
+    def variants(self, model: str) -> dict[str, tuple[bool, str]]:
+        """See ``gateway_variants``."""
+        return gateway_variants(self.client, model)
+
+    def measure(self, spec: RunSpec, monitor: EnergyMonitor | None = None) -> VariantRun:
+        """See ``measure_through_gateway``."""
+        return measure_through_gateway(spec, self.client, monitor)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.client.close()
 
 
 def gateway_variants(client: Any, model: str) -> dict[str, tuple[bool, str]]:
@@ -43,8 +62,6 @@ def gateway_variants(client: Any, model: str) -> dict[str, tuple[bool, str]]:
     Raises:
         EdgediffError: the gateway cannot be reached, or serves another model preset.
     """
-    import grpc
-
     try:
         response = client.list_variants(timeout_s=30.0)
     except grpc.RpcError as exc:
@@ -68,15 +85,13 @@ def _weights(origin: str) -> dict[str, Any]:
             "label": f"{origin or 'unknown'} (reported by the gateway)", "synthetic": synthetic}
 
 
-def measure_through_gateway(spec: RunSpec, client: Any, monitor: Any | None = None) -> VariantRun:
+def measure_through_gateway(spec: RunSpec, client: Any, monitor: EnergyMonitor | None = None) -> VariantRun:
     """Warm-ups then timed ``Generate`` calls of ``spec.variant`` through ``client``, inside one energy window.
 
     Raises:
         InvalidArgumentError: the gateway refused an argument (INVALID_ARGUMENT): every variant would fail.
         EdgediffError: the gateway is unreachable or refused the token.
     """
-    import grpc
-
     run = VariantRun(variant=spec.variant, status=STATUS_FAILED)
     run.telemetry = ({"power_readers": [r.name for r in monitor.readers if r.provides_power],
                       "unavailable": [str(u) for u in monitor.unavailable]} if monitor is not None
@@ -84,8 +99,9 @@ def measure_through_gateway(spec: RunSpec, client: Any, monitor: Any | None = No
 
     def call(seed: int) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        response = client.generate(seed=seed, steps=spec.steps, eta=spec.eta, variant=spec.variant,
-                                   batch_size=spec.batch)
+
+        response = client.generate(seed=seed, steps=spec.steps, eta=spec.eta, variant=split_row(spec.variant)[0],
+                                   batch_size=spec.batch, scheduler=spec.scheduler)
         return response, time.perf_counter() - t0
 
     try:

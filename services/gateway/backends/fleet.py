@@ -1,0 +1,580 @@
+"""The ``fleet`` backend: one endpoint in front of many edgediff gateways, each request sent where it costs least.
+
+``edgediff serve --backend fleet --upstream A --upstream B ...`` serves the same ``edgediff.v1.Generator`` API as any
+gateway; behind it, every request goes to one upstream gateway (a desktop GPU, a Jetson, a phone...) chosen by a
+policy over what each upstream costs, learned live from what edgediff already exports:
+
+- **latency**: a moving average of each upstream's service time per image for each variant (its total minus its queue
+  time, from each response's timings, plus the transfer; the first guess is the upstream's
+  ``edgediff_gateway_stage_duration_seconds{stage="total"}`` mean), times the work ahead of a new request there (the
+  router's requests in flight to it, or the upstream's ``in_flight`` + ``queue_depth`` gauges, whichever is larger);
+- **energy per image**: the increase of the upstream's telemetry exporter counter ``edgediff_energy_joules_total``
+  (its largest domain: the board or package total) over the increase of its ``edgediff_gateway_images_total``, when
+  the upstream has a power sensor; unknown otherwise (never guessed);
+- **health**: the standard gRPC health check of each upstream, every ``refresh_s``.
+
+Policies: ``fastest`` (least predicted latency), ``lowest-energy`` (least measured energy per image; upstreams
+without a sensor come after those with one), ``edge-first`` (the cheapest upstream -- by measured energy per image,
+else the order given -- whose predicted latency meets the request's deadline, or ``latency_target_s`` when the
+client set none; when none does, the fastest).
+
+Failover: a generation has no side effects (the same seed makes the same image), so a request refused by an upstream
+with UNAVAILABLE (down, or its backend down) or RESOURCE_EXHAUSTED (its queue full) is sent to the next upstream in
+the policy's order; only when every upstream refused does the router answer UNAVAILABLE (the gateway in front then
+holds the request while no upstream serves, as it does for Triton restarts) or RESOURCE_EXHAUSTED. Each channel also
+carries gRPC's own retry policy (service config ``retryPolicy`` on UNAVAILABLE) for connection blips to one upstream.
+
+Upstreams are ``HOST:PORT`` or ``dns:NAME:PORT`` (every address the name resolves to is one upstream, re-resolved on
+each refresh: a Kubernetes headless service); options after ``;``: ``metrics=URL`` (the upstream gateway's
+Prometheus endpoint, default ``http://HOST:9401/metrics``), ``exporter=URL`` (its telemetry exporter, default
+``http://HOST:9400/metrics``), ``name=LABEL`` (the metrics label; default ``HOST:PORT``), each ``none`` to disable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgediff.constants import (
+    EXPORTER_PORT,
+    GATEWAY_METRICS_PORT,
+    METRIC_ENERGY_JOULES_TOTAL,
+    METRIC_FLEET_REQUESTS_TOTAL,
+    METRIC_FLEET_UPSTREAM_ENERGY_PER_IMAGE_JOULES,
+    METRIC_FLEET_UPSTREAM_LATENCY_SECONDS,
+    METRIC_FLEET_UPSTREAM_UP,
+    METRIC_GATEWAY_IMAGES_TOTAL,
+    METRIC_GATEWAY_IN_FLIGHT,
+    METRIC_GATEWAY_QUEUE_DEPTH,
+    METRIC_GATEWAY_STAGE_SECONDS,
+)
+from edgediff.errors import InvalidArgumentError, VariantUnavailableError
+from edgediff.pipeline import GenerationCancelled
+from services.gateway.admission import QueueFullError
+from services.gateway.backends.base import (
+    Backend,
+    BackendResult,
+    BackendUnavailableError,
+    GenerateArgs,
+    VariantStatus,
+)
+from services.gateway.client import GeneratorClient
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("fastest", "lowest-energy", "edge-first")
+DEFAULT_POLICY = "edge-first"
+DEFAULT_REFRESH_S = 2.0
+DEFAULT_LATENCY_TARGET_S = 30.0
+EWMA_ALPHA = 0.3
+"""Weight of the newest observation in the moving averages of latency and energy per image."""
+SCRAPE_TIMEOUT_S = 2.0
+FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+RETRY_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "edgediff.v1.Generator"}],
+        "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.1s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+"""gRPC's own retry of a call to one upstream when the connection blips; failover to another is the router's."""
+CHANNEL_OPTIONS = [("grpc.service_config", RETRY_SERVICE_CONFIG), ("grpc.enable_retries", 1),
+                   ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """One ``--upstream`` as given.
+
+    Attributes:
+        address: ``HOST:PORT``, or ``NAME:PORT`` to be resolved when ``dns`` is set.
+        dns: Resolve ``address``'s host to every address it has, each one upstream.
+        metrics_url: The upstream gateway's Prometheus endpoint, or None.
+        exporter_url: The upstream's telemetry exporter endpoint, or None.
+        name: Label in metrics and ListVariants (default: the address).
+    """
+
+    address: str
+    dns: bool = False
+    metrics_url: str | None = None
+    exporter_url: str | None = None
+    name: str = ""
+
+
+def _split_host_port(address: str, flag: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise InvalidArgumentError(f"{flag}: expected HOST:PORT with a port in 1..65535, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_upstream(text: str) -> UpstreamSpec:
+    """Parse one ``--upstream`` value (see the module's docstring).
+
+    Raises:
+        InvalidArgumentError: the address or an option is malformed.
+    """
+    address, *options = [part.strip() for part in text.split(";")]
+    dns = address.startswith("dns:")
+    if dns:
+        address = address[len("dns:"):]
+    host, port = _split_host_port(address, "--upstream")
+    values: dict[str, str | None] = {"metrics": f"http://{host}:{GATEWAY_METRICS_PORT}/metrics",
+                                     "exporter": f"http://{host}:{EXPORTER_PORT}/metrics", "name": ""}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in values:
+            raise InvalidArgumentError(f"--upstream {text!r}: options are metrics=URL, exporter=URL, name=LABEL; "
+                                       f"got {option!r}")
+        if key != "name" and value != "none" and not value.startswith(("http://", "https://")):
+            raise InvalidArgumentError(f"--upstream {text!r}: {key} must be an http(s) URL or 'none', got {value!r}")
+        values[key] = None if value == "none" else value
+    return UpstreamSpec(address=f"{host}:{port}", dns=dns, metrics_url=values["metrics"],
+                        exporter_url=values["exporter"], name=values["name"] or "")
+
+
+def check_settings(upstreams: list[str], policy: str, refresh_s: float, latency_target_s: float) -> None:
+    """Raise ``InvalidArgumentError`` naming the flag of the first bad fleet setting."""
+    if not upstreams:
+        raise InvalidArgumentError("--backend fleet needs at least one --upstream HOST:PORT")
+    for text in upstreams:
+        parse_upstream(text)
+    if policy not in POLICIES:
+        raise InvalidArgumentError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if refresh_s <= 0:
+        raise InvalidArgumentError(f"--fleet-refresh must be > 0 seconds, got {refresh_s}")
+    if latency_target_s <= 0:
+        raise InvalidArgumentError(f"--latency-target must be > 0 seconds, got {latency_target_s}")
+
+
+def resolve(spec: UpstreamSpec) -> list[UpstreamSpec]:
+    """The upstreams ``spec`` stands for: itself, or one per address its DNS name resolves to (sorted)."""
+    if not spec.dns:
+        return [spec]
+    host, port = _split_host_port(spec.address, "--upstream")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        logger.warning("upstream dns:%s: %s", spec.address, exc)
+        return []
+    addresses = sorted({info[4][0] for info in infos})
+    out = []
+    for ip in addresses:
+        shown = f"[{ip}]" if ":" in ip else ip
+        out.append(UpstreamSpec(
+            address=f"{shown}:{port}", metrics_url=_with_host(spec.metrics_url, host, shown),
+            exporter_url=_with_host(spec.exporter_url, host, shown), name=f"{spec.name or host}/{shown}:{port}"))
+    return out
+
+
+def _with_host(url: str | None, host: str, replacement: str) -> str | None:
+    return url.replace(f"//{host}:", f"//{replacement}:", 1) if url else url
+
+
+def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``{sample name: [(labels, value)]}`` of a Prometheus text endpoint."""
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return samples
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else (1 - EWMA_ALPHA) * old + EWMA_ALPHA * new
+
+
+@dataclass
+class Upstream:
+    """One upstream gateway and what the router has learned of it.
+
+    Attributes:
+        spec: Where it is.
+        client: The channel to it.
+        order: Its position in the operator's list (edge-first's tie-break: earlier is cheaper).
+        healthy: The last health check said SERVING.
+        model: The preset it serves (from ListVariants).
+        variants: Its variants (from ListVariants).
+        default_variant: The variant it uses when a request names none.
+        latency_s: Moving average of seconds per image, per variant (router-observed).
+        served_latency_s: The upstream's own mean total seconds per request, per variant (its metrics).
+        remote_load: Its ``in_flight`` + ``queue_depth`` gauges at the last scrape.
+        outstanding: The router's requests in flight to it now.
+        energy_per_image_j: Moving average of measured joules per image; None without a power sensor.
+    """
+
+    spec: UpstreamSpec
+    client: GeneratorClient
+    order: int
+    healthy: bool = False
+    model: str = ""
+    variants: dict[str, VariantStatus] = field(default_factory=dict)
+    default_variant: str = ""
+    latency_s: dict[str, float] = field(default_factory=dict)
+    served_latency_s: dict[str, float] = field(default_factory=dict)
+    remote_load: float = 0.0
+    outstanding: int = 0
+    energy_per_image_j: float | None = None
+    _last_energy: tuple[float, float] | None = None  # (joules, images) at the previous exporter scrape
+
+    @property
+    def name(self) -> str:
+        """Label in metrics and messages."""
+        return self.spec.name or self.spec.address
+
+    def seconds_per_image(self, variant: str) -> float | None:
+        """What one image of ``variant`` costs here, seconds (None: nothing learned yet)."""
+        return self.latency_s.get(variant, self.served_latency_s.get(variant))
+
+    def predicted_s(self, variant: str, images: int) -> float:
+        """Predicted time for ``images`` more images of ``variant`` here, queue ahead included (0: unknown)."""
+        per_image = self.seconds_per_image(variant)
+        if per_image is None:
+            return 0.0  # unknown: try it (the first requests teach the router)
+        ahead = max(float(self.outstanding), self.remote_load)
+        return per_image * (images + ahead)
+
+    def runs(self, variant: str) -> bool:
+        """Healthy and able to run ``variant`` ("" : its default)."""
+        status = self.variants.get(variant or self.default_variant)
+        return self.healthy and status is not None and status.available
+
+
+def order_candidates(upstreams: Iterable[Upstream], policy: str, variant: str, images: int,
+                     budget_s: float) -> list[Upstream]:
+    """The upstreams that can run ``variant``, in the order ``policy`` tries them.
+
+    Args:
+        upstreams: All upstreams.
+        policy: One of ``POLICIES``.
+        variant: The requested variant ("": each upstream's default).
+        images: Images in the request.
+        budget_s: The latency the request must meet (edge-first).
+    """
+    able = [u for u in upstreams if u.runs(variant)]
+
+    def speed(u: Upstream) -> tuple[float, int]:
+        return u.predicted_s(variant or u.default_variant, images), u.order
+
+    def energy(u: Upstream) -> tuple[float, int]:
+        return (u.energy_per_image_j if u.energy_per_image_j is not None else float("inf")), u.order
+
+    if policy == "fastest":
+        return sorted(able, key=speed)
+    if policy == "lowest-energy":
+        return sorted(able, key=lambda u: (*energy(u), *speed(u)))
+    if policy == "edge-first":
+        cheapest_first = sorted(able, key=energy)
+        meets = [u for u in cheapest_first if speed(u)[0] <= budget_s]
+        return meets + sorted((u for u in able if u not in meets), key=speed)
+    raise InvalidArgumentError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+
+
+class FleetMetrics:
+    """Per-upstream metrics of the router (labels: the upstream's name, bounded by the operator's list)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(METRIC_FLEET_REQUESTS_TOTAL,
+                                "Generate requests the router sent to an upstream, by outcome: ok, failed_over "
+                                "(refused with UNAVAILABLE/RESOURCE_EXHAUSTED, tried elsewhere) or error",
+                                ["upstream", "outcome"], registry=registry)
+        self.up = Gauge(METRIC_FLEET_UPSTREAM_UP, "Whether the upstream answered its last health check SERVING",
+                        ["upstream"], registry=registry)
+        self.latency = Gauge(METRIC_FLEET_UPSTREAM_LATENCY_SECONDS,
+                             "Learned seconds per image of the upstream, by variant (router-observed moving average)",
+                             ["upstream", "variant"], registry=registry)
+        self.energy = Gauge(METRIC_FLEET_UPSTREAM_ENERGY_PER_IMAGE_JOULES,
+                            "Measured joules per image of the upstream (its telemetry exporter; absent without a "
+                            "power sensor)", ["upstream"], registry=registry)
+
+
+class FleetBackend(Backend):
+    """Routes each request to one of several upstream gateways (see the module's docstring).
+
+    Args:
+        upstreams: The ``--upstream`` specs (at least one).
+        policy: One of ``POLICIES``.
+        refresh_s: Seconds between health checks and metric scrapes of every upstream.
+        latency_target_s: edge-first's latency target for requests without a deadline.
+        token: Bearer token the upstreams require (None: none).
+        tls_ca: CA of upstreams that speak TLS (None: plaintext).
+    """
+
+    name = "fleet"
+
+    def __init__(self, upstreams: list[UpstreamSpec], *, policy: str = DEFAULT_POLICY,
+                 refresh_s: float = DEFAULT_REFRESH_S, latency_target_s: float = DEFAULT_LATENCY_TARGET_S,
+                 token: str | None = None, tls_ca: str | None = None) -> None:
+        super().__init__()
+        check_settings([u.address for u in upstreams], policy, refresh_s, latency_target_s)
+        self.specs = upstreams
+        self.policy = policy
+        self.refresh_s = refresh_s
+        self.latency_target_s = latency_target_s
+        self._token = token
+        self._tls_ca = tls_ca
+        self._lock = threading.Lock()
+        self._upstreams: dict[str, Upstream] = {}
+        self._metrics: FleetMetrics | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._was_healthy = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Register the per-upstream metrics in the gateway's registry."""
+        self._metrics = FleetMetrics(registry)
+
+    def start(self) -> None:
+        """First look at every upstream, then keep looking in a thread."""
+        self.refresh()
+        self._thread = threading.Thread(target=self._watch, name="fleet-watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching and close every channel."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.refresh_s + SCRAPE_TIMEOUT_S * 3)
+        with self._lock:
+            upstreams, self._upstreams = list(self._upstreams.values()), {}
+        for upstream in upstreams:
+            upstream.client.close()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception:  # a watcher that dies would freeze every upstream's health
+                logger.exception("fleet refresh failed")
+
+    def upstreams(self) -> list[Upstream]:
+        """The current upstreams, in the operator's order."""
+        with self._lock:
+            return sorted(self._upstreams.values(), key=lambda u: u.order)
+
+    def refresh(self) -> None:
+        """Resolve names, then check health, variants, load and energy of every upstream."""
+        wanted: list[UpstreamSpec] = []
+        for spec in self.specs:
+            wanted.extend(resolve(spec))
+        with self._lock:
+            for address in set(self._upstreams) - {s.address for s in wanted}:
+                self._upstreams.pop(address).client.close()
+            for order, spec in enumerate(wanted):
+                if spec.address not in self._upstreams:
+                    client = GeneratorClient(spec.address, token=self._token, tls_ca=self._tls_ca,
+                                             channel_options=CHANNEL_OPTIONS)
+                    self._upstreams[spec.address] = Upstream(spec=spec, client=client, order=order)
+                self._upstreams[spec.address].order = order
+        for upstream in self.upstreams():
+            self._refresh_one(upstream)
+        healthy = self.healthy()
+        if healthy != self._was_healthy:
+            self._was_healthy = healthy
+            logger.info("fleet: %s", "serving" if healthy else "no upstream serves")
+            self._notify_health(healthy)
+
+    def _refresh_one(self, upstream: Upstream) -> None:
+        try:
+            serving = upstream.client.health(timeout_s=SCRAPE_TIMEOUT_S) == "SERVING"
+            if serving and (not upstream.variants or not upstream.healthy):
+                self._list_variants(upstream)
+        except grpc.RpcError as exc:
+            serving = False
+            logger.debug("upstream %s: %s", upstream.name, exc.code().name)
+        self._set_health(upstream, serving)
+        if serving:
+            self._scrape_load(upstream)
+            self._scrape_energy(upstream)
+
+    def _list_variants(self, upstream: Upstream) -> None:
+        response = upstream.client.list_variants(timeout_s=SCRAPE_TIMEOUT_S * 5)
+        upstream.model = response.model
+        upstream.variants = {v.name: VariantStatus(name=v.name, available=v.available, reason=v.reason,
+                                                   backend=v.backend, precision=v.precision)
+                             for v in response.variants}
+        upstream.default_variant = next((v.name for v in response.variants if v.is_default), "")
+
+    def _scrape_load(self, upstream: Upstream) -> None:
+        if not upstream.spec.metrics_url:
+            return
+        try:
+            samples = _scrape(upstream.spec.metrics_url)
+        except (OSError, ValueError) as exc:
+            logger.debug("upstream %s metrics: %s", upstream.name, exc)
+            return
+        upstream.remote_load = sum(value for name in (METRIC_GATEWAY_IN_FLIGHT, METRIC_GATEWAY_QUEUE_DEPTH)
+                                   for _labels, value in samples.get(name, []))
+        stage = {(labels.get("stage"), labels.get("variant")): value
+                 for labels, value in samples.get(f"{METRIC_GATEWAY_STAGE_SECONDS}_sum", [])}
+        counts = {labels.get("variant"): value
+                  for labels, value in samples.get(f"{METRIC_GATEWAY_STAGE_SECONDS}_count", [])
+                  if labels.get("stage") == "total"}
+        for variant, count in counts.items():
+            if variant and count > 0:  # mean service time per request there: total minus queue
+                service_s = stage.get(("total", variant), 0.0) - stage.get(("queue", variant), 0.0)
+                upstream.served_latency_s[variant] = max(0.0, service_s) / count
+
+    def _scrape_energy(self, upstream: Upstream) -> None:
+        if not upstream.spec.exporter_url or not upstream.spec.metrics_url:
+            return
+        try:
+            energy = _scrape(upstream.spec.exporter_url).get(METRIC_ENERGY_JOULES_TOTAL, [])
+            images = sum(v for _l, v in _scrape(upstream.spec.metrics_url).get(METRIC_GATEWAY_IMAGES_TOTAL, []))
+        except (OSError, ValueError) as exc:
+            logger.debug("upstream %s energy: %s", upstream.name, exc)
+            return
+        if not energy:
+            return  # no power sensor there: its energy stays unknown, never guessed
+        joules = max(value for _labels, value in energy)  # the total domain (board, package) accumulates the most
+        previous, upstream._last_energy = upstream._last_energy, (joules, images)
+        if previous is None:
+            return
+        d_joules, d_images = joules - previous[0], images - previous[1]
+        if d_images > 0 and d_joules >= 0:
+            upstream.energy_per_image_j = _ewma(upstream.energy_per_image_j, d_joules / d_images)
+            if self._metrics is not None:
+                self._metrics.energy.labels(upstream=upstream.name).set(upstream.energy_per_image_j)
+
+    # -- the Backend interface -------------------------------------------------------------------------------------
+
+    def model_name(self) -> str:
+        """The preset the upstreams serve (the first healthy one's)."""
+        return next((u.model for u in self.upstreams() if u.model), "")
+
+    def known_variants(self) -> list[str]:
+        """Every variant any upstream lists."""
+        names: dict[str, None] = {}
+        for upstream in self.upstreams():
+            names.update(dict.fromkeys(upstream.variants))
+        return list(names)
+
+    def variant_status(self, name: str) -> VariantStatus:
+        """Available when a healthy upstream runs it; the reason says where it runs (or why nowhere)."""
+        rows = [(u, u.variants[name]) for u in self.upstreams() if name in u.variants]
+        where = [u.name for u, status in rows if u.healthy and status.available]
+        first = rows[0][1] if rows else VariantStatus(name=name, available=False)
+        if where:
+            return VariantStatus(name=name, available=True, reason="", backend=first.backend,
+                                 precision=first.precision, upstreams=tuple(where))
+        reasons = "; ".join(f"{u.name}: {status.reason or 'down'}" for u, status in rows) or "no upstream lists it"
+        return VariantStatus(name=name, available=False, reason=f"no upstream runs it now ({reasons})",
+                             backend=first.backend, precision=first.precision)
+
+    def default_variant(self) -> str:
+        """``""``: a request that names no variant runs each upstream's own default (a GPU's and a phone's differ).
+
+        Raises:
+            BackendUnavailableError: no upstream serves.
+        """
+        if not self.healthy():
+            raise BackendUnavailableError("no upstream gateway is serving", started=False)
+        return ""
+
+    def healthy(self) -> bool:
+        """At least one upstream serves."""
+        return any(u.healthy for u in self.upstreams())
+
+    def unavailable_reason(self) -> str:
+        """Which upstreams are down."""
+        down = [u.name for u in self.upstreams() if not u.healthy]
+        return f"upstreams down: {', '.join(down)}" if down else ""
+
+    def generate(self, args: GenerateArgs, should_stop: Callable[[], bool], timeout_s: float | None = None
+                 ) -> BackendResult:
+        """Send the request to the policy's first choice; fail over on UNAVAILABLE / RESOURCE_EXHAUSTED."""
+        budget_s = timeout_s if timeout_s is not None else self.latency_target_s
+        candidates = order_candidates(self.upstreams(), self.policy, args.variant, args.batch, budget_s)
+        if not candidates:
+            if not args.variant or any(args.variant in u.variants for u in self.upstreams()) or not self.healthy():
+                raise BackendUnavailableError(f"no serving upstream runs {args.variant}", started=False)
+            raise VariantUnavailableError(f"variant {args.variant}: no upstream gateway lists it")
+        refusals: list[tuple[Upstream, grpc.StatusCode, str]] = []
+        for upstream in candidates:
+            if should_stop():
+                raise GenerationCancelled("the client is gone")
+            result = self._try(upstream, args, timeout_s, refusals)
+            if result is not None:
+                return result
+        codes = {code for _u, code, _m in refusals}
+        detail = "; ".join(f"{u.name}: {code.name}: {message}" for u, code, message in refusals)
+        if codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}:
+            raise QueueFullError(f"every upstream's queue is full ({detail})")
+        raise BackendUnavailableError(f"every upstream refused ({detail})", started=False)
+
+    def _try(self, upstream: Upstream, args: GenerateArgs, timeout_s: float | None,
+             refusals: list[tuple[Upstream, grpc.StatusCode, str]]) -> BackendResult | None:
+        with self._lock:
+            upstream.outstanding += 1
+        t0 = time.perf_counter()
+        try:
+            response = upstream.client.generate(seed=args.seed, steps=args.steps, eta=args.eta, variant=args.variant,
+                                                batch_size=args.batch, format=args.format, timeout_s=timeout_s,
+                                                scheduler=args.scheduler)
+        except grpc.RpcError as exc:
+            code, message = exc.code(), exc.details() or ""
+            if code in FAILOVER_CODES:
+                refusals.append((upstream, code, message))
+                self._count(upstream, "failed_over")
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self._set_health(upstream, False)  # until its next health check says otherwise
+                logger.info("upstream %s refused (%s); trying the next", upstream.name, code.name)
+                return None
+            self._count(upstream, "error")
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgumentError(message) from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise VariantUnavailableError(message) from None
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                raise GenerationCancelled(f"upstream {upstream.name}: {code.name}") from None
+            raise RuntimeError(f"upstream {upstream.name}: {code.name}: {message}") from None
+        finally:
+            with self._lock:
+                upstream.outstanding -= 1
+        timings = response.timings
+        # the service time: the upstream's total minus its queue (the queue is what `ahead` predicts), plus transfer
+        transfer_s = max(0.0, time.perf_counter() - t0 - timings.total_ms / 1e3)
+        service_s = max(0.0, (timings.total_ms - timings.queue_ms) / 1e3) + transfer_s
+        images = max(1, len(response.images))
+        variant = response.variant or args.variant
+        upstream.latency_s[variant] = _ewma(upstream.latency_s.get(variant), service_s / images)
+        self._count(upstream, "ok")
+        if self._metrics is not None:
+            self._metrics.latency.labels(upstream=upstream.name, variant=variant).set(upstream.latency_s[variant])
+        return BackendResult(images=list(response.images), denoise_s=timings.denoise_ms / 1e3,
+                             decode_s=timings.decode_ms / 1e3, total_s=timings.total_ms / 1e3,
+                             weights_origin=response.weights_origin, model=response.model, upstream=upstream.name,
+                             variant=variant)
+
+    def _set_health(self, upstream: Upstream, serving: bool) -> None:
+        if serving != upstream.healthy:
+            logger.info("upstream %s is %s", upstream.name, "serving" if serving else "down")
+        upstream.healthy = serving
+        if self._metrics is not None:
+            self._metrics.up.labels(upstream=upstream.name).set(1.0 if serving else 0.0)
+
+    def _count(self, upstream: Upstream, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.requests.labels(upstream=upstream.name, outcome=outcome).inc()
+
+
+def describe(backend: FleetBackend) -> list[dict[str, Any]]:
+    """What the router knows of each upstream (for ``edgediff status`` and logs)."""
+    return [{"upstream": u.name, "healthy": u.healthy, "model": u.model, "outstanding": u.outstanding,
+             "remote_load": u.remote_load, "latency_s": dict(u.latency_s),
+             "energy_per_image_j": u.energy_per_image_j} for u in backend.upstreams()]
