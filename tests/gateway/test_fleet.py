@@ -26,6 +26,7 @@ from services.gateway.backends.fleet import (
     FleetBackend,
     Upstream,
     UpstreamSpec,
+    _scrape,
     order_candidates,
     parse_upstream,
     resolve,
@@ -263,13 +264,13 @@ def test_energy_per_image_comes_from_the_upstreams_counters() -> None:
                 f'edgediff_gateway_images_total{{variant="torch-fp32"}} {images}\n')
 
         pages(1000.0, 400.0, 10)
-        backend._scrape_energy(upstream)
+        backend._learn_energy(upstream, _scrape(spec.metrics_url))
         assert upstream.energy_per_image_j is None  # one reading is no rate
         pages(1100.0, 450.0, 14)
-        backend._scrape_energy(upstream)
+        backend._learn_energy(upstream, _scrape(spec.metrics_url))
         assert upstream.energy_per_image_j == pytest.approx(25.0)  # 100 J of the board total over 4 images
         exporter.RequestHandlerClass.page = ""  # type: ignore[attr-defined]  # the sensor went away
-        backend._scrape_energy(upstream)
+        backend._learn_energy(upstream, _scrape(spec.metrics_url))
         assert upstream.energy_per_image_j == pytest.approx(25.0)  # kept, never invented
     finally:
         exporter.shutdown()

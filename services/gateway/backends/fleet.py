@@ -40,7 +40,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -398,9 +397,14 @@ class FleetBackend(Backend):
             serving = False
             logger.debug("upstream %s: %s", upstream.name, exc.code().name)
         self._set_health(upstream, serving)
-        if serving:
-            self._scrape_load(upstream)
-            self._scrape_energy(upstream)
+        if serving and upstream.spec.metrics_url:
+            try:  # one scrape of the upstream gateway serves both what follows
+                samples = _scrape(upstream.spec.metrics_url)
+            except (OSError, ValueError) as exc:
+                logger.debug("upstream %s metrics: %s", upstream.name, exc)
+                return
+            self._learn_load(upstream, samples)
+            self._learn_energy(upstream, samples)
 
     def _list_variants(self, upstream: Upstream) -> None:
         response = upstream.client.list_variants(timeout_s=SCRAPE_TIMEOUT_S * 5)
@@ -410,14 +414,8 @@ class FleetBackend(Backend):
                              for v in response.variants}
         upstream.default_variant = next((v.name for v in response.variants if v.is_default), "")
 
-    def _scrape_load(self, upstream: Upstream) -> None:
-        if not upstream.spec.metrics_url:
-            return
-        try:
-            samples = _scrape(upstream.spec.metrics_url)
-        except (OSError, ValueError) as exc:
-            logger.debug("upstream %s metrics: %s", upstream.name, exc)
-            return
+    def _learn_load(self, upstream: Upstream, samples: dict[str, list[tuple[dict[str, str], float]]]) -> None:
+        """Queue ahead and mean service time per variant, from the upstream gateway's metrics ``samples``."""
         upstream.remote_load = sum(value for name in (METRIC_GATEWAY_IN_FLIGHT, METRIC_GATEWAY_QUEUE_DEPTH)
                                    for _labels, value in samples.get(name, []))
         stage = {(labels.get("stage"), labels.get("variant")): value
@@ -430,12 +428,13 @@ class FleetBackend(Backend):
                 service_s = stage.get(("total", variant), 0.0) - stage.get(("queue", variant), 0.0)
                 upstream.served_latency_s[variant] = max(0.0, service_s) / count
 
-    def _scrape_energy(self, upstream: Upstream) -> None:
-        if not upstream.spec.exporter_url or not upstream.spec.metrics_url:
+    def _learn_energy(self, upstream: Upstream, samples: dict[str, list[tuple[dict[str, str], float]]]) -> None:
+        """Joules per image: the exporter's energy counter over the images in the gateway's metrics ``samples``."""
+        if not upstream.spec.exporter_url:
             return
+        images = sum(value for _labels, value in samples.get(METRIC_GATEWAY_IMAGES_TOTAL, []))
         try:
             energy = _scrape(upstream.spec.exporter_url).get(METRIC_ENERGY_JOULES_TOTAL, [])
-            images = sum(v for _l, v in _scrape(upstream.spec.metrics_url).get(METRIC_GATEWAY_IMAGES_TOTAL, []))
         except (OSError, ValueError) as exc:
             logger.debug("upstream %s energy: %s", upstream.name, exc)
             return
@@ -572,9 +571,3 @@ class FleetBackend(Backend):
         if self._metrics is not None:
             self._metrics.requests.labels(upstream=upstream.name, outcome=outcome).inc()
 
-
-def describe(backend: FleetBackend) -> list[dict[str, Any]]:
-    """What the router knows of each upstream (for ``edgediff status`` and logs)."""
-    return [{"upstream": u.name, "healthy": u.healthy, "model": u.model, "outstanding": u.outstanding,
-             "remote_load": u.remote_load, "latency_s": dict(u.latency_s),
-             "energy_per_image_j": u.energy_per_image_j} for u in backend.upstreams()]
