@@ -15,7 +15,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,6 +31,9 @@ from services.gateway.metrics import GatewayMetrics, MetricsInterceptor
 from services.gateway.servicer import GeneratorServicer
 from services.gateway.validation import check_max_batch
 from services.proto.edgediff.v1 import generator_pb2, generator_pb2_grpc
+
+if TYPE_CHECKING:
+    from services.gateway.backends.fleet import UpstreamSpec
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class GatewayConfig:
         latency_target_s: Fleet backend: edge-first's latency target for requests without a deadline.
         upstream_token: Fleet backend: bearer token the upstreams require. Never logged.
         upstream_tls_ca: Fleet backend: CA certificate of upstreams that speak TLS.
+        upstream_specs: Fleet backend: ``upstreams`` as ``check()`` parsed them (the backend is built from these).
         scheduler: Sampler of requests that name none (``ddim``, ``dpmpp``, ``unipc``; a tune profile's).
         steps: Steps of requests that send 0.
     """
@@ -113,6 +117,7 @@ class GatewayConfig:
     upstream_tls_ca: str | None = None
     scheduler: str = "ddim"
     steps: int = 20
+    upstream_specs: list[UpstreamSpec] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def check(self) -> None:
         """Raise ``InvalidArgumentError`` naming the flag of the first bad setting."""
@@ -131,7 +136,8 @@ class GatewayConfig:
         if self.backend == "fleet":
             from services.gateway.backends.fleet import check_settings
 
-            check_settings(self.upstreams, self.policy, self.fleet_refresh_s, self.latency_target_s)
+            self.upstream_specs = check_settings(self.upstreams, self.policy, self.fleet_refresh_s,
+                                                 self.latency_target_s)
         elif self.upstreams:
             raise InvalidArgumentError(f"--upstream is for --backend fleet, not {self.backend}")
         if not 0 <= self.max_backend_wait_s <= MAX_BACKEND_WAIT_LIMIT_S:
@@ -147,7 +153,10 @@ def backend_module(name: str) -> str:
 
 
 def make_backend(config: GatewayConfig) -> Backend:
-    """The configured backend (its module imported only now: ``local`` never imports tritonclient)."""
+    """The backend ``config`` names; ``config`` has been checked (``GatewayConfig.check``, which parses it).
+
+    The backend's module is imported only now: ``local`` never imports tritonclient.
+    """
     backend = _make_backend(config)
     backend.default_sampler = (config.scheduler, config.steps)
     return backend
@@ -156,7 +165,7 @@ def make_backend(config: GatewayConfig) -> Backend:
 def _make_backend(config: GatewayConfig) -> Backend:
     module = importlib.import_module(backend_module(config.backend))
     if config.backend == "fleet":
-        return module.FleetBackend([module.parse_upstream(u) for u in config.upstreams], policy=config.policy,
+        return module.FleetBackend(config.upstream_specs, policy=config.policy,
                                    refresh_s=config.fleet_refresh_s, latency_target_s=config.latency_target_s,
                                    token=config.upstream_token, tls_ca=config.upstream_tls_ca)
     if config.backend == "local":

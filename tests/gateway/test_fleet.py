@@ -32,7 +32,7 @@ from services.gateway.backends.fleet import (
     resolve,
 )
 from services.gateway.client import GeneratorClient
-from services.gateway.server import GatewayConfig, GatewayServer
+from services.gateway.server import GatewayConfig, GatewayServer, make_backend
 from tests.gateway.conftest import free_port, scrape
 from tests.gateway.fakes import VARIANT, FlakyBackend
 
@@ -227,6 +227,17 @@ def test_settings_are_checked() -> None:
         GatewayConfig(backend="local", upstreams=["h:1"]).check()
     with pytest.raises(InvalidArgumentError, match="--fleet-refresh"):
         GatewayConfig(backend="fleet", upstreams=["h:1"], fleet_refresh_s=0).check()
+    with pytest.raises(InvalidArgumentError, match="--upstream: expected HOST:PORT"):
+        GatewayConfig(backend="fleet", upstreams=["h:1", "h"]).check()
+    with pytest.raises(InvalidArgumentError, match="--policy must be one of fastest, lowest-energy, edge-first"):
+        GatewayConfig(backend="fleet", upstreams=["h:1"], policy="cheapest").check()
+    with pytest.raises(InvalidArgumentError, match="--latency-target must be > 0"):
+        GatewayConfig(backend="fleet", upstreams=["h:1"], latency_target_s=0).check()
+    config = GatewayConfig(backend="fleet", upstreams=["h:1;name=edge", "dns:g:2;exporter=none"])
+    config.check()  # the one place the settings are parsed: the backend is built from what it kept
+    assert config.upstream_specs == [parse_upstream("h:1;name=edge"), parse_upstream("dns:g:2;exporter=none")]
+    backend = make_backend(config)
+    assert isinstance(backend, FleetBackend) and backend.specs == config.upstream_specs
 
 
 class _Counters(http.server.BaseHTTPRequestHandler):

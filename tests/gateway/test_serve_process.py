@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,74 +15,42 @@ import pytest
 from edgediff.constants import METRIC_GATEWAY_IN_FLIGHT
 from services.gateway.client import GeneratorClient
 from tests.gateway.conftest import free_port, scrape
-
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"listening on (\S+) ")
-
-
-def _start(args: list[str]) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m cli serve ARGS`` and return it with the address it printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    found: list[str] = []
-
-    def read() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            match = LISTENING.search(line)
-            if match:
-                found.append(match.group(1))
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout=90)
-    if not found:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-        pytest.fail(f"the gateway did not start: {err[-2000:]}")
-    return proc, found[0]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+from tests.process.helpers import REPO, kill_everything, listening_address, run_cli, start
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_in_flight_requests(processes: list[subprocess.Popen]) -> None:
+def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
     metrics_port = free_port()
-    proc, target = _start(["--backend", "local", "--model", "tiny", "--port", "0", "--metrics-port",
-                           str(metrics_port), "--shutdown-grace", "30"])
-    processes.append(proc)
-    answers: list[object] = []
-    with GeneratorClient(target, timeout_s=60) as client:
-        client.wait_serving(timeout_s=30)
-        assert len(client.generate(seed=2, steps=2).images) == 1
+    started = start(["serve", "--backend", "local", "--model", "tiny", "--port", "0", "--metrics-port",
+                     str(metrics_port), "--shutdown-grace", "30"], tmp_path)
+    try:
+        target = listening_address(started, 90)
+        answers: list[object] = []
+        with GeneratorClient(target, timeout_s=60) as client:
+            client.wait_serving(timeout_s=30)
+            assert len(client.generate(seed=2, steps=2).images) == 1
 
-        def long_call() -> None:
-            try:
-                answers.append(client.generate(seed=3, steps=150))
-            except grpc.RpcError as exc:
-                answers.append(exc)
+            def long_call() -> None:
+                try:
+                    answers.append(client.generate(seed=3, steps=150))
+                except grpc.RpcError as exc:
+                    answers.append(exc)
 
-        thread = threading.Thread(target=long_call)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while scrape(metrics_port)[(METRIC_GATEWAY_IN_FLIGHT, ())] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        thread.join(timeout=60)
-        assert proc.wait(timeout=60) == 0
-    assert len(answers) == 1 and not isinstance(answers[0], grpc.RpcError), answers
-    assert len(answers[0].images) == 1  # type: ignore[attr-defined]
-    with GeneratorClient(target, timeout_s=2) as client, pytest.raises(grpc.RpcError) as info:
-        client.list_variants()
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            thread = threading.Thread(target=long_call)
+            thread.start()
+            deadline = time.monotonic() + 20
+            while scrape(metrics_port)[(METRIC_GATEWAY_IN_FLIGHT, ())] < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            started.process.send_signal(signal.SIGTERM)
+            thread.join(timeout=60)
+            assert started.process.wait(timeout=60) == 0
+        assert len(answers) == 1 and not isinstance(answers[0], grpc.RpcError), answers
+        assert len(answers[0].images) == 1  # type: ignore[attr-defined]
+        with GeneratorClient(target, timeout_s=2) as client, pytest.raises(grpc.RpcError) as info:
+            client.list_variants()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        kill_everything(started)
 
 
 @pytest.mark.slow
@@ -94,9 +59,8 @@ def test_sigterm_finishes_in_flight_requests(processes: list[subprocess.Popen]) 
     (["--variant", "nope"], "unknown variant 'nope'"),
 ])
 def test_bad_flags_exit_2_with_one_line(flags: list[str], words: str) -> None:
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--backend", "local", "--model", "tiny", "--port", "0",
-           "--metrics-port", "0", "--no-preload", *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = run_cli("serve", "--backend", "local", "--model", "tiny", "--port", "0", "--metrics-port", "0",
+                   "--no-preload", *flags, timeout_s=120)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("edgediff serve: error:")]
     assert len(lines) == 1 and words in lines[0], proc.stderr

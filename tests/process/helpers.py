@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ THIRD_PARTY_FILES = {
 }
 """What libraries leave in TMPDIR on purpose in any run, interrupted or not, meant to outlive the command: not
 temporary entries of the command (every run, a clean one too, leaves them)."""
+LISTENING = re.compile(r"listening on (\S+) ")
+"""What ``serve`` prints once it accepts calls, with its address."""
 
 
 @dataclass
@@ -52,6 +55,12 @@ def start(argv: list[str], folder: Path, *, env: dict[str, str] | None = None) -
     return Started(process, log, tmpdir)
 
 
+def run_cli(*argv: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m cli ARGV`` to its end; its exit status and text output."""
+    return subprocess.run([sys.executable, "-m", "cli", *argv], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout_s, check=False)
+
+
 def wait_until(started: Started, ready: Callable[[Started], bool], timeout_s: float, what: str) -> None:
     """Poll ``ready`` until true; fail with the command's output when it exits or time runs out."""
     deadline = time.monotonic() + timeout_s
@@ -62,6 +71,14 @@ def wait_until(started: Started, ready: Callable[[Started], bool], timeout_s: fl
             pytest.fail(f"the command exited ({started.process.returncode}) before {what}:\n{started.output()[-3000:]}")
         time.sleep(0.2)
     pytest.fail(f"not {what} after {timeout_s:.0f} s:\n{started.output()[-3000:]}")
+
+
+def listening_address(started: Started, timeout_s: float) -> str:
+    """Wait until a started ``serve`` says it listens; the address it printed."""
+    wait_until(started, lambda s: LISTENING.search(s.output()) is not None, timeout_s, "listening")
+    match = LISTENING.search(started.output())
+    assert match is not None
+    return match.group(1)
 
 
 def descendants(pid: int) -> list[psutil.Process]:

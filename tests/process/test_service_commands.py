@@ -8,7 +8,6 @@ Each command runs as a user runs it (``python -m cli``), with its own ``TMPDIR``
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +17,11 @@ import pytest
 
 from services.stack.state import pid_alive, read_state
 from tests.process.helpers import (
-    REPO,
     Started,
     has_descendant,
     kill_everything,
+    listening_address,
+    run_cli,
     signal_and_check,
     start,
     still_running,
@@ -51,7 +51,7 @@ def command(tmp_path: Path) -> Iterator[list[Started]]:
 def test_serve(sig: int, tmp_path: Path, command: list[Started]) -> None:
     command.append(start(["serve", "--backend", "local", "--model", "tiny", "--port", "0", "--metrics-port", "0"],
                          tmp_path))
-    wait_until(command[0], _printed("listening on"), 180, "listening")
+    listening_address(command[0], 180)
     output = signal_and_check(command[0], sig, expected_code=0)
     assert "edgediff serve: stopped" in output
 
@@ -120,34 +120,29 @@ def test_up_in_the_foreground(sig: int, repo: Path, tmp_path: Path, command: lis
     assert read_state(state_dir) is None
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, check=False)
-
-
 def test_a_detached_stack_without_its_supervisor_is_reported_refused_and_stopped(repo: Path, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
-    up = _cli(*_up_args(repo, state_dir), "--detach", "--timeout", "400")
+    up = run_cli(*_up_args(repo, state_dir), "--detach", "--timeout", "400")
     state = read_state(state_dir)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         supervisor = state["supervisor_pid"]
         services = {name: s["pid"] for name, s in state["services"].items()}
-        status = _cli("status", "--state-dir", str(state_dir))
+        status = run_cli("status", "--state-dir", str(state_dir))
         assert status.returncode == 0 and f"supervisor: pid {supervisor}, alive" in status.stdout, status.stdout
         killed = psutil.Process(supervisor)
         killed.kill()  # as the OOM killer does
         assert still_running([killed]) == []
         assert all(pid_alive(pid) for pid in services.values())  # a detached stack's services outlive it
 
-        status = _cli("status", "--state-dir", str(state_dir))
+        status = run_cli("status", "--state-dir", str(state_dir))
         assert status.returncode == 1 and "GONE" in status.stdout, status.stdout
-        again = _cli(*_up_args(repo, state_dir))
+        again = run_cli(*_up_args(repo, state_dir))
         assert again.returncode == 2
         assert "still run without their supervisor" in again.stderr and "edgediff down" in again.stderr, again.stderr
         assert {name: s["pid"] for name, s in read_state(state_dir)["services"].items()} == services
     finally:
-        down = _cli("down", "--state-dir", str(state_dir))
+        down = run_cli("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stdout + down.stderr
     assert still_running([psutil.Process(pid) for pid in services.values() if pid_alive(pid)]) == []
     assert read_state(state_dir) is None

@@ -143,18 +143,26 @@ def parse_upstream(text: str) -> UpstreamSpec:
                         exporter_url=values["exporter"], name=values["name"] or "")
 
 
-def check_settings(upstreams: list[str], policy: str, refresh_s: float, latency_target_s: float) -> None:
-    """Raise ``InvalidArgumentError`` naming the flag of the first bad fleet setting."""
+def check_settings(upstreams: list[str], policy: str, refresh_s: float, latency_target_s: float
+                   ) -> list[UpstreamSpec]:
+    """Check the fleet settings (``GatewayConfig.check`` does, the one place they are checked).
+
+    Returns:
+        The parsed ``upstreams``: what ``FleetBackend`` takes.
+
+    Raises:
+        InvalidArgumentError: naming the flag of the first bad setting.
+    """
     if not upstreams:
         raise InvalidArgumentError("--backend fleet needs at least one --upstream HOST:PORT")
-    for text in upstreams:
-        parse_upstream(text)
+    specs = [parse_upstream(text) for text in upstreams]
     if policy not in POLICIES:
         raise InvalidArgumentError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     if refresh_s <= 0:
         raise InvalidArgumentError(f"--fleet-refresh must be > 0 seconds, got {refresh_s}")
     if latency_target_s <= 0:
         raise InvalidArgumentError(f"--latency-target must be > 0 seconds, got {latency_target_s}")
+    return specs
 
 
 def resolve(spec: UpstreamSpec) -> list[UpstreamSpec]:
@@ -303,8 +311,11 @@ class FleetMetrics:
 class FleetBackend(Backend):
     """Routes each request to one of several upstream gateways (see the module's docstring).
 
+    The settings come checked (``check_settings``, through ``GatewayConfig.check``); the backend does not check
+    them again.
+
     Args:
-        upstreams: The ``--upstream`` specs (at least one).
+        upstreams: The parsed ``--upstream`` values (at least one).
         policy: One of ``POLICIES``.
         refresh_s: Seconds between health checks and metric scrapes of every upstream.
         latency_target_s: edge-first's latency target for requests without a deadline.
@@ -318,7 +329,6 @@ class FleetBackend(Backend):
                  refresh_s: float = DEFAULT_REFRESH_S, latency_target_s: float = DEFAULT_LATENCY_TARGET_S,
                  token: str | None = None, tls_ca: str | None = None) -> None:
         super().__init__()
-        check_settings([u.address for u in upstreams], policy, refresh_s, latency_target_s)
         self.specs = upstreams
         self.policy = policy
         self.refresh_s = refresh_s
