@@ -44,6 +44,8 @@ def test_parse_upstream_defaults_and_options() -> None:
     spec = parse_upstream("dns:gw.example:5000;metrics=http://m:1/metrics;exporter=none;name=jetson")
     assert (spec.dns, spec.address, spec.metrics_url, spec.exporter_url, spec.name) == (
         True, "gw.example:5000", "http://m:1/metrics", None, "jetson")
+    spec = parse_upstream("[::1]:50051")  # an IPv6 literal keeps its brackets
+    assert (spec.address, spec.metrics_url) == ("[::1]:50051", "http://[::1]:9401/metrics")
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -283,6 +285,38 @@ def test_energy_per_image_comes_from_the_upstreams_counters() -> None:
         exporter.RequestHandlerClass.page = ""  # type: ignore[attr-defined]  # the sensor went away
         backend._learn_energy(upstream, _scrape(spec.metrics_url))
         assert upstream.energy_per_image_j == pytest.approx(25.0)  # kept, never invented
+    finally:
+        exporter.shutdown()
+        gateway.shutdown()
+
+
+def test_energy_is_not_learned_over_an_interval_the_exporter_did_not_measure() -> None:
+    # A phone put on its charger: its exporter stops integrating (the battery's drain is not the phone's draw) and
+    # counts the seconds; the counter's small increase over that interval must not make the phone look cheap.
+    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Exporter", (_Counters,), {}))
+    gateway = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Gateway", (_Counters,), {}))
+    for server in (exporter, gateway):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = UpstreamSpec(address="127.0.0.1:1", metrics_url=f"http://127.0.0.1:{gateway.server_port}/metrics",
+                            exporter_url=f"http://127.0.0.1:{exporter.server_port}/metrics", name="phone")
+        backend = FleetBackend([spec], policy="lowest-energy")
+        upstream = Upstream(spec=spec, client=None, order=0)  # type: ignore[arg-type]
+
+        def pages(joules: float, charging_s: float, images: float) -> None:
+            exporter.RequestHandlerClass.page = (  # type: ignore[attr-defined]
+                f'edgediff_energy_joules_total{{domain="battery",source="android-battery"}} {joules}\n'
+                'edgediff_energy_unmeasured_seconds_total{domain="battery",source="android-battery",'
+                f'flag="charging"}} {charging_s}\n')
+            gateway.RequestHandlerClass.page = f'edgediff_gateway_images_total{{variant="v"}} {images}\n'  # type: ignore[attr-defined]
+
+        for joules, charging_s, images in ((0.0, 0.0, 0), (1000.0, 0.0, 2), (1050.0, 150.0, 4)):
+            pages(joules, charging_s, images)
+            backend._learn_energy(upstream, _scrape(spec.metrics_url))
+        assert upstream.energy_per_image_j == pytest.approx(500.0)  # not pulled towards 25 J by the charger's stretch
+        pages(2050.0, 150.0, 6)
+        backend._learn_energy(upstream, _scrape(spec.metrics_url))
+        assert upstream.energy_per_image_j is not None and upstream.energy_per_image_j > 250.0  # learning again
     finally:
         exporter.shutdown()
         gateway.shutdown()

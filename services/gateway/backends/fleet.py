@@ -10,7 +10,8 @@ policy over what each upstream costs, learned live from what edgediff already ex
   router's requests in flight to it, or the upstream's ``in_flight`` + ``queue_depth`` gauges, whichever is larger);
 - **energy per image**: the increase of the upstream's telemetry exporter counter ``edgediff_energy_joules_total``
   (its largest domain: the board or package total) over the increase of its ``edgediff_gateway_images_total``, when
-  the upstream has a power sensor; unknown otherwise (never guessed);
+  the upstream has a power sensor; unknown otherwise (never guessed). An interval in which the exporter's
+  ``edgediff_energy_unmeasured_seconds_total`` grew (a phone on its charger, a sampling gap) is not learned from;
 - **health**: the standard gRPC health check of each upstream, every ``refresh_s``.
 
 Policies: ``fastest`` (least predicted latency), ``lowest-energy`` (least measured energy per image; upstreams
@@ -49,6 +50,7 @@ from edgediff.constants import (
     EXPORTER_PORT,
     GATEWAY_METRICS_PORT,
     METRIC_ENERGY_JOULES_TOTAL,
+    METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL,
     METRIC_FLEET_REQUESTS_TOTAL,
     METRIC_FLEET_UPSTREAM_ENERGY_PER_IMAGE_JOULES,
     METRIC_FLEET_UPSTREAM_LATENCY_SECONDS,
@@ -129,6 +131,7 @@ def parse_upstream(text: str) -> UpstreamSpec:
     if dns:
         address = address[len("dns:"):]
     host, port = _split_host_port(address, "--upstream")
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets in addresses and URLs
     values: dict[str, str | None] = {"metrics": f"http://{host}:{GATEWAY_METRICS_PORT}/metrics",
                                      "exporter": f"http://{host}:{EXPORTER_PORT}/metrics", "name": ""}
     for option in options:
@@ -235,7 +238,7 @@ class Upstream:
     remote_load: float = 0.0
     outstanding: int = 0
     energy_per_image_j: float | None = None
-    _last_energy: tuple[float, float] | None = None  # (joules, images) at the previous exporter scrape
+    _last_energy: tuple[float, float, float] | None = None  # (joules, images, unmeasured s) at the previous scrape
 
     @property
     def name(self) -> str:
@@ -444,17 +447,25 @@ class FleetBackend(Backend):
             return
         images = sum(value for _labels, value in samples.get(METRIC_GATEWAY_IMAGES_TOTAL, []))
         try:
-            energy = _scrape(upstream.spec.exporter_url).get(METRIC_ENERGY_JOULES_TOTAL, [])
+            exported = _scrape(upstream.spec.exporter_url)
         except (OSError, ValueError) as exc:
             logger.debug("upstream %s energy: %s", upstream.name, exc)
             return
+        energy = exported.get(METRIC_ENERGY_JOULES_TOTAL, [])
         if not energy:
             return  # no power sensor there: its energy stays unknown, never guessed
         joules = max(value for _labels, value in energy)  # the total domain (board, package) accumulates the most
-        previous, upstream._last_energy = upstream._last_energy, (joules, images)
+        # seconds the counter did not integrate (a phone on its charger, a sampling gap, a suspend): an interval
+        # where it grew has a counter increase too small to be the energy of its images, so it teaches nothing
+        unmeasured = sum(value for _labels, value in exported.get(METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL, []))
+        previous, upstream._last_energy = upstream._last_energy, (joules, images, unmeasured)
         if previous is None:
             return
         d_joules, d_images = joules - previous[0], images - previous[1]
+        if unmeasured > previous[2]:
+            logger.debug("upstream %s energy: %.1f s not measured since the last scrape; not learned", upstream.name,
+                         unmeasured - previous[2])
+            return
         if d_images > 0 and d_joules >= 0:
             upstream.energy_per_image_j = _ewma(upstream.energy_per_image_j, d_joules / d_images)
             if self._metrics is not None:
