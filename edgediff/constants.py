@@ -61,6 +61,7 @@ METRIC_PREFIX = "edgediff_"
 # telemetry exporter
 METRIC_POWER_WATTS = "edgediff_power_watts"
 METRIC_ENERGY_JOULES_TOTAL = "edgediff_energy_joules_total"
+METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL = "edgediff_energy_unmeasured_seconds_total"
 METRIC_IDLE_POWER_WATTS = "edgediff_idle_power_watts"
 METRIC_MEMORY_USED_BYTES = "edgediff_memory_used_bytes"
 METRIC_SENSOR_UP = "edgediff_sensor_up"

@@ -12,7 +12,9 @@ The counter is the exporter's ``EnergyMonitor`` odometer, so the window is the c
 (gross minus ``edgediff_idle_power_watts`` x window), the same labels (``estimated`` and ``fixture`` sources say so)
 and the same per-image row (``energy_row``) in the report. This module keeps what is the load test's own: reading the
 counter from scrapes or from Prometheus. Without a power sensor the result is "unavailable", with the reason from
-``edgediff_sensor_up``: never a made-up number.
+``edgediff_sensor_up``: never a made-up number. A domain whose ``edgediff_energy_unmeasured_seconds_total`` grew over
+the window (a phone's charger plugged in, a sampling gap, a suspend) is left out with the cause, as a bench window
+would flag it: its counter's increase misses that stretch and would be too small, not a measurement.
 """
 
 from __future__ import annotations
@@ -29,8 +31,20 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgediff.constants import METRIC_ENERGY_JOULES_TOTAL, METRIC_IDLE_POWER_WATTS, METRIC_SENSOR_UP
-from edgediff.telemetry.window import DomainEnergy, DomainKey, energy_from_increase, energy_row, odometer_window
+from edgediff.constants import (
+    METRIC_ENERGY_JOULES_TOTAL,
+    METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL,
+    METRIC_IDLE_POWER_WATTS,
+    METRIC_SENSOR_UP,
+)
+from edgediff.telemetry.window import (
+    DomainEnergy,
+    DomainKey,
+    UnmeasuredKey,
+    energy_from_increase,
+    energy_row,
+    odometer_window,
+)
 
 METHOD_EXPORTER = "exporter"
 METHOD_PROMETHEUS = "prometheus"
@@ -82,11 +96,13 @@ class ExporterState:
         energy_j: ``edgediff_energy_joules_total`` per ``(domain, source)``.
         idle_power_w: ``edgediff_idle_power_watts`` per ``(domain, source)`` (empty without an idle baseline).
         sensor_up: ``edgediff_sensor_up`` per reader.
+        unmeasured_s: ``edgediff_energy_unmeasured_seconds_total`` per ``(domain, source, flag)``.
     """
 
     energy_j: dict[DomainKey, float] = field(default_factory=dict)
     idle_power_w: dict[DomainKey, float] = field(default_factory=dict)
     sensor_up: dict[str, float] = field(default_factory=dict)
+    unmeasured_s: dict[UnmeasuredKey, float] = field(default_factory=dict)
 
 
 def parse_exporter(text: str) -> ExporterState:
@@ -100,6 +116,8 @@ def parse_exporter(text: str) -> ExporterState:
                 state.idle_power_w[_key(sample.labels)] = float(sample.value)
             elif sample.name == METRIC_SENSOR_UP:
                 state.sensor_up[sample.labels.get("reader", "")] = float(sample.value)
+            elif sample.name == METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL:
+                state.unmeasured_s[(*_key(sample.labels), sample.labels.get("flag", ""))] = float(sample.value)
     return state
 
 
@@ -194,7 +212,8 @@ def energy_from_scrapes(start: Scrape, end: Scrape, images: int, images_source: 
     first, last = parse_exporter(start.text or ""), parse_exporter(end.text or "")
     if not last.energy_j:
         return _unavailable(no_sensor_reason(last.sensor_up), *args)
-    window = odometer_window(first.energy_j, last.energy_j, window_s, last.idle_power_w)
+    window = odometer_window(first.energy_j, last.energy_j, window_s, last.idle_power_w, first.unmeasured_s,
+                             last.unmeasured_s)
     notes = [f"{d.domain}/{d.source} {d.reason}: left out" for d in window if not d.valid]
     measured = [d for d in window if d.valid]
     if not measured:
@@ -248,6 +267,13 @@ def increase_query(start_unix_s: float, end_unix_s: float) -> str:
     """The PromQL of the counter's increase over exactly ``[start, end]`` (millisecond range, ``@`` the end)."""
     window_ms = max(1, round((end_unix_s - start_unix_s) * 1000.0))
     return f"sum by (domain, source) (increase({METRIC_ENERGY_JOULES_TOTAL}[{window_ms}ms] @ {end_unix_s:.3f}))"
+
+
+def unmeasured_query(start_unix_s: float, end_unix_s: float) -> str:
+    """The PromQL of the unmeasured seconds' increase over exactly ``[start, end]``, per domain, source and cause."""
+    window_ms = max(1, round((end_unix_s - start_unix_s) * 1000.0))
+    return (f"sum by (domain, source, flag) (increase({METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL}[{window_ms}ms] "
+            f"@ {end_unix_s:.3f}))")
 
 
 def wait_for_scrape_after(base_url: str, end_unix_s: float, wait_s: float, poll_s: float = 1.0) -> bool:
@@ -311,9 +337,21 @@ def energy_from_prometheus(
             up = _vector(prometheus_query(base_url, f"min by (reader) ({METRIC_SENSOR_UP} @ {end_unix_s:.3f})",
                                           end_unix_s), ("reader",))
             return _unavailable(no_sensor_reason(up) + " (as seen by Prometheus)", *args)
+        skipped: dict[DomainKey, dict[str, float]] = {}
+        for (domain, source, flag), seconds in _vector(
+            prometheus_query(base_url, unmeasured_query(start_unix_s, end_unix_s), end_unix_s),
+            ("domain", "source", "flag"),
+        ).items():
+            if seconds > 0:
+                skipped.setdefault((domain, source), {})[flag] = seconds
     except PrometheusError as exc:
         return _unavailable(str(exc), *args)
+    window = energy_from_increase(increase, window_s, idle, skipped)
+    notes += [f"{d.domain}/{d.source} {d.reason}: left out" for d in window if not d.valid]
+    measured = [d for d in window if d.valid]
+    if not measured:
+        return _unavailable("; ".join(n.removesuffix(": left out") for n in notes[1:]), *args)
     return EnergyResult(
         True, None, METHOD_PROMETHEUS, base_url, start_unix_s, end_unix_s, window_s, images, images_source,
-        energy_from_increase(increase, window_s, idle), notes,
+        measured, notes,
     )

@@ -35,6 +35,12 @@ def _per(value: float | None, count: float) -> float | None:
     return value / count if value is not None and count > 0 else None
 
 
+def _why(row: dict[str, Any]) -> str:
+    """``domain [flags]: reason`` of an energy row that is not valid (the flags are the causes' short codes)."""
+    flags = row.get("flags") or []
+    return f"{row['domain']}" + (f" [{', '.join(flags)}]" if flags else "") + f": {row['reason']}"
+
+
 def energy_section(window: dict[str, Any] | None, images: int, telemetry: dict[str, Any]) -> dict[str, Any]:
     """Energy and power over the timed runs' window: by domain, and a headline over the valid whole domains.
 
@@ -56,7 +62,7 @@ def energy_section(window: dict[str, Any] | None, images: int, telemetry: dict[s
     base["domains"] = domains
     wholes = [d for d in domains if d["part_of"] is None and d["valid"]]
     if not wholes:
-        reasons = [f"{d['domain']}: {d['reason']}" for d in domains if not d["valid"]]
+        reasons = [_why(d) for d in domains if not d["valid"]]
         if not telemetry.get("power_readers"):
             reasons.append("no power sensor")
         base["reason"] = "unavailable: " + "; ".join(reasons + unavailable_sensors)
@@ -77,7 +83,7 @@ def energy_section(window: dict[str, Any] | None, images: int, telemetry: dict[s
         "fixture": fixture,
         "label": energy_label(estimated=estimated, fixture=fixture),
     }
-    skipped = [f"{d['domain']}: {d['reason']}" for d in domains if d["part_of"] is None and not d["valid"]]
+    skipped = [_why(d) for d in domains if d["part_of"] is None and not d["valid"]]
     if skipped:
         base["reason"] = "not counted: " + "; ".join(skipped)
     return base

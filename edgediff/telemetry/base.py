@@ -40,6 +40,38 @@ DOMAIN_FIXTURE = "fixture"
 SOURCE_FIXTURE = "fixture"
 """Source label of fixture readers: the numbers are given by the test, not measured."""
 
+# --- why energy is not measured ---------------------------------------------------------------------------------
+# One short code per cause, shared by samples (``PowerSample.flag``), windows (``DomainEnergy.flags``) and the
+# exporter (the ``flag`` label of ``edgediff_energy_unmeasured_seconds_total``). The human sentence stays in
+# ``reason``; the code is what a dashboard or a report filters on. A bounded set: never put a value in it.
+FLAG_CHARGING = "charging"
+"""The battery is charging, full or held by a charger (``status``), or its current has the charging sign."""
+FLAG_EXTERNAL_POWER = "external-power"
+"""An external supply (usb, ac, wireless) is ``online``: the battery current is not the device's draw."""
+FLAG_STATUS_UNKNOWN = "status-unknown"
+"""The battery's ``status`` says neither charging nor discharging: whether a charger is attached is unknown."""
+FLAG_GAUGE_RESET = "gauge-reset"
+"""The fuel gauge restarted: ``charge_counter``/``energy_counter`` went to 0 or backwards, or readings were absurd."""
+FLAG_SAMPLE_GAP = "sample-gap"
+"""No sample for longer than the monitor's ``max_gap_s`` (sampler stalled, process frozen): not integrated."""
+FLAG_SUSPEND = "suspend"
+"""The device suspended (``CLOCK_BOOTTIME`` ran ahead of ``CLOCK_MONOTONIC``): the window is not continuous."""
+FLAG_INVALID = "invalid"
+"""An invalid sample whose reader gave no more specific code."""
+FLAG_SENSOR_DOWN = "sensor-down"
+"""The reader's last read failed."""
+FLAG_NO_SAMPLES = "no-samples"
+"""The window holds no sample of the domain."""
+FLAG_LATE_START = "late-start"
+"""The domain's first sample came after the window began."""
+FLAG_COUNTER_RESET = "counter-reset"
+"""An odometer read from outside the monitor went backwards (the exporter restarted)."""
+UNMEASURED_FLAGS = (
+    FLAG_CHARGING, FLAG_EXTERNAL_POWER, FLAG_STATUS_UNKNOWN, FLAG_GAUGE_RESET, FLAG_SAMPLE_GAP, FLAG_SUSPEND,
+    FLAG_INVALID,
+)
+"""The causes the exporter counts unmeasured seconds for (every one exported from 0, so ``increase()`` works)."""
+
 
 class ReaderError(RuntimeError):
     """A reader could not read its sensor this time; the message is the reason shown in logs and ``sensor_up``."""
@@ -74,6 +106,8 @@ class PowerSample:
         reason: Why the sample is invalid; ``None`` when valid.
         estimated: True when the number is a model's estimate, not a measurement (estimated CPU power).
         part_of: The domain this one is a part of (``soc-total`` for a Jetson GPU rail); ``None`` for a whole.
+        flag: A code from ``UNMEASURED_FLAGS`` saying why an invalid sample is invalid (``invalid`` when the reader
+            gave none); on a valid sample, an event the reader integrated around (``gauge-reset``), else ``None``.
     """
 
     t_s: float
@@ -84,6 +118,7 @@ class PowerSample:
     reason: str | None = None
     estimated: bool = False
     part_of: str | None = None
+    flag: str | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.power_w) or self.power_w < 0:
@@ -92,6 +127,8 @@ class PowerSample:
             )
         if not self.valid and not self.reason:
             raise ValueError(f"an invalid sample needs a reason ({self.source}/{self.domain})")
+        if not self.valid and self.flag is None:
+            object.__setattr__(self, "flag", FLAG_INVALID)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,21 @@ keeps, per power domain, an odometer that only moves forward:
 * any other domain adds the trapezoidal integral of its timestamped power samples. Invalid samples (a phone on its
   charger) are never integrated: the odometer does not move across them, and a window that contains one is flagged.
 
+Long windows (a phone's minutes-long generation) meet three more things, each handled the same way: the stretch is
+not integrated, its seconds are counted per cause (``DomainReading.unmeasured_s``, the exporter's
+``edgediff_energy_unmeasured_seconds_total{flag}``), and a window holding any of it is not valid, with the reason
+and the cause's code in ``DomainEnergy.flags`` (codes: ``edgediff.telemetry.base.UNMEASURED_FLAGS``):
+
+* a charger plugged in (``charging``, ``external-power``: the reader's invalid samples);
+* a gap in the samples longer than ``max_gap_s`` (``sample-gap``: the sampler stalled or the process was frozen;
+  the gap is never bridged by the trapezoid as if power had been continuous);
+* a suspend (``suspend``): ``CLOCK_BOOTTIME`` running ahead of ``CLOCK_MONOTONIC`` between two polls. Every domain
+  of a window holding one is invalid (the window's monotonic duration leaves the suspended time out); a hardware
+  counter's odometer still adds what it counted across it.
+
+A fuel-gauge reset (``gauge-reset``) is integrated around when the reader says so (a valid sample with a flag:
+the energy does not come from the counter that reset); the code is still listed in the window's ``flags``.
+
 A window reads the odometers at ``begin_window(name)`` and ``end_window(name)`` (each forces a fresh poll, so the
 boundaries are exact for polled readers; a streamed reader's last sample is held to the boundary) and returns a
 ``Measurement``: duration, gross energy per domain, net energy (gross minus the idle baseline's power x duration)
@@ -29,7 +44,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgediff.telemetry.base import SOURCE_FIXTURE, EnergySample, PowerSample, Reader, ReaderError, Unavailable
+from edgediff.telemetry.base import (
+    FLAG_CHARGING,
+    FLAG_COUNTER_RESET,
+    FLAG_EXTERNAL_POWER,
+    FLAG_GAUGE_RESET,
+    FLAG_INVALID,
+    FLAG_LATE_START,
+    FLAG_NO_SAMPLES,
+    FLAG_SAMPLE_GAP,
+    FLAG_SENSOR_DOWN,
+    FLAG_STATUS_UNKNOWN,
+    FLAG_SUSPEND,
+    SOURCE_FIXTURE,
+    EnergySample,
+    PowerSample,
+    Reader,
+    ReaderError,
+    Unavailable,
+)
 from edgediff.telemetry.discovery import discover
 from edgediff.telemetry.estimated_cpu import SOURCE as SOURCE_ESTIMATED
 from edgediff.telemetry.integrate import counter_delta_j, trapezoid_step_j
@@ -45,6 +78,33 @@ LABEL_ESTIMATED = "estimated"
 LABEL_FIXTURE = "fixture"
 DEFAULT_INTERVAL_S = 0.1
 """Sampler period: 10 Hz, the slowest rate at which trapezoidal integration is trusted by default."""
+DEFAULT_MAX_GAP_INTERVALS = 20
+"""Two samples of a domain further apart than this many sampler periods (and at least ``MIN_MAX_GAP_S``) are a gap."""
+MIN_MAX_GAP_S = 2.0
+SUSPEND_MIN_S = 0.1
+"""``CLOCK_BOOTTIME - CLOCK_MONOTONIC`` growing by more than this between two polls is a suspend."""
+FLAG_TEXT = {
+    FLAG_CHARGING: "charging or on a charger",
+    FLAG_EXTERNAL_POWER: "on external power",
+    FLAG_STATUS_UNKNOWN: "battery status unknown",
+    FLAG_GAUGE_RESET: "fuel gauge restarting",
+    FLAG_SAMPLE_GAP: "no samples (sampler stalled)",
+    FLAG_SUSPEND: "device suspended",
+    FLAG_INVALID: "invalid samples",
+}
+"""A few words per unmeasured cause, for reasons built from the exporter's counter (which carries only the code)."""
+
+
+def boottime_clock() -> Callable[[], float] | None:
+    """``CLOCK_BOOTTIME`` in seconds (it counts suspended time, ``CLOCK_MONOTONIC`` does not); ``None`` off Linux."""
+    clock_id = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock_id is None:
+        return None
+    try:
+        time.clock_gettime(clock_id)
+    except OSError:
+        return None
+    return lambda: time.clock_gettime(clock_id)
 
 
 @dataclass(frozen=True)
@@ -70,6 +130,8 @@ class DomainReading:
         part_of: The domain this one is a part of, or ``None``.
         valid: False while the latest sample is invalid.
         reason: Why the latest sample is invalid.
+        unmeasured_s: Seconds since the monitor started that the odometer did not integrate, per cause (a flag code
+            from ``UNMEASURED_FLAGS``); never decreases. A window whose stretch of it grew is not valid.
     """
 
     domain: str
@@ -82,6 +144,7 @@ class DomainReading:
     part_of: str | None
     valid: bool
     reason: str | None
+    unmeasured_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,11 +161,16 @@ class DomainEnergy:
         idle_power_w: The idle baseline used, watts, or ``None``.
         estimated: True when the number is an estimate (``estimated`` source), not a measurement.
         part_of: The domain this one is a part of; never add a part to its whole.
-        valid: False when a sample in the window was invalid, the domain appeared mid-window or the sensor went
-            silent; ``gross_j``/``net_j`` are then ``None``.
+        valid: False when a sample in the window was invalid, part of it was not integrated (a gap in the samples,
+            a suspend), the domain appeared mid-window or the sensor went silent; ``gross_j``/``net_j`` are then
+            ``None``.
         reason: Why it is not valid.
         samples: How many samples (power samples or counter reads) the window contains; ``None`` when the energy
             was read from outside the monitor (the exporter's counter).
+        flags: Short codes of what happened in the window (``charging``, ``external-power``, ``sample-gap``,
+            ``suspend``, ``gauge-reset``, ...; see ``edgediff.telemetry.base``). On an invalid window they say why
+            in a form reports and dashboards can filter on; on a valid one they are events the energy was
+            integrated around (a fuel-gauge reset).
     """
 
     domain: str
@@ -116,6 +184,10 @@ class DomainEnergy:
     valid: bool
     reason: str | None
     samples: int | None
+    flags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flags", tuple(self.flags))  # a list when read back from JSON
 
     @classmethod
     def over(
@@ -131,6 +203,7 @@ class DomainEnergy:
         part_of: str | None = None,
         reason: str | None = None,
         samples: int | None = None,
+        flags: Sequence[str] = (),
     ) -> DomainEnergy:
         """The energy of one domain over a window of ``duration_s`` seconds: the one place net energy is computed.
 
@@ -145,11 +218,13 @@ class DomainEnergy:
             part_of: The domain this one is a part of.
             reason: Why the window is not valid for this domain; ``None`` when it is.
             samples: Samples in the window, or ``None`` when unknown.
+            flags: Codes of what happened in the window (why it is not valid, or what was integrated around).
         """
         gross = gross_j if reason is None else None
         net_j = gross - idle_power_w * duration_s if gross is not None and idle_power_w is not None else None
         return cls(domain=domain, source=source, method=method, gross_j=gross, net_j=net_j, idle_power_w=idle_power_w,
-                   estimated=estimated, part_of=part_of, valid=reason is None, reason=reason, samples=samples)
+                   estimated=estimated, part_of=part_of, valid=reason is None, reason=reason, samples=samples,
+                   flags=tuple(dict.fromkeys(flags)))
 
     @property
     def fixture(self) -> bool:
@@ -196,6 +271,7 @@ def energy_row(energy: DomainEnergy, duration_s: float, images: int) -> dict[str
         "part_of": energy.part_of,
         "valid": energy.valid,
         "reason": energy.reason,
+        "flags": list(energy.flags),
         "samples": energy.samples,
         "idle_power_w": energy.idle_power_w,
         "gross_j": energy.gross_j,
@@ -211,8 +287,38 @@ DomainKey = tuple[str, str]
 """``(domain, source)``: how an energy series is labelled outside the monitor (the exporter's counter)."""
 
 
+UnmeasuredKey = tuple[str, str, str]
+"""``(domain, source, flag)``: how the exporter labels ``edgediff_energy_unmeasured_seconds_total``."""
+
+
+def unmeasured_reason(unmeasured_s: Mapping[str, float]) -> str | None:
+    """The reason a window is not valid when its odometer skipped ``unmeasured_s`` seconds per cause; else ``None``."""
+    parts = [f"{seconds:.1f} s of the window not measured ({flag}: {FLAG_TEXT.get(flag, flag)})"
+             for flag, seconds in sorted(unmeasured_s.items()) if seconds > 0]
+    return "; ".join(parts) or None
+
+
+def unmeasured_increase(
+    start_s: Mapping[UnmeasuredKey, float], end_s: Mapping[UnmeasuredKey, float]
+) -> dict[DomainKey, dict[str, float]]:
+    """Per ``(domain, source)``, the unmeasured seconds per cause that grew between two readings of the counter.
+
+    A series absent at the start counts from 0 (the exporter exports every cause from 0, so one that appeared
+    mid-window started with the exporter or with its domain).
+    """
+    out: dict[DomainKey, dict[str, float]] = {}
+    for (domain, source, flag), seconds in end_s.items():
+        grew = seconds - start_s.get((domain, source, flag), 0.0)
+        if grew > 0:
+            out.setdefault((domain, source), {})[flag] = grew
+    return out
+
+
 def energy_from_increase(
-    increase_j: Mapping[DomainKey, float], duration_s: float, idle_power_w: Mapping[DomainKey, float]
+    increase_j: Mapping[DomainKey, float],
+    duration_s: float,
+    idle_power_w: Mapping[DomainKey, float],
+    unmeasured_s: Mapping[DomainKey, Mapping[str, float]] | None = None,
 ) -> list[DomainEnergy]:
     """The ``DomainEnergy`` of each series whose odometer increased by ``increase_j`` over the window.
 
@@ -220,13 +326,18 @@ def energy_from_increase(
         increase_j: Joules per ``(domain, source)`` over the window (e.g. Prometheus' ``increase()``).
         duration_s: The window's length, seconds.
         idle_power_w: Idle baseline per ``(domain, source)``, watts (missing: no net energy for that series).
+        unmeasured_s: Per ``(domain, source)``, the seconds per cause the odometer skipped during the window
+            (``unmeasured_increase``); a series with any is not valid: its increase misses that stretch.
     """
-    return [
-        DomainEnergy.over(domain=domain, source=source, method=METHOD_ODOMETER, gross_j=gross_j,
-                          duration_s=duration_s, idle_power_w=idle_power_w.get((domain, source)),
-                          estimated=is_estimated_source(source))
-        for (domain, source), gross_j in sorted(increase_j.items())
-    ]
+    unmeasured_s = unmeasured_s or {}
+    out = []
+    for (domain, source), gross_j in sorted(increase_j.items()):
+        skipped = {f: v for f, v in unmeasured_s.get((domain, source), {}).items() if v > 0}
+        out.append(DomainEnergy.over(domain=domain, source=source, method=METHOD_ODOMETER, gross_j=gross_j,
+                                     duration_s=duration_s, idle_power_w=idle_power_w.get((domain, source)),
+                                     estimated=is_estimated_source(source), reason=unmeasured_reason(skipped),
+                                     flags=sorted(skipped)))
+    return out
 
 
 def odometer_window(
@@ -234,33 +345,39 @@ def odometer_window(
     end_j: Mapping[DomainKey, float],
     duration_s: float,
     idle_power_w: Mapping[DomainKey, float],
+    start_unmeasured_s: Mapping[UnmeasuredKey, float] | None = None,
+    end_unmeasured_s: Mapping[UnmeasuredKey, float] | None = None,
 ) -> list[DomainEnergy]:
     """The window between two readings of the odometers (two scrapes of the exporter's counter).
 
-    A series that appeared after the first reading, or whose counter went backwards (the exporter restarted), is
-    not valid for the window and says why.
+    A series that appeared after the first reading, whose counter went backwards (the exporter restarted), or whose
+    unmeasured seconds grew (a charger, a sampling gap, a suspend during the window) is not valid for the window
+    and says why.
 
     Args:
         start_j: Odometer per ``(domain, source)`` at the window's start, joules.
         end_j: The same at its end.
         duration_s: The window's length, seconds.
         idle_power_w: Idle baseline per ``(domain, source)``, watts.
+        start_unmeasured_s: ``edgediff_energy_unmeasured_seconds_total`` per ``(domain, source, flag)`` at the start.
+        end_unmeasured_s: The same at the end.
     """
     increase_j: dict[DomainKey, float] = {}
     invalid: list[DomainEnergy] = []
     for key, value_j in sorted(end_j.items()):
-        reason = None
+        reason, flag = None, None
         if key not in start_j:
-            reason = "appeared during the window"
+            reason, flag = "appeared during the window", FLAG_LATE_START
         elif value_j < start_j[key]:
-            reason = f"went backwards ({value_j - start_j[key]:.3f} J; restarted?)"
+            reason, flag = f"went backwards ({value_j - start_j[key]:.3f} J; restarted?)", FLAG_COUNTER_RESET
         if reason is None:
             increase_j[key] = value_j - start_j[key]
             continue
         invalid.append(DomainEnergy.over(domain=key[0], source=key[1], method=METHOD_ODOMETER, gross_j=None,
                                          duration_s=duration_s, idle_power_w=idle_power_w.get(key),
-                                         estimated=is_estimated_source(key[1]), reason=reason))
-    measured = energy_from_increase(increase_j, duration_s, idle_power_w)
+                                         estimated=is_estimated_source(key[1]), reason=reason, flags=[flag]))
+    skipped = unmeasured_increase(start_unmeasured_s or {}, end_unmeasured_s or {})
+    measured = energy_from_increase(increase_j, duration_s, idle_power_w, skipped)
     return sorted(measured + invalid, key=lambda e: (e.domain, e.source))
 
 
@@ -322,12 +439,28 @@ class _DomainState:
     samples: int = 0
     invalid_samples: int = 0
     counter_j: float | None = None
+    last_invalid_flag: str = FLAG_INVALID
+    unmeasured_s: dict[str, float] = field(default_factory=dict)
+    """Seconds not integrated, per cause (the exporter's ``edgediff_energy_unmeasured_seconds_total``)."""
+    flag_reasons: dict[str, str] = field(default_factory=dict)
+    """The latest reason seen per cause, for the window's reason."""
+    noted: dict[str, int] = field(default_factory=dict)
+    """Valid samples carrying a flag (events integrated around, e.g. a fuel-gauge reset), per flag."""
+    pending: tuple[str, float] | None = None
+    """A suspend seen by the poll: the next step is not integrated and counts these seconds under this cause."""
+
+    def skip(self, flag: str, seconds: float, reason: str | None = None) -> None:
+        """Count ``seconds`` the odometer did not integrate, under ``flag``."""
+        self.unmeasured_s[flag] = self.unmeasured_s.get(flag, 0.0) + max(0.0, seconds)
+        if reason:
+            self.flag_reasons[flag] = reason
 
     def energy_at(self, t_s: float) -> float:
         """The odometer at ``t_s``: a trapezoid domain holds its latest valid power from its latest sample on."""
         if (
             self.method == METHOD_TRAPEZOID
             and self.last_valid
+            and self.pending is None
             and self.power_w is not None
             and self.t_s is not None
             and t_s > self.t_s
@@ -343,6 +476,9 @@ class _Mark:
     samples: dict[str, int]
     invalid_samples: dict[str, int]
     peak_memory: dict[str, int] = field(default_factory=dict)
+    unmeasured_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    noted: dict[str, dict[str, int]] = field(default_factory=dict)
+    suspended_s: float = 0.0
 
 
 class EnergyMonitor:
@@ -365,6 +501,11 @@ class EnergyMonitor:
         clock: Monotonic clock in seconds; the readers must use the same one.
         sleep: Sleep function used by ``measure_idle`` (a fake clock's ``advance`` in tests).
         unavailable: Sensors discovery could not use, kept for reports and the exporter's ``sensor_up``.
+        max_gap_s: Two samples of a trapezoid domain further apart than this are a gap, not integrated (default
+            ``DEFAULT_MAX_GAP_INTERVALS`` sampler periods, at least ``MIN_MAX_GAP_S``).
+        boottime: A clock that keeps counting while the device is suspended (``CLOCK_BOOTTIME``), to see suspends;
+            by default ``boottime_clock()`` when ``clock`` is ``time.monotonic``, else none (a test's fake clock
+            passes its own). ``None``: suspends are not detected.
     """
 
     def __init__(
@@ -376,9 +517,13 @@ class EnergyMonitor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         unavailable: Sequence[Unavailable] = (),
+        max_gap_s: float | None = None,
+        boottime: Callable[[], float] | str | None = "auto",
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0 seconds, got {interval_s!r}")
+        if max_gap_s is not None and not max_gap_s > 0:
+            raise ValueError(f"max_gap_s must be > 0 seconds, got {max_gap_s!r}")
         names = [r.name for r in readers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -386,6 +531,14 @@ class EnergyMonitor:
         self.readers: list[Reader] = list(readers)
         self.unavailable: list[Unavailable] = list(unavailable)
         self.interval_s = float(interval_s)
+        self.max_gap_s = float(max_gap_s) if max_gap_s is not None else max(
+            MIN_MAX_GAP_S, DEFAULT_MAX_GAP_INTERVALS * self.interval_s
+        )
+        if boottime == "auto":
+            boottime = boottime_clock() if clock is time.monotonic else None
+        self._boottime: Callable[[], float] | None = boottime if callable(boottime) else None
+        self._boot_offset_s: float | None = None
+        self._suspended_s = 0.0
         self.background = background
         self._clock = clock
         self._sleep = sleep
@@ -495,8 +648,26 @@ class EnergyMonitor:
     def poll(self) -> None:
         """Read every reader once, now. Called by the sampler thread; call it yourself when ``background=False``."""
         with self._lock:
+            self._check_suspend()
             for reader in self.readers:
                 self._poll_reader(reader)
+
+    def _check_suspend(self) -> None:
+        """Compare ``CLOCK_BOOTTIME`` with the monotonic clock: growth of their difference is time suspended."""
+        if self._boottime is None:
+            return
+        offset_s = self._boottime() - self._clock()
+        previous, self._boot_offset_s = self._boot_offset_s, offset_s
+        if previous is None or offset_s - previous <= SUSPEND_MIN_S:
+            return
+        suspended_s = offset_s - previous
+        self._suspended_s += suspended_s
+        logger.warning("the device was suspended for %.1f s (CLOCK_BOOTTIME ran ahead of CLOCK_MONOTONIC): windows "
+                       "open now are not continuous and power-sampled energy is not integrated across it", suspended_s)
+        for state in self._states.values():
+            if state.method == METHOD_TRAPEZOID and state.t_s is not None:
+                flag, seconds = state.pending or (FLAG_SUSPEND, 0.0)
+                state.pending = (flag, seconds + suspended_s)
 
     def _poll_reader(self, reader: Reader) -> None:
         try:
@@ -577,21 +748,54 @@ class EnergyMonitor:
         if state.t_s is not None and sample.t_s <= state.t_s:
             return  # not newer than what is integrated already
         state.samples += 1
+        skipped = self._skipped_step(state, sample)
         if not sample.valid:
             state.invalid_samples += 1
+            flag = sample.flag or FLAG_INVALID
             if state.last_valid or state.reason != sample.reason:
                 logger.warning(
                     "%s/%s: samples are invalid and not counted: %s", state.source, state.domain, sample.reason
                 )
+            if skipped is None and state.t_s is not None:
+                skipped = flag, sample.t_s - state.t_s
+            state.flag_reasons[flag] = sample.reason or flag
             state.last_valid, state.reason, state.last_invalid_reason = False, sample.reason, sample.reason
+            state.last_invalid_flag = flag
+        elif sample.flag:
+            state.noted[sample.flag] = state.noted.get(sample.flag, 0) + 1
+        if skipped is not None:
+            state.skip(*skipped)
+        if not sample.valid:
             state.power_w, state.t_s = None, sample.t_s
             return
         if not state.last_valid:
             logger.info("%s/%s: samples are valid again", state.source, state.domain)
-        if state.last_valid and state.power_w is not None and state.t_s is not None:
+        if skipped is None and state.last_valid and state.power_w is not None and state.t_s is not None:
             state.energy_j += trapezoid_step_j(state.t_s, state.power_w, sample.t_s, sample.power_w)
         state.power_w, state.t_s = sample.power_w, sample.t_s
         state.last_valid, state.reason = True, None
+
+    def _skipped_step(self, state: _DomainState, sample: PowerSample) -> tuple[str, float] | None:
+        """``(cause, seconds)`` when the step to ``sample`` must not be integrated, else ``None``.
+
+        A step is skipped for a cause of its own: a suspend since the previous sample, a gap longer than
+        ``max_gap_s``, or an invalid previous sample (its cause then covers the step).
+        """
+        if state.t_s is None:
+            return None
+        step_s = sample.t_s - state.t_s
+        if state.pending is not None:
+            (flag, seconds), state.pending = state.pending, None
+            return flag, seconds + step_s
+        if step_s > self.max_gap_s:
+            reason = (f"no sample for {step_s:.1f} s, more than max_gap_s={self.max_gap_s:g} s (the sampler stalled "
+                      "or the process was frozen): not integrated")
+            logger.warning("%s/%s: %s", state.source, state.domain, reason)
+            state.flag_reasons[FLAG_SAMPLE_GAP] = reason
+            return FLAG_SAMPLE_GAP, step_s
+        if not state.last_valid:
+            return state.last_invalid_flag, step_s
+        return None
 
     # --- state for the exporter --------------------------------------------------------------------------------
     def readings(self) -> list[DomainReading]:
@@ -609,6 +813,7 @@ class EnergyMonitor:
                     part_of=s.part_of,
                     valid=s.last_valid,
                     reason=s.reason,
+                    unmeasured_s=dict(s.unmeasured_s),
                 )
                 for s in self._states.values()
             ]
@@ -650,6 +855,9 @@ class EnergyMonitor:
             samples={d: s.samples for d, s in self._states.items()},
             invalid_samples={d: s.invalid_samples for d, s in self._states.items()},
             peak_memory=dict(self._memory),
+            unmeasured_s={d: dict(s.unmeasured_s) for d, s in self._states.items()},
+            noted={d: dict(s.noted) for d, s in self._states.items()},
+            suspended_s=self._suspended_s,
         )
 
     def _measure(self, name: str, mark: _Mark, idle_power_w: Mapping[str, float]) -> Measurement:
@@ -660,18 +868,7 @@ class EnergyMonitor:
         for domain, state in self._states.items():
             samples = state.samples - mark.samples.get(domain, 0)
             invalid = state.invalid_samples - mark.invalid_samples.get(domain, 0)
-            status = self._status.get(state.reader, ReaderStatus(True))
-            reason = None
-            if domain not in mark.energy_j:
-                reason = f"{state.source} produced its first sample after the window began"
-            elif invalid:
-                reason = f"{invalid} of {samples} samples invalid: {state.last_invalid_reason}"
-            elif not state.last_valid:
-                reason = f"samples invalid since before the window: {state.reason}"
-            elif samples == 0:
-                reason = f"no sample from {state.source} during the window"
-            elif not status.up:
-                reason = f"{state.reader} is down: {status.reason}"
+            reason, flags = self._window_reason(state, mark, t_end_s, samples, invalid)
             energy[domain] = DomainEnergy.over(
                 domain=domain,
                 source=state.source,
@@ -683,8 +880,52 @@ class EnergyMonitor:
                 part_of=state.part_of,
                 reason=reason,
                 samples=samples,
+                flags=flags,
             )
         return Measurement(name=name, duration_s=duration_s, energy_j=energy, peak_memory=dict(mark.peak_memory))
+
+    def _window_reason(
+        self, state: _DomainState, mark: _Mark, t_end_s: float, samples: int, invalid: int
+    ) -> tuple[str | None, list[str]]:
+        """Why the window is not valid for ``state``'s domain (``None`` when it is), and the flags of what happened."""
+        domain = state.domain
+        status = self._status.get(state.reader, ReaderStatus(True))
+        if domain not in mark.energy_j:
+            return f"{state.source} produced its first sample after the window began", [FLAG_LATE_START]
+        before = mark.unmeasured_s.get(domain, {})
+        skipped = {f: v - before.get(f, 0.0) for f, v in state.unmeasured_s.items() if v - before.get(f, 0.0) > 0}
+        noted = [f for f, n in state.noted.items() if n > mark.noted.get(domain, {}).get(f, 0)]
+        reasons: list[str] = []
+        flags: list[str] = []
+        suspended_s = self._suspended_s - mark.suspended_s
+        if suspended_s > 0:
+            reasons.append(f"the device suspended for {suspended_s:.1f} s during the window (CLOCK_BOOTTIME ran "
+                           "ahead of CLOCK_MONOTONIC): the window is not continuous")
+            flags.append(FLAG_SUSPEND)
+        causes = {f: v for f, v in skipped.items() if f not in (FLAG_SAMPLE_GAP, FLAG_SUSPEND)}
+        if invalid or causes:  # causes without an invalid sample: the window began while samples were invalid
+            detail = "; ".join(f"{state.flag_reasons.get(f, f)} ({v:.1f} s)" for f, v in causes.items())
+            head = f"{invalid} of {samples} samples invalid" if invalid else "samples were invalid when it began"
+            reasons.append(f"{head}: {detail or state.last_invalid_reason}")
+            flags += list(causes) or [state.last_invalid_flag]
+        elif not state.last_valid:
+            reasons.append(f"samples invalid since before the window: {state.reason}")
+            flags.append(state.last_invalid_flag)
+        gap_s = skipped.get(FLAG_SAMPLE_GAP, 0.0)
+        if state.method == METHOD_TRAPEZOID and state.t_s is not None and t_end_s - state.t_s > self.max_gap_s:
+            gap_s += t_end_s - state.t_s  # no sample since: the held power would bridge the gap at the end
+            state.flag_reasons[FLAG_SAMPLE_GAP] = (f"no sample for the last {t_end_s - state.t_s:.1f} s of the "
+                                                   f"window, more than max_gap_s={self.max_gap_s:g} s")
+        if gap_s > 0:
+            reasons.append(f"{gap_s:.1f} s not measured: {state.flag_reasons.get(FLAG_SAMPLE_GAP, 'sampling gap')}")
+            flags.append(FLAG_SAMPLE_GAP)
+        if not reasons and samples == 0:
+            reasons.append(f"no sample from {state.source} during the window")
+            flags.append(FLAG_NO_SAMPLES)
+        if not reasons and not status.up:
+            reasons.append(f"{state.reader} is down: {status.reason}")
+            flags.append(FLAG_SENSOR_DOWN)
+        return ("; ".join(reasons) or None), flags + noted
 
     def begin_window(self, name: str) -> None:
         """Open a window called ``name`` (starting the monitor if needed).

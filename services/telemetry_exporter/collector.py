@@ -9,6 +9,11 @@ Series (base units, bounded labels):
 
 * ``edgediff_power_watts{domain,source}``: latest valid power (absent while a domain's samples are invalid);
 * ``edgediff_energy_joules_total{domain,source}``: joules since the exporter started;
+* ``edgediff_energy_unmeasured_seconds_total{domain,source,flag}``: seconds the energy counter did not integrate,
+  by cause (``charging``, ``external-power``, ``status-unknown``, ``gauge-reset``, ``sample-gap``, ``suspend``,
+  ``invalid``), for the power-sampled domains (a hardware counter keeps counting), every cause exported from 0.
+  A window over which it grew misses that stretch: the load test then reports the domain's energy as not valid,
+  with the cause, instead of a number too small;
 * ``edgediff_idle_power_watts{domain,source}``: idle baseline, when measured at start;
 * ``edgediff_memory_used_bytes{kind}``;
 * ``edgediff_sensor_up{reader}``: 1 when the reader's last poll worked and its samples are valid, 0 for readers
@@ -33,13 +38,14 @@ import edgediff
 from edgediff.constants import (
     METRIC_BUILD_INFO,
     METRIC_ENERGY_JOULES_TOTAL,
+    METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL,
     METRIC_IDLE_POWER_WATTS,
     METRIC_MEMORY_USED_BYTES,
     METRIC_POWER_WATTS,
     METRIC_SENSOR_UP,
 )
-from edgediff.telemetry.base import Reader, ReaderError, Unavailable
-from edgediff.telemetry.window import EnergyMonitor
+from edgediff.telemetry.base import UNMEASURED_FLAGS, Reader, ReaderError, Unavailable
+from edgediff.telemetry.window import METHOD_TRAPEZOID, EnergyMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +109,11 @@ class TelemetryCollector(Collector):
             "Energy per domain since the exporter started, joules (hardware counter or trapezoidal integration).",
             labels=["domain", "source"],
         )
+        unmeasured = CounterMetricFamily(
+            METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL,
+            "Seconds the energy counter did not integrate since the exporter started, by cause (flag).",
+            labels=["domain", "source", "flag"],
+        )
         idle = GaugeMetricFamily(
             METRIC_IDLE_POWER_WATTS, "Idle baseline power measured at start, watts.", labels=["domain", "source"]
         )
@@ -118,6 +129,9 @@ class TelemetryCollector(Collector):
         for reading in readings:
             labels = [reading.domain, reading.source]
             energy.add_metric(labels, reading.energy_j)
+            if reading.method == METHOD_TRAPEZOID or reading.unmeasured_s:  # a hardware counter misses nothing
+                for flag in (*UNMEASURED_FLAGS, *sorted(set(reading.unmeasured_s) - set(UNMEASURED_FLAGS))):
+                    unmeasured.add_metric([*labels, flag], reading.unmeasured_s.get(flag, 0.0))
             if reading.power_w is not None:
                 power.add_metric(labels, reading.power_w)
             if reading.domain in idle_power_w:
@@ -135,4 +149,4 @@ class TelemetryCollector(Collector):
             up.add_metric([item.reader], 0.0)
 
         build.add_metric(list(self._build_labels), 1.0)
-        yield from (power, energy, idle, memory, up, build)
+        yield from (power, energy, unmeasured, idle, memory, up, build)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgediff.telemetry.android_battery import AndroidBatteryReader, probe_android_battery
+from edgediff.telemetry.android_battery import SIGN_LEARN_READINGS, AndroidBatteryReader, probe_android_battery
 
 ANDROID = Path(__file__).parent / "fixtures" / "android"
 
@@ -16,12 +16,21 @@ def read_one(tree: str, **kwargs):
     return reader, sample
 
 
+def learn_sign(reader: AndroidBatteryReader) -> None:
+    """Read until the discharge sign is learned: not from one reading, SIGN_LEARN_READINGS agreeing ones."""
+    for _ in range(SIGN_LEARN_READINGS - 2):
+        reader.read_power()
+        assert reader.current_sign_discharging is None
+    reader.read_power()
+
+
 def test_negative_microamperes_while_discharging():
     reader, sample = read_one("discharging_negative_uA")
     assert sample.power_w == pytest.approx(1.234567 * 3.987, rel=1e-12)
     assert (sample.domain, sample.source, sample.t_s) == ("battery", "android-battery", 42.0)
-    assert sample.valid and sample.reason is None
+    assert sample.valid and sample.reason is None and sample.flag is None
     assert reader.current_unit == "uA"
+    learn_sign(reader)
     assert reader.current_sign_discharging == "negative"
 
 
@@ -30,6 +39,7 @@ def test_positive_milliamperes_while_discharging():
     assert sample.power_w == pytest.approx(0.850 * 4.012, rel=1e-12)
     assert sample.valid
     assert reader.current_unit == "mA"
+    learn_sign(reader)
     assert reader.current_sign_discharging == "positive"
 
 

@@ -134,6 +134,7 @@ def test_measurement_is_json_serialisable_with_peak_memory(clock):
         "valid": True,
         "reason": None,
         "samples": 2,
+        "flags": [],
     }
 
 
