@@ -51,6 +51,7 @@ def discover(
     tegrastats_command: Sequence[str] | None = ("tegrastats",),
     tegrastats_interval_s: float = 0.1,
     battery_current_unit: str = "auto",
+    battery_current_sign: str = "auto",
     rapl_enabled: bool = True,
     memory_pid: int | None = None,
     estimated_cpu_tdp_w: float | None = None,
@@ -66,6 +67,7 @@ def discover(
         tegrastats_command: The tegrastats executable and leading arguments; ``None`` skips Jetson probing.
         tegrastats_interval_s: tegrastats sampling interval, seconds (default 0.1).
         battery_current_unit: ``auto``, ``uA`` or ``mA`` for Android's ``current_now`` (see ``android_battery``).
+        battery_current_sign: ``auto``, ``negative`` or ``positive``: how the battery driver signs a discharge.
         rapl_enabled: Probe RAPL zones.
         memory_pid: Watch another process's memory (``None``: this process).
         estimated_cpu_tdp_w: Turn on the ESTIMATED CPU power (utilization x this TDP in watts). Ignored, with a
@@ -99,7 +101,9 @@ def discover(
                 tegrastats.TegrastatsReader(tegrastats_command, interval_s=tegrastats_interval_s, clock=clock)
             )
 
-    battery, reason = android_battery.probe_android_battery(root, current_unit=battery_current_unit, clock=clock)
+    battery, reason = android_battery.probe_android_battery(
+        root, current_unit=battery_current_unit, clock=clock, current_sign=battery_current_sign
+    )
     if battery is not None:
         found.readers.append(battery)
     else:

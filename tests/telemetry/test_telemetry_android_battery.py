@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from edgediff.telemetry import discover
 from edgediff.telemetry.android_battery import SIGN_LEARN_READINGS, AndroidBatteryReader, probe_android_battery
 
 ANDROID = Path(__file__).parent / "fixtures" / "android"
@@ -93,3 +94,33 @@ def test_probe_finds_the_battery():
 def test_bad_unit_is_rejected():
     with pytest.raises(ValueError, match="current_unit"):
         AndroidBatteryReader("/", current_unit="A")
+
+
+def test_discovery_passes_the_driver_sign_on():
+    found = discover(ANDROID / "discharging_positive_mA", nvml_enabled=False, tegrastats_command=None,
+                     rapl_enabled=False, battery_current_sign="positive")
+    (battery,) = [r for r in found.readers if isinstance(r, AndroidBatteryReader)]
+    assert battery.current_sign_discharging == "positive"
+    with pytest.raises(ValueError, match="current_sign"):
+        AndroidBatteryReader("/", current_sign="down")
+
+
+def test_a_sign_learned_wrong_is_learned_again_after_a_long_contradiction(tmp_path):
+    # Learned from readings taken while status lagged a plug-in (the charge current's sign); the phone is then on
+    # its battery with nothing online for over SIGN_RELEARN_S, every reading of the other sign: that is the discharge.
+    shutil.copytree(ANDROID / "discharging_negative_uA", tmp_path, dirs_exist_ok=True)
+    current = tmp_path / "sys/class/power_supply/battery/current_now"
+    now = [0.0]
+    reader = AndroidBatteryReader(tmp_path, clock=lambda: now[0])
+    current.write_text("900000\n")
+    reader.read_power()
+    learn_sign(reader)
+    assert reader.current_sign_discharging == "positive"
+    current.write_text("-1234567\n")
+    flagged = []
+    for t_s in range(0, 40, 5):
+        now[0] = float(t_s)
+        (sample,) = reader.read_power()
+        flagged.append(not sample.valid)
+    assert flagged == [True] * 7 + [False]  # 0..30 s flagged (charging sign), re-learned once past 30 s
+    assert reader.current_sign_discharging == "negative"
