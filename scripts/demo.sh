@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on a CPU machine.
 #   0. the variants this machine can run (and why not the others);
-#   1. a first fast image: the first available fast variant (fp32 or bf16 kernels, DeepCache, int8 decoder where it
-#      is cheap to build) with DPM-Solver++ at 10 steps; its exports are the slow part of a cold start;
+#   1. a first fast image: this machine's profile when `edgediff tune` has written one, else the first available of
+#      FIRST_CANDIDATES (OpenVINO bf16 where bf16 is native, else fp32: nothing to calibrate, one UNet export) with
+#      UniPC at 8 steps (passed the digits gate against torch-fp32 DDIM-20; DeepCache rows only pass with DDIM-20,
+#      so the first image uses none); its exports are the whole of a cold start;
 #   2. `edgediff tune`: samplers and candidates gated on the trained digits model (a FAILED row is never chosen),
 #      then torch-fp32 DDIM-20 vs each candidate's cheapest passing row on the study's celebahq-256 architecture in
 #      one bench run; the fastest passing row becomes this machine's profile;
@@ -18,7 +20,8 @@ E=.venv/bin/edgediff
 PY=.venv/bin/python
 OUT=${EDGEDIFF_DEMO_OUT:-reports}
 MODEL=${EDGEDIFF_DEMO_MODEL:-celebahq-256}
-CANDIDATES=${EDGEDIFF_DEMO_CANDIDATES:-openvino-bf16-int8dec-dc3,openvino-bf16-dc3,openvino-fp32-int8dec-dc3,openvino-fp32-dc3}
+CANDIDATES=${EDGEDIFF_DEMO_CANDIDATES:-openvino-bf16-int8dec-dc3,openvino-bf16-dc3,openvino-bf16-int8dec,openvino-int8,openvino-fp32-int8dec,openvino-fp32}
+FIRST_CANDIDATES=${EDGEDIFF_DEMO_FIRST:-openvino-bf16,openvino-fp32}
 RUNS=${EDGEDIFF_DEMO_RUNS:-2}
 STATE="$OUT/stack-state"
 START=$(date +%s)
@@ -31,17 +34,38 @@ trap cleanup EXIT
 say "variants on this machine"
 "$E" variants
 
-AVAILABLE=$("$PY" - "$CANDIDATES" <<'EOF'
+available() {
+  "$PY" - "$1" <<'EOF'
 import sys
 from edgediff.variants import get_variant
 print(",".join(v for v in sys.argv[1].split(",") if v and get_variant(v).availability().ok))
 EOF
-)
+}
+AVAILABLE=$(available "$CANDIDATES")
 [ -n "$AVAILABLE" ] || { echo "none of $CANDIDATES can run here (see 'edgediff variants')" >&2; exit 2; }
-FIRST=${AVAILABLE%%,*}
+# The first image: the saved profile of this machine (a profile from another machine is refused, then ignored), else
+# the cheapest-to-build gate-passing choice.
+FIRST="" FIRST_SCHEDULER="" FIRST_STEPS=""
+read -r FIRST FIRST_SCHEDULER FIRST_STEPS < <("$PY" - "$MODEL" <<'EOF'
+import sys
+from edgediff.bench.tune import ProfileError, load_profile
+try:
+    choice = load_profile(sys.argv[1])["choice"]
+    print(choice["variant"], choice["scheduler"], choice["steps"])
+except ProfileError as exc:
+    print(f"no profile of this machine to start from ({exc})", file=sys.stderr)
+    print()
+EOF
+) || true
+if [ -z "$FIRST" ]; then
+  FIRST=$(available "$FIRST_CANDIDATES"); FIRST=${FIRST%%,*}
+  FIRST_SCHEDULER=unipc FIRST_STEPS=8
+fi
+[ -n "$FIRST" ] || { echo "none of $FIRST_CANDIDATES can run here (see 'edgediff variants')" >&2; exit 2; }
 
-say "1/4 first fast image: $FIRST, DPM-Solver++ 10 steps, on $MODEL (exports and int8 decoder calibration on first use)"
-"$E" generate --model "$MODEL" --variant "$FIRST" --scheduler dpmpp --steps 10 --out "$OUT/first-image.png"
+say "1/4 first fast image: $FIRST, $FIRST_SCHEDULER $FIRST_STEPS steps, on $MODEL (exports on first use)"
+"$E" generate --model "$MODEL" --variant "$FIRST" --scheduler "$FIRST_SCHEDULER" --steps "$FIRST_STEPS" \
+    --out "$OUT/first-image.png"
 say "first fast image written: $OUT/first-image.png"
 
 say "2/4 edgediff tune: candidates $AVAILABLE (quality gate on digits, speed on $MODEL vs torch-fp32 DDIM-20)"
