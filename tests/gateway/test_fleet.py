@@ -258,65 +258,71 @@ class _Counters(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_energy_per_image_comes_from_the_upstreams_counters() -> None:
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Exporter", (_Counters,), {}))
-    gateway = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Gateway", (_Counters,), {}))
-    for server in (exporter, gateway):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+class _FakeUpstream:
+    """An upstream's exporter and gateway metrics pages, served over HTTP, with the fleet backend learning from them."""
+
+    def __init__(self, name: str) -> None:
+        self.exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Exporter", (_Counters,), {}))
+        self.gateway = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Gateway", (_Counters,), {}))
+        for server in (self.exporter, self.gateway):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.spec = UpstreamSpec(address="127.0.0.1:1",
+                                 metrics_url=f"http://127.0.0.1:{self.gateway.server_port}/metrics",
+                                 exporter_url=f"http://127.0.0.1:{self.exporter.server_port}/metrics", name=name)
+        self.backend = FleetBackend([self.spec], policy="lowest-energy")
+        self.upstream = Upstream(spec=self.spec, client=None, order=0)  # type: ignore[arg-type]
+
+    def pages(self, exporter: str, gateway: str) -> None:
+        self.exporter.RequestHandlerClass.page = exporter  # type: ignore[attr-defined]
+        self.gateway.RequestHandlerClass.page = gateway  # type: ignore[attr-defined]
+
+    def learn(self) -> float | None:
+        self.backend._learn_energy(self.upstream, _scrape(self.spec.metrics_url))
+        return self.upstream.energy_per_image_j
+
+    def close(self) -> None:
+        self.exporter.shutdown()
+        self.gateway.shutdown()
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[_FakeUpstream]:
+    fake = _FakeUpstream("board")
     try:
-        spec = UpstreamSpec(address="127.0.0.1:1", metrics_url=f"http://127.0.0.1:{gateway.server_port}/metrics",
-                            exporter_url=f"http://127.0.0.1:{exporter.server_port}/metrics", name="board")
-        backend = FleetBackend([spec], policy="lowest-energy")
-        upstream = Upstream(spec=spec, client=None, order=0)  # type: ignore[arg-type]
-
-        def pages(joules_board: float, joules_rail: float, images: float) -> None:
-            exporter.RequestHandlerClass.page = (  # type: ignore[attr-defined]
-                f'edgediff_energy_joules_total{{domain="board",source="tegrastats"}} {joules_board}\n'
-                f'edgediff_energy_joules_total{{domain="gpu",source="tegrastats"}} {joules_rail}\n')
-            gateway.RequestHandlerClass.page = (  # type: ignore[attr-defined]
-                f'edgediff_gateway_images_total{{variant="torch-fp32"}} {images}\n')
-
-        pages(1000.0, 400.0, 10)
-        backend._learn_energy(upstream, _scrape(spec.metrics_url))
-        assert upstream.energy_per_image_j is None  # one reading is no rate
-        pages(1100.0, 450.0, 14)
-        backend._learn_energy(upstream, _scrape(spec.metrics_url))
-        assert upstream.energy_per_image_j == pytest.approx(25.0)  # 100 J of the board total over 4 images
-        exporter.RequestHandlerClass.page = ""  # type: ignore[attr-defined]  # the sensor went away
-        backend._learn_energy(upstream, _scrape(spec.metrics_url))
-        assert upstream.energy_per_image_j == pytest.approx(25.0)  # kept, never invented
+        yield fake
     finally:
-        exporter.shutdown()
-        gateway.shutdown()
+        fake.close()
 
 
-def test_energy_is_not_learned_over_an_interval_the_exporter_did_not_measure() -> None:
+def test_energy_per_image_comes_from_the_upstreams_counters(fake_upstream: _FakeUpstream) -> None:
+    def pages(joules_board: float, joules_rail: float, images: float) -> None:
+        fake_upstream.pages(
+            f'edgediff_energy_joules_total{{domain="board",source="tegrastats"}} {joules_board}\n'
+            f'edgediff_energy_joules_total{{domain="gpu",source="tegrastats"}} {joules_rail}\n',
+            f'edgediff_gateway_images_total{{variant="torch-fp32"}} {images}\n')
+
+    pages(1000.0, 400.0, 10)
+    assert fake_upstream.learn() is None  # one reading is no rate
+    pages(1100.0, 450.0, 14)
+    assert fake_upstream.learn() == pytest.approx(25.0)  # 100 J of the board total over 4 images
+    fake_upstream.pages("", 'edgediff_gateway_images_total{variant="torch-fp32"} 14\n')  # the sensor went away
+    assert fake_upstream.learn() == pytest.approx(25.0)  # kept, never invented
+
+
+def test_energy_is_not_learned_over_an_interval_the_exporter_did_not_measure(fake_upstream: _FakeUpstream) -> None:
     # A phone put on its charger: its exporter stops integrating (the battery's drain is not the phone's draw) and
     # counts the seconds; the counter's small increase over that interval must not make the phone look cheap.
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Exporter", (_Counters,), {}))
-    gateway = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Gateway", (_Counters,), {}))
-    for server in (exporter, gateway):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        spec = UpstreamSpec(address="127.0.0.1:1", metrics_url=f"http://127.0.0.1:{gateway.server_port}/metrics",
-                            exporter_url=f"http://127.0.0.1:{exporter.server_port}/metrics", name="phone")
-        backend = FleetBackend([spec], policy="lowest-energy")
-        upstream = Upstream(spec=spec, client=None, order=0)  # type: ignore[arg-type]
+    def pages(joules: float, charging_s: float, images: float) -> None:
+        fake_upstream.pages(
+            f'edgediff_energy_joules_total{{domain="battery",source="android-battery"}} {joules}\n'
+            'edgediff_energy_unmeasured_seconds_total{domain="battery",source="android-battery",'
+            f'flag="charging"}} {charging_s}\n',
+            f'edgediff_gateway_images_total{{variant="v"}} {images}\n')
 
-        def pages(joules: float, charging_s: float, images: float) -> None:
-            exporter.RequestHandlerClass.page = (  # type: ignore[attr-defined]
-                f'edgediff_energy_joules_total{{domain="battery",source="android-battery"}} {joules}\n'
-                'edgediff_energy_unmeasured_seconds_total{domain="battery",source="android-battery",'
-                f'flag="charging"}} {charging_s}\n')
-            gateway.RequestHandlerClass.page = f'edgediff_gateway_images_total{{variant="v"}} {images}\n'  # type: ignore[attr-defined]
-
-        for joules, charging_s, images in ((0.0, 0.0, 0), (1000.0, 0.0, 2), (1050.0, 150.0, 4)):
-            pages(joules, charging_s, images)
-            backend._learn_energy(upstream, _scrape(spec.metrics_url))
-        assert upstream.energy_per_image_j == pytest.approx(500.0)  # not pulled towards 25 J by the charger's stretch
-        pages(2050.0, 150.0, 6)
-        backend._learn_energy(upstream, _scrape(spec.metrics_url))
-        assert upstream.energy_per_image_j is not None and upstream.energy_per_image_j > 250.0  # learning again
-    finally:
-        exporter.shutdown()
-        gateway.shutdown()
+    for joules, charging_s, images in ((0.0, 0.0, 0), (1000.0, 0.0, 2), (1050.0, 150.0, 4)):
+        pages(joules, charging_s, images)
+        energy = fake_upstream.learn()
+    assert energy == pytest.approx(500.0)  # not pulled towards 25 J by the charger's stretch
+    pages(2050.0, 150.0, 6)
+    energy = fake_upstream.learn()
+    assert energy is not None and energy > 250.0  # learning again
