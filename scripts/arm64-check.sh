@@ -125,7 +125,7 @@ else
     --no-healthcheck "${mask[@]}" --shm-size 1g -p "127.0.0.1:$((port + 1)):8000" -v "$work/repo:/models:ro" \
     "$tag" edgediff triton --repo /models --host 0.0.0.0 --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
     --startup-timeout 1800 >/dev/null
-  until curl -sf "http://127.0.0.1:$((port + 1))/v2/health/ready" >/dev/null 2>&1; do
+  until .venv/bin/python -m services.healthcheck http "http://127.0.0.1:$((port + 1))/v2/health/ready" 2>/dev/null; do
     if [ "$(docker inspect -f '{{.State.Running}}' "$id-triton")" != true ] \
        || [ $(( $(date +%s) - t4 )) -gt 1800 ]; then
       docker logs --tail 40 "$id-triton" >&2 || true

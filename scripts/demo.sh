@@ -43,20 +43,23 @@ EOF
 }
 AVAILABLE=$(available "$CANDIDATES")
 [ -n "$AVAILABLE" ] || { echo "none of $CANDIDATES can run here (see 'edgediff variants')" >&2; exit 2; }
-# The first image: the saved profile of this machine (a profile from another machine is refused, then ignored), else
-# the cheapest-to-build gate-passing choice.
-FIRST="" FIRST_SCHEDULER="" FIRST_STEPS=""
-read -r FIRST FIRST_SCHEDULER FIRST_STEPS < <("$PY" - "$MODEL" <<'EOF'
+# "variant scheduler steps" of this machine's saved profile of $MODEL, or an empty line (and why, on stderr) when
+# there is none (a profile from another machine is refused).
+profile_choice() {
+  "$PY" - "$MODEL" <<'EOF'
 import sys
 from edgediff.bench.tune import ProfileError, load_profile
 try:
     choice = load_profile(sys.argv[1])["choice"]
     print(choice["variant"], choice["scheduler"], choice["steps"])
 except ProfileError as exc:
-    print(f"no profile of this machine to start from ({exc})", file=sys.stderr)
+    print(f"no profile of this machine ({exc})", file=sys.stderr)
     print()
 EOF
-) || true
+}
+# The first image: the saved profile of this machine, else the cheapest-to-build gate-passing choice.
+FIRST="" FIRST_SCHEDULER="" FIRST_STEPS=""
+read -r FIRST FIRST_SCHEDULER FIRST_STEPS < <(profile_choice) || true
 if [ -z "$FIRST" ]; then
   FIRST=$(available "$FIRST_CANDIDATES"); FIRST=${FIRST%%,*}
   FIRST_SCHEDULER=unipc FIRST_STEPS=8
@@ -70,13 +73,9 @@ say "first fast image written: $OUT/first-image.png"
 
 say "2/4 edgediff tune: candidates $AVAILABLE (quality gate on digits, speed on $MODEL vs torch-fp32 DDIM-20)"
 "$E" tune --model "$MODEL" --variants "$AVAILABLE" --runs "$RUNS" --warmup 1 --out "$OUT/tune"
-read -r DEFAULT SCHEDULER STEPS < <("$PY" - "$MODEL" <<'EOF'
-import sys
-from edgediff.bench.tune import load_profile
-choice = load_profile(sys.argv[1])["choice"]
-print(choice["variant"], choice["scheduler"], choice["steps"])
-EOF
-)
+DEFAULT="" SCHEDULER="" STEPS=""
+read -r DEFAULT SCHEDULER STEPS < <(profile_choice) || true
+[ -n "$DEFAULT" ] || { echo "edgediff tune wrote no usable profile of $MODEL" >&2; exit 1; }
 say "this machine's profile: $DEFAULT, $SCHEDULER $STEPS steps (edgediff tune --show)"
 
 say "3/4 edgediff up --profile cpu --model $MODEL (variant from the profile)"
