@@ -28,15 +28,15 @@ clean shutdown (what systemd and Docker expect of a service); they exit non-zero
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
@@ -47,7 +47,6 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signa
 """The signals that ask a command to stop."""
 DEFAULT_GRACE_S = 10.0
 """Seconds a child gets to exit after its stop signal before SIGKILL."""
-_PR_SET_PDEATHSIG = 1
 _IS_LINUX = sys.platform.startswith("linux")
 
 
@@ -97,30 +96,50 @@ def live_children() -> list[ChildProcess]:
         return [child for child in _children if child.returncode is None]
 
 
-def _libc_prctl() -> Callable[..., int] | None:
-    if not _IS_LINUX:
+# The child is started through a tiny Python launcher, never with a ``preexec_fn``: Python code between fork and exec
+# is unsafe in a threaded process (CPython's documentation says so; gRPC's fork handlers run in such a child and
+# crashed a tritonserver start with SIGSEGV before it wrote a byte). Without ``preexec_fn`` CPython starts the
+# launcher by vfork + exec, and the launcher, a fresh single-threaded process, sets the death signal, unblocks the
+# stop signals (blocked in the parent around the start) and execs the program (same pid, same process group).
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+die_signal, parent_pid, stop_signals, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+if die_signal:
+    ctypes.CDLL(None, use_errno=True).prctl(1, die_signal, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl: the death signal will never come
+        os.kill(os.getpid(), die_signal)
+for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # this interpreter ignores them; the program starts with the defaults
+    signal.signal(sig, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {int(sig) for sig in stop_signals.split(",")})
+try:
+    os.execv(path, sys.argv[5:])
+except OSError as exc:
+    sys.stderr.write(f"cannot start {path}: {exc.strerror}\\n")
+    os._exit(127)
+"""
+
+
+def _launcher_argv(argv: list[str], *, die_signal: int | None, env: Mapping[str, str] | None,
+                   cwd: str | os.PathLike[str] | None) -> list[str] | None:
+    """``argv`` behind the launcher (Linux with a Python executable), else None (started as it is).
+
+    Raises:
+        FileNotFoundError, PermissionError: the program cannot be started (what ``subprocess.Popen`` raises).
+    """
+    if not _IS_LINUX or not sys.executable:
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    return libc.prctl
-
-
-_PRCTL = _libc_prctl()  # resolved before any fork: the child only calls it
-
-
-def _child_setup(*, die_signal: int | None, parent_pid: int) -> Callable[[], None]:
-    """The ``preexec_fn``: unblock the stop signals (blocked in the parent around the fork) and set the death signal."""
-
-    def setup() -> None:  # runs in the child between fork and exec: no logging, no locks
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        if die_signal is not None and _PRCTL is not None:
-            _PRCTL(_PR_SET_PDEATHSIG, int(die_signal), 0, 0, 0)
-            if os.getppid() != parent_pid:  # the parent died before prctl: the death signal will never come
-                os.kill(os.getpid(), int(die_signal))
-
-    return setup
+    program = argv[0]
+    if os.sep in program:
+        path = program if os.path.isabs(program) or cwd is None else os.path.join(os.fspath(cwd), program)
+    else:
+        path = shutil.which(program, path=os.pathsep.join(os.get_exec_path(env))) or ""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    stop_signals = ",".join(str(int(sig)) for sig in STOP_SIGNALS)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(int(die_signal or 0)), str(os.getpid()), stop_signals,
+            os.path.abspath(path), *argv]
 
 
 @contextlib.contextmanager
@@ -182,12 +201,11 @@ class ChildProcess:
         self.grace_s = float(grace_s)
         self.dies_with_parent = dies_with_parent
         self._stop_requested = False
-        setup = (_child_setup(die_signal=die_signal if dies_with_parent else None, parent_pid=os.getpid())
-                 if _IS_LINUX else None)
-        with _stop_signals_blocked():
+        launched = _launcher_argv(self.argv, die_signal=die_signal if dies_with_parent else None, env=env, cwd=cwd)
+        with _stop_signals_blocked() if launched is not None else contextlib.nullcontext():
             self.popen: subprocess.Popen[Any] = subprocess.Popen(
-                self.argv, stdin=stdin, stdout=stdout, stderr=stderr, env=dict(env) if env is not None else None,
-                cwd=cwd, text=text, start_new_session=True, preexec_fn=setup,
+                launched or self.argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                env=dict(env) if env is not None else None, cwd=cwd, text=text, start_new_session=True,
             )
             with _children_lock:
                 _children.add(self)

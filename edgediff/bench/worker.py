@@ -11,6 +11,31 @@ import os
 import shutil
 import signal
 import sys
+import time
+from pathlib import Path
+
+
+def bench_gone(parent: int, *, settle_s: float = 0.2) -> bool:
+    """True when the process that started this worker has died or is dying.
+
+    The death signal comes when the *thread* that started the worker exits: a SIGKILLed bench's other threads may
+    still be exiting then, and this worker is parented to one of them for a moment (``getppid()`` still names the
+    bench). So a bench whose main thread is already a zombie counts as gone; ``settle_s`` covers the microseconds
+    between the death signal and that state.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        if os.getppid() != parent:  # reparented: the bench is gone
+            return True
+        try:
+            state = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() >= deadline:
+            return False  # alive: a stop request from the bench, which removes its folder itself
+        time.sleep(0.01)
 
 
 def exit_on_sigterm(out_folder: str) -> None:
@@ -18,7 +43,7 @@ def exit_on_sigterm(out_folder: str) -> None:
     parent = os.getppid()
 
     def on_term(signum: int, _frame: object) -> None:
-        if os.getppid() != parent:  # reparented: the bench died (PR_SET_PDEATHSIG)
+        if bench_gone(parent):  # PR_SET_PDEATHSIG: no one else will remove it
             shutil.rmtree(out_folder, ignore_errors=True)
         os._exit(128 + signum)
 

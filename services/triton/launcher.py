@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -273,7 +274,8 @@ class TritonServer:
             while time.monotonic() < deadline:
                 code = self._process.poll()
                 if code is not None:
-                    self._fail(f"tritonserver exited with code {code} before it was ready")
+                    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                    self._fail(f"tritonserver {how} before it was ready")
                 if self.is_ready():
                     return self
                 time.sleep(0.25)
@@ -302,7 +304,7 @@ class TritonServer:
     def _fail(self, headline: str) -> None:
         log = self.logs()
         self.stop(timeout_s=5.0, keep_log=True)
-        details = "\n".join(error_lines(log))
+        details = "\n".join(error_lines(log)) or "(it wrote nothing)"
         raise TritonStartError(f"{headline} (repository {self.repo}, log {self.log_path}):\n{details}")
 
     def is_ready(self) -> bool:

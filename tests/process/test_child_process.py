@@ -60,6 +60,32 @@ def test_leaving_the_block_by_an_exception_stops_the_child() -> None:
     assert child.returncode == -signal.SIGTERM
 
 
+def test_no_python_code_runs_between_fork_and_exec(tmp_path: Path) -> None:
+    """No ``preexec_fn``: a threaded parent's at-fork handlers (gRPC's crashed a tritonserver start) never run."""
+    marker = tmp_path / "forked"
+    os.register_at_fork(after_in_child=lambda: marker.touch())
+    with ChildProcess(["sleep", "30"]) as child:
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).name() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.02)  # still the launcher
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{child.pid}/status").read_text().splitlines())
+        assert psutil.Process(child.pid).cmdline() == ["sleep", "30"]
+    assert not marker.exists()
+    blocked, ignored = int(status["SigBlk"], 16), int(status["SigIgn"], 16)
+    assert [sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if blocked & (1 << (sig - 1))] == []
+    assert [sig for sig in (signal.SIGPIPE, signal.SIGXFSZ) if ignored & (1 << (sig - 1))] == []  # as Popen leaves them
+
+
+def test_a_program_that_cannot_start_raises_as_popen_does(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        ChildProcess(["edgediff-no-such-program"])
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(PermissionError):
+        ChildProcess([str(script)])
+    assert live_children() == []
+
+
 def test_run_child_stops_the_child_on_timeout() -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         run_child([sys.executable, "-c", "import time; time.sleep(120)"], timeout_s=0.5, capture=True)
