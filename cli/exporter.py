@@ -53,6 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-nvml", action="store_true", help="do not probe NVIDIA GPUs through NVML")
     parser.add_argument(
+        "--battery-current-unit",
+        choices=("auto", "uA", "mA"),
+        default="auto",
+        help="unit of Android's current_now (default: auto, guessed from the magnitude; some vendors report mA)",
+    )
+    parser.add_argument(
+        "--battery-current-sign",
+        choices=("auto", "negative", "positive"),
+        default="auto",
+        help="how the battery driver signs a discharge in current_now (default: auto, learned while status says "
+        "Discharging)",
+    )
+    parser.add_argument(
         "--pid", type=int, default=None, help="report the memory of this process instead of the exporter's own"
     )
     parser.add_argument(
@@ -92,6 +105,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                 tegrastats_command=command,
                 tegrastats_interval_s=args.tegrastats_interval,
                 nvml_enabled=not args.no_nvml,
+                battery_current_unit=args.battery_current_unit,
+                battery_current_sign=args.battery_current_sign,
                 memory_pid=args.pid,
                 estimated_cpu_tdp_w=args.estimated_cpu_tdp_watts,
                 fixture_power_w=args.fixture_power_watts,

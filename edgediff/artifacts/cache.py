@@ -142,6 +142,30 @@ def find_cached(
     return folder, report
 
 
+def remove_abandoned_builds(folder: Path) -> list[Path]:
+    """Remove the ``FOLDER.tmp-PID`` build folders of processes that no longer exist; the ones removed.
+
+    A build killed without a chance to clean up (SIGKILL, the OOM killer, a worker's fast exit on its death signal)
+    leaves its temporary folder, hundreds of MB for a full-size model. A folder whose process still runs (or whose
+    pid was reused) is left alone.
+    """
+    removed = []
+    for tmp in folder.parent.glob(f"{folder.name}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+        except PermissionError:  # alive, someone else's
+            pass
+    if removed:
+        logger.info("removed %d abandoned build folder(s) of %s", len(removed), folder.name)
+    return removed
+
+
 def cached_build(
     fingerprint: str,
     kind: str,
@@ -171,6 +195,7 @@ def cached_build(
     if found is not None:
         return found
     folder = (root or cache_root()) / f"{kind}-{artifact_key(fingerprint, kind, extra)}"
+    remove_abandoned_builds(folder)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -31,6 +31,8 @@ def run_exporter(
     tegrastats_command: Sequence[str] | None = ("tegrastats",),
     tegrastats_interval_s: float = 0.1,
     nvml_enabled: bool = True,
+    battery_current_unit: str = "auto",
+    battery_current_sign: str = "auto",
     memory_pid: int | None = None,
     estimated_cpu_tdp_w: float | None = None,
     fixture_power_w: float | None = None,
@@ -48,6 +50,8 @@ def run_exporter(
         tegrastats_command: tegrastats executable and leading arguments; ``None`` skips it.
         tegrastats_interval_s: tegrastats sampling interval, seconds.
         nvml_enabled: Probe NVIDIA GPUs.
+        battery_current_unit: ``auto``, ``uA`` or ``mA`` for Android's ``current_now``.
+        battery_current_sign: ``auto``, ``negative`` or ``positive``: how the battery driver signs a discharge.
         memory_pid: Report this process's memory instead of the exporter's.
         estimated_cpu_tdp_w: Turn on the estimated CPU power with this TDP, watts.
         fixture_power_w: Add a constant fixture power, watts (tests).
@@ -67,6 +71,8 @@ def run_exporter(
         root,
         interval_s=interval_s,
         nvml_enabled=nvml_enabled,
+        battery_current_unit=battery_current_unit,
+        battery_current_sign=battery_current_sign,
         tegrastats_command=tegrastats_command,
         tegrastats_interval_s=tegrastats_interval_s,
         memory_pid=memory_pid,

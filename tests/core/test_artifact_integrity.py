@@ -89,3 +89,23 @@ def test_corrupt_onnx_artifact_is_rebuilt_not_served(tiny_components: Any, tmp_p
     assert report2["cached"] is False
     assert file_record(folder2 / FILENAME) == report2[FILES_KEY][FILENAME]
     ort.InferenceSession(str(folder2 / FILENAME), providers=["CPUExecutionProvider"])  # a loadable model again
+
+
+def test_a_build_removes_the_temporary_folders_of_dead_builders_only(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    key = cache.artifact_key("fp", "kind-c", None)
+    abandoned = tmp_path / f"kind-c-{key}.tmp-{int(dead.stdout)}"  # its process has exited
+    alive = tmp_path / f"kind-c-{key}.tmp-{os.getppid()}"  # a live process's build in progress
+    other = tmp_path / f"kind-d-{key}.tmp-{int(dead.stdout)}"  # another artifact: not this build's business
+    for folder in (abandoned, alive, other):
+        folder.mkdir()
+        (folder / "partial.onnx").write_bytes(b"x" * 10)
+    calls: list[int] = []
+    folder, _ = cached_build("fp", "kind-c", _builder(calls), root=tmp_path)
+    assert folder.name == f"kind-c-{key}" and calls == [1]
+    assert not abandoned.exists() and alive.is_dir() and other.is_dir()

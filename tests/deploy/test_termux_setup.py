@@ -106,11 +106,13 @@ def test_public_bind_needs_a_token(termux: dict[str, str], tmp_path: Path) -> No
     for log in Path(termux["HOME"]).glob("argv.*.log"):
         log.unlink()
     ok = _run(termux, "start", EDGEDIFF_BIND_ADDRESS="0.0.0.0", EDGEDIFF_TOKEN_FILE=str(token),
-              EDGEDIFF_IDLE_SECONDS="30")
+              EDGEDIFF_IDLE_SECONDS="30", EDGEDIFF_BATTERY_CURRENT_SIGN="positive")
     assert ok.returncode == 0 and "without EDGEDIFF_TOKEN_FILE" not in ok.stderr
     commands = {argv[0]: build_parser(argv[0]).parse_args(argv) for argv in _recorded(termux, 2)}
     assert commands["serve"].token_file == str(token) and commands["serve"].host == "0.0.0.0"
     assert commands["exporter"].idle_seconds == 30.0
+    exporter = commands["exporter"]
+    assert (exporter.battery_current_sign, exporter.battery_current_unit) == ("positive", "auto")
 
 
 def test_status_reports_what_is_not_running(termux: dict[str, str]) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -158,3 +159,29 @@ def test_jetson_rails_through_a_running_tegrastats(proc_root):
     assert total in (2.170, 6.584)
     assert samples[("edgediff_energy_joules_total", (("domain", "gpu"), ("source", "tegrastats")))] >= 0.0
     assert ("edgediff_memory_used_bytes", (("kind", "tegrastats-ram-used"),)) in samples
+
+
+def test_battery_unit_and_sign_flags_reach_the_reader(proc_root):
+    """A phone whose driver reports a discharge as a positive mA value: told so, the exporter needs no learning."""
+    fixture = Path(__file__).parent / "fixtures" / "android" / "discharging_positive_mA"
+    shutil.copytree(fixture / "sys", proc_root / "sys", dirs_exist_ok=True)
+    args = parse(["--battery-current-unit", "mA", "--battery-current-sign", "positive"])
+    assert (args.battery_current_unit, args.battery_current_sign) == ("mA", "positive")
+    with pytest.raises(SystemExit):
+        parse(["--battery-current-sign", "sideways"])
+    thread, stop, ready, result = run_in_thread(
+        host="127.0.0.1", port=0, interval_s=0.05, root=proc_root, nvml_enabled=False, tegrastats_command=None,
+        battery_current_unit=args.battery_current_unit, battery_current_sign=args.battery_current_sign,
+    )
+    deadline = time.monotonic() + 10
+    while not ready and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        time.sleep(0.3)
+        samples = scrape(ready[0])
+    finally:
+        stop.set()
+        thread.join(10)
+    assert result == [0]
+    power = {labels: value for (name, labels), value in samples.items() if name == "edgediff_power_watts"}
+    assert list(power.values()) == [pytest.approx(4.012 * 0.850)], power  # voltage_now uV x current_now mA
