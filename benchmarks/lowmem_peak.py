@@ -7,7 +7,9 @@ Run it under the heavy-job lock, one variant per process::
 
 The process loads what the variant needs (``Variant.load_model``: a ``ModelSpec`` for the low-memory variant, the
 torch modules for the others), builds it, generates one image, and prints one JSON line: VmHWM (peak resident set,
-anonymous + file-backed pages, the kernel's own high-water mark) after each phase, and the stage timings.
+anonymous + file-backed pages, the kernel's own high-water mark) after each phase, and the stage timings. The
+high-water mark is reset when decoding starts, so ``denoise`` and ``decode`` are each phase's own peak and
+``peak_phase`` says which one sets the image's peak.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def status_mb() -> dict[str, float]:
         text = fh.read()
     return {key: int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) / 1024
             for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+
+
+def reset_peak() -> None:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0: ``5`` to ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+        fh.write("5")
 
 
 def main() -> None:
@@ -47,14 +55,26 @@ def main() -> None:
     built = build_variant(args.variant, model, BuildOptions(threads=args.threads, deepcache_interval=args.deepcache))
     build_s = time.perf_counter() - t0
     phases["build"] = status_mb()
-    result = built.pipeline(model)(seed=args.seed, steps=args.steps)
-    phases["image"] = status_mb()
+    pipeline = built.pipeline(model)
+    decoder = pipeline.decoder
+
+    def decode(latents):  # the denoising loop's peak, then the decoder's own (the high-water mark reset between)
+        phases["denoise"] = status_mb()
+        reset_peak()
+        return decoder(latents)
+
+    pipeline.decoder = decode
+    result = pipeline(seed=args.seed, steps=args.steps)
+    phases["decode"] = phases["image"] = status_mb()
+    peak = max(p["VmHWM"] for p in phases.values())
     t = result.timings
     print(json.dumps({"variant": args.variant, "model": args.model, "steps": args.steps, "deepcache": args.deepcache,
                       "weights": model.weights.kind, "build_s": round(build_s, 2),
                       "denoise_s": round(t.denoise_s, 3), "decode_s": round(t.decode_s, 3),
-                      "total_s": round(t.total_s, 3), "peak_rss_mb": round(phases["image"]["VmHWM"], 1),
-                      "phases_mb": {k: {n: round(v, 1) for n, v in p.items()} for k, p in phases.items()}}))
+                      "total_s": round(t.total_s, 3), "peak_rss_mb": round(peak, 1),
+                      "peak_phase": max(phases, key=lambda k: phases[k]["VmHWM"]),
+                      "phases_mb": {k: {n: round(v, 1) for n, v in p.items()} for k, p in phases.items()
+                                    if k != "image"}}))
 
 
 if __name__ == "__main__":
