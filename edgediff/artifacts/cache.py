@@ -142,17 +142,29 @@ def find_cached(
     return folder, report
 
 
-def remove_abandoned_builds(folder: Path) -> list[Path]:
+ABANDONED_AFTER_S = 1800.0
+"""A build folder untouched this long, whose process is gone, is abandoned (longer than any quiet build stage)."""
+
+
+def remove_abandoned_builds(folder: Path, *, idle_s: float = ABANDONED_AFTER_S) -> list[Path]:
     """Remove the ``FOLDER.tmp-PID`` build folders of processes that no longer exist; the ones removed.
 
     A build killed without a chance to clean up (SIGKILL, the OOM killer, a worker's fast exit on its death signal)
-    leaves its temporary folder, hundreds of MB for a full-size model. A folder whose process still runs (or whose
-    pid was reused) is left alone.
+    leaves its temporary folder, hundreds of MB for a full-size model. A folder whose pid still runs here (or was
+    reused) is left alone, and so is one written to in the last ``idle_s`` seconds: a cache shared with a container
+    sees pids of another namespace, which look dead from here.
     """
     removed = []
+    now = time.time()
     for tmp in folder.parent.glob(f"{folder.name}.tmp-*"):
         pid = tmp.name.rsplit(".tmp-", 1)[1]
         if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            touched = max([tmp.stat().st_mtime, *(entry.stat().st_mtime for entry in tmp.iterdir())])
+        except OSError:
+            continue
+        if now - touched < idle_s:
             continue
         try:
             os.kill(int(pid), 0)

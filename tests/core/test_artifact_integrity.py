@@ -95,6 +95,7 @@ def test_a_build_removes_the_temporary_folders_of_dead_builders_only(tmp_path: P
     import os
     import subprocess
     import sys
+    import time
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
@@ -102,10 +103,15 @@ def test_a_build_removes_the_temporary_folders_of_dead_builders_only(tmp_path: P
     abandoned = tmp_path / f"kind-c-{key}.tmp-{int(dead.stdout)}"  # its process has exited
     alive = tmp_path / f"kind-c-{key}.tmp-{os.getppid()}"  # a live process's build in progress
     other = tmp_path / f"kind-d-{key}.tmp-{int(dead.stdout)}"  # another artifact: not this build's business
-    for folder in (abandoned, alive, other):
+    recent = tmp_path / f"kind-c-{key}.tmp-{int(dead.stdout) + 1_000_000}"  # no such pid here, but just written
+    old = time.time() - cache.ABANDONED_AFTER_S - 60
+    for folder in (abandoned, alive, other, recent):
         folder.mkdir()
         (folder / "partial.onnx").write_bytes(b"x" * 10)
+        if folder is not recent:
+            for path in (folder / "partial.onnx", folder):
+                os.utime(path, (old, old))
     calls: list[int] = []
     folder, _ = cached_build("fp", "kind-c", _builder(calls), root=tmp_path)
     assert folder.name == f"kind-c-{key}" and calls == [1]
-    assert not abandoned.exists() and alive.is_dir() and other.is_dir()
+    assert not abandoned.exists() and alive.is_dir() and other.is_dir() and recent.is_dir()
