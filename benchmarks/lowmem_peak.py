@@ -28,12 +28,6 @@ def status_mb() -> dict[str, float]:
             for key in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
 
 
-def reset_peak() -> None:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0: ``5`` to ``/proc/self/clear_refs``)."""
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-        fh.write("5")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", required=True)
@@ -45,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     phases = {"start": status_mb()}
+    from edgediff.bench.runner import reset_peak_rss
     from edgediff.models import get_preset
     from edgediff.variants import BuildOptions, build_variant, get_variant
 
@@ -60,7 +55,8 @@ def main() -> None:
 
     def decode(latents):  # the denoising loop's peak, then the decoder's own (the high-water mark reset between)
         phases["denoise"] = status_mb()
-        reset_peak()
+        if not reset_peak_rss():
+            raise RuntimeError("/proc/self/clear_refs is not writable here: the decoder's own peak cannot be measured")
         return decoder(latents)
 
     pipeline.decoder = decode

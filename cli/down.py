@@ -8,8 +8,9 @@ import signal
 import time
 from pathlib import Path
 
+from edgediff.processes import pid_alive
 from services.stack.local_runtime import remove_shm_regions
-from services.stack.state import add_state_dir_argument, pid_alive, remove_state, state_from_args
+from services.stack.state import add_state_dir_argument, remove_state, state_from_args
 from services.stack.supervisor import signal_group
 
 

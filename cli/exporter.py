@@ -9,6 +9,7 @@ import shlex
 from edgediff.constants import DEFAULT_HOST, EXPORTER_PORT
 from edgediff.errors import InvalidArgumentError
 from edgediff.processes import hangup_means_terminate
+from edgediff.telemetry.android_battery import CURRENT_SIGNS, CURRENT_UNITS
 from edgediff.telemetry.window import DEFAULT_INTERVAL_S
 from services.telemetry_exporter.server import run_exporter
 
@@ -54,13 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-nvml", action="store_true", help="do not probe NVIDIA GPUs through NVML")
     parser.add_argument(
         "--battery-current-unit",
-        choices=("auto", "uA", "mA"),
+        choices=CURRENT_UNITS,
         default="auto",
         help="unit of Android's current_now (default: auto, guessed from the magnitude; some vendors report mA)",
     )
     parser.add_argument(
         "--battery-current-sign",
-        choices=("auto", "negative", "positive"),
+        choices=CURRENT_SIGNS,
         default="auto",
         help="how the battery driver signs a discharge in current_now (default: auto, learned while status says "
         "Discharging)",

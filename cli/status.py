@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from edgediff.processes import pid_alive
 from services.stack.health import HealthCheck
-from services.stack.state import add_state_dir_argument, pid_alive, state_from_args
+from services.stack.state import add_state_dir_argument, state_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from cli.status import print_status
 from edgediff.bench.tune import profile_defaults
 from edgediff.errors import EdgediffError, InvalidArgumentError
-from edgediff.processes import ChildProcess
+from edgediff.processes import ChildProcess, pid_alive
 from edgediff.variants import get_variant
 from services.stack.local_runtime import (
     DEFAULT_PORTS,
@@ -28,7 +28,7 @@ from services.stack.local_runtime import (
     parse_ports,
     shm_prefix,
 )
-from services.stack.state import add_state_dir_argument, default_state_dir, pid_alive, read_state
+from services.stack.state import add_state_dir_argument, default_state_dir, read_state
 from services.stack.supervisor import Supervisor
 
 PROFILES = ("cpu", "rtx", "jetson")

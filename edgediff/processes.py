@@ -96,6 +96,23 @@ def live_children() -> list[ChildProcess]:
         return [child for child in _children if child.returncode is None]
 
 
+def pid_alive(pid: int | None) -> bool:
+    """True when a process with ``pid`` exists (and is not a zombie)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 # The child is started through a tiny Python launcher, never with a ``preexec_fn``: Python code between fork and exec
 # is unsafe in a threaded process (CPython's documentation says so; gRPC's fork handlers run in such a child and
 # crashed a tritonserver start with SIGSEGV before it wrote a byte). Without ``preexec_fn`` CPython starts the

@@ -12,7 +12,8 @@ import shutil
 import signal
 import sys
 import time
-from pathlib import Path
+
+from edgediff.processes import pid_alive
 
 
 def bench_gone(parent: int, *, settle_s: float = 0.2) -> bool:
@@ -24,18 +25,11 @@ def bench_gone(parent: int, *, settle_s: float = 0.2) -> bool:
     between the death signal and that state.
     """
     deadline = time.monotonic() + settle_s
-    while True:
-        if os.getppid() != parent:  # reparented: the bench is gone
-            return True
-        try:
-            state = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state in ("Z", "X"):
-            return True
+    while os.getppid() == parent and pid_alive(parent):
         if time.monotonic() >= deadline:
             return False  # alive: a stop request from the bench, which removes its folder itself
         time.sleep(0.01)
+    return True
 
 
 def exit_on_sigterm(out_folder: str) -> None:

@@ -66,7 +66,9 @@ AUTO_MILLIAMPERE_BELOW = 10_000
 """``|current_now| < AUTO_MILLIAMPERE_BELOW`` is read as mA by ``current_unit="auto"``; larger values as uA."""
 MILLIVOLT_BELOW = 100_000
 """``voltage_now < MILLIVOLT_BELOW`` is read as mV; larger values as uV."""
-_CURRENT_UNITS = {"uA": 1e-6, "mA": 1e-3}
+_AMPERES_PER_UNIT = {"uA": 1e-6, "mA": 1e-3}
+CURRENT_UNITS = ("auto", *_AMPERES_PER_UNIT)
+"""``current_unit`` values: the unit of ``current_now``, or guess it."""
 SIGN_MIN_CURRENT_A = 0.02
 """Currents below 20 mA say nothing about the sign (noise around 0 A): never learned from, never flagged."""
 GAUGE_COUNTERS = ("charge_counter", "energy_counter")
@@ -80,7 +82,8 @@ SIGN_LEARN_READINGS = 5
 SIGN_RELEARN_S = 30.0
 """A learned sign contradicted this long while ``status`` says Discharging and nothing is online was learned
 wrong (a status lag lasts seconds): it is learned again. A sign passed by the user is never changed."""
-_SIGNS = ("auto", "negative", "positive")
+CURRENT_SIGNS = ("auto", "negative", "positive")
+"""``current_sign`` values: how a driver signs a discharge, or learn it."""
 
 
 def battery_dir(root: str | Path = "/", supply: str = "battery") -> Path:
@@ -111,9 +114,9 @@ class AndroidBatteryReader(Reader):
         clock: Callable[[], float] = time.monotonic,
         current_sign: str = "auto",
     ) -> None:
-        if current_unit not in ("auto", *_CURRENT_UNITS):
+        if current_unit not in CURRENT_UNITS:
             raise ValueError(f"current_unit must be 'auto', 'uA' or 'mA', got {current_unit!r}")
-        if current_sign not in _SIGNS:
+        if current_sign not in CURRENT_SIGNS:
             raise ValueError(f"current_sign must be 'auto', 'negative' or 'positive', got {current_sign!r}")
         self.root = Path(root)
         self.dir = battery_dir(root, supply)
@@ -142,7 +145,7 @@ class AndroidBatteryReader(Reader):
                 "<" if self.current_unit == "mA" else ">=",
                 AUTO_MILLIAMPERE_BELOW,
             )
-        return raw * _CURRENT_UNITS[self.current_unit]
+        return raw * _AMPERES_PER_UNIT[self.current_unit]
 
     @staticmethod
     def _voltage_v(raw: int) -> float:

@@ -59,20 +59,3 @@ def write_state(state_dir: Path, state: dict[str, Any]) -> None:
 def remove_state(state_dir: Path) -> None:
     """Delete the state file (no error when it is gone)."""
     state_path(state_dir).unlink(missing_ok=True)
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True when a process with ``pid`` exists (and is not a zombie)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True

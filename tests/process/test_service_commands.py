@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.stack.state import pid_alive, read_state
+from edgediff.processes import pid_alive
+from services.stack.state import read_state
 from tests.process.helpers import (
     Started,
     has_descendant,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from services.stack.state import pid_alive, read_state, write_state
+from edgediff.processes import pid_alive
+from services.stack.state import read_state, write_state
 
 
 @pytest.fixture

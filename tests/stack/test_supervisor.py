@@ -7,9 +7,10 @@ import time
 import pytest
 
 from edgediff.errors import InvalidArgumentError
+from edgediff.processes import pid_alive
 from services.stack.health import HealthCheck
 from services.stack.local_runtime import parse_ports, prometheus_config
-from services.stack.state import pid_alive, read_state
+from services.stack.state import read_state
 from services.stack.supervisor import ServiceSpec, StackError, Supervisor, dependency_order
 
 

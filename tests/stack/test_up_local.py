@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from services.stack.state import pid_alive, read_state
+from edgediff.processes import pid_alive
+from services.stack.state import read_state
 
 pytestmark = pytest.mark.slow
 

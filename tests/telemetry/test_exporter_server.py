@@ -75,19 +75,26 @@ def run_in_thread(**kwargs):
     return thread, stop, ready, result
 
 
-def test_sensorless_device_serves_memory_and_says_why(proc_root, caplog):
-    caplog.set_level("INFO")
-    thread, stop, ready, result = run_in_thread(
-        host="127.0.0.1", port=0, interval_s=0.05, root=proc_root, nvml_enabled=False, tegrastats_command=None
-    )
+def scrape_while_running(settle_s: float = 0.0, **kwargs) -> tuple[dict[tuple[str, tuple], float], list[int]]:
+    """Run the exporter in a thread, scrape it once ready (after ``settle_s``), stop it: (samples, [exit code])."""
+    thread, stop, ready, result = run_in_thread(**kwargs)
     deadline = time.monotonic() + 10
     while not ready and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
+        time.sleep(settle_s)
         samples = scrape(ready[0])
     finally:
         stop.set()
         thread.join(10)
+    return samples, result
+
+
+def test_sensorless_device_serves_memory_and_says_why(proc_root, caplog):
+    caplog.set_level("INFO")
+    samples, result = scrape_while_running(
+        host="127.0.0.1", port=0, interval_s=0.05, root=proc_root, nvml_enabled=False, tegrastats_command=None
+    )
     assert result == [0]
     assert "no power sensor available: android-battery: no " in caplog.text
     assert samples[("edgediff_memory_used_bytes", (("kind", "process-rss"),))] == 654321 * 1024
@@ -135,7 +142,8 @@ def test_jetson_rails_through_a_running_tegrastats(proc_root):
         ["--tegrastats-command", shlex.join(command), "--tegrastats-interval", "0.05"]
     )
     assert shlex.split(args.tegrastats_command) == command
-    thread, stop, ready, result = run_in_thread(
+    samples, result = scrape_while_running(
+        0.3,
         host="127.0.0.1",
         port=0,
         interval_s=0.05,
@@ -144,15 +152,6 @@ def test_jetson_rails_through_a_running_tegrastats(proc_root):
         tegrastats_command=command,
         tegrastats_interval_s=0.05,
     )
-    deadline = time.monotonic() + 10
-    while not ready and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        time.sleep(0.3)
-        samples = scrape(ready[0])
-    finally:
-        stop.set()
-        thread.join(10)
     assert result == [0]
     assert samples[("edgediff_sensor_up", (("reader", "tegrastats"),))] == 1.0
     total = samples[("edgediff_power_watts", (("domain", "soc-total"), ("source", "tegrastats")))]
@@ -169,19 +168,10 @@ def test_battery_unit_and_sign_flags_reach_the_reader(proc_root):
     assert (args.battery_current_unit, args.battery_current_sign) == ("mA", "positive")
     with pytest.raises(SystemExit):
         parse(["--battery-current-sign", "sideways"])
-    thread, stop, ready, result = run_in_thread(
-        host="127.0.0.1", port=0, interval_s=0.05, root=proc_root, nvml_enabled=False, tegrastats_command=None,
+    samples, result = scrape_while_running(
+        0.3, host="127.0.0.1", port=0, interval_s=0.05, root=proc_root, nvml_enabled=False, tegrastats_command=None,
         battery_current_unit=args.battery_current_unit, battery_current_sign=args.battery_current_sign,
     )
-    deadline = time.monotonic() + 10
-    while not ready and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        time.sleep(0.3)
-        samples = scrape(ready[0])
-    finally:
-        stop.set()
-        thread.join(10)
     assert result == [0]
     power = {labels: value for (name, labels), value in samples.items() if name == "edgediff_power_watts"}
     assert list(power.values()) == [pytest.approx(4.012 * 0.850)], power  # voltage_now uV x current_now mA
