@@ -3,8 +3,9 @@
 Weights and activations of the convolutions become int8 (per-channel symmetric weights; with the ``mixed`` preset,
 asymmetric activations, which suit the SiLU outputs that feed most convolutions), except the first and the last
 one. Matrix products (attention, linear layers), softmax and normalisations stay in floating point; SmoothQuant is
-off, as it does not apply to convolutions. What stays in floating point runs at the inference precision chosen
-when the model is compiled (bf16 on CPUs that have it).
+off, as it does not apply to convolutions. Keeping more of the UNet in floating point (``quantize_ir``'s
+``keep_float``) was measured and not adopted: see ``QUANTIZATION``. What stays in floating point runs at
+the inference precision chosen when the model is compiled (bf16 on CPUs that have it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,13 @@ Chosen on the trained digits model's quality gate (64 images, 20 steps, UNet int
 is better, torch-fp32 181.5, gate limit 199.6): everything int8 265.4; first/last convolution kept 211.3; plus
 MatMul kept 199.7; plus 6x the calibration trajectories (``calibration.SEEDS``) 192.0. The decoder alone in int8
 costs little (188.8).
+
+Mixed precision on the UNet's most sensitive layers (``benchmarks/int8_recipes.py``, 2026-12-03, AVX2-only EPYC):
+keeping the convolutions of the last up block that read the skip connections (concatenated with the deep features:
+two ranges under one int8 scale) in floating point scores better at 5 UniPC steps (181.9 and 84.4 % confident instead
+of 189.5 and 81.2 %, both PASSED), but makes each celebahq-256 UNet call about 11 % slower on a CPU without bf16
+(1.10 s instead of 0.99 s, ``benchmarks/ir_call_time.py``: fp32 islands and the conversions around them), 7 % of
+a 5-step image; ``edgediff tune`` gates every row per machine, so the all-int8 recipe stays.
 """
 
 
@@ -47,13 +56,18 @@ def quiet_nncf() -> None:
         nncf.set_log_level(logging.WARNING)
 
 
-def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path) -> dict[str, Any]:
+def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path, *,
+                keep_float: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Quantize the IR at ``source`` with ``samples`` (one dict of named inputs per sample) into ``folder``.
 
     Args:
         source: fp32 ``model.xml``.
         samples: Calibration inputs, keyed by the model's input names.
         folder: Where to write the int8 ``model.xml`` + ``model.bin``.
+        keep_float: Node-name patterns kept in floating point on top of ``IGNORED_PATTERNS``, for recipe
+            experiments (``benchmarks/int8_recipes.py``); artifacts pass none.
+        overrides: ``nncf.quantize`` keyword arguments that replace these settings, for recipe experiments
+            (``benchmarks/int8_recipes.py``); artifacts never pass any. They are named in the report.
 
     Returns:
         The report: ``quantize_s``, ``samples``, ``fake_quantize_nodes``, ``size_bytes``, the settings.
@@ -67,18 +81,19 @@ def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path
     names = {name for port in model.inputs for name in port.get_names()}
     samples = [{k: v for k, v in sample.items() if k in names} for sample in samples]  # exporters drop unused inputs
     t0 = time.perf_counter()
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(samples),
-        preset=nncf.QuantizationPreset.MIXED,
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(samples),
-        fast_bias_correction=QUANTIZATION["fast_bias_correction"],
-        ignored_scope=nncf.IgnoredScope(types=list(IGNORED_TYPES), patterns=list(IGNORED_PATTERNS), validate=False),
-        advanced_parameters=nncf.AdvancedQuantizationParameters(
+    settings: dict[str, Any] = {
+        "preset": nncf.QuantizationPreset.MIXED,
+        "model_type": nncf.ModelType.TRANSFORMER,
+        "subset_size": len(samples),
+        "fast_bias_correction": QUANTIZATION["fast_bias_correction"],
+        "ignored_scope": nncf.IgnoredScope(types=list(IGNORED_TYPES), patterns=[*IGNORED_PATTERNS, *keep_float],
+                                           validate=False),
+        "advanced_parameters": nncf.AdvancedQuantizationParameters(
             smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
         ),
-    )
+        **(overrides or {}),
+    }
+    quantized = nncf.quantize(model, nncf.Dataset(samples), **settings)
     elapsed = time.perf_counter() - t0
     path = folder / FILENAME
     ov.save_model(quantized, str(path), compress_to_fp16=False)
@@ -86,4 +101,6 @@ def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path
     size = path.stat().st_size + path.with_suffix(".bin").stat().st_size
     logger.info("quantized %s with %d samples in %.1f s", source, len(samples), elapsed)
     return {"file": FILENAME, "size_bytes": size, "quantize_s": elapsed, "samples": len(samples),
-            "fake_quantize_nodes": ops.get("FakeQuantize", 0), "quantization": dict(QUANTIZATION)}
+            "fake_quantize_nodes": ops.get("FakeQuantize", 0),
+            "quantization": {**QUANTIZATION, "keep_float": list(keep_float),
+                             **({"overrides": {k: repr(v) for k, v in overrides.items()}} if overrides else {})}}

@@ -39,7 +39,7 @@ from edgediff.bench.suite import BenchConfig, run_bench
 from edgediff.errors import EdgediffError, InvalidArgumentError
 from edgediff.io import atomic_write_json
 from edgediff.quality.bench_hook import make_quality_hook
-from edgediff.schedulers import DDIM, DPMPP, UNIPC, row_name, split_row
+from edgediff.schedulers import DDIM, DPMPP, UNIPC, row_name, scheduler_settings, split_row
 from edgediff.variants import BASELINE, all_variants, get_variant
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ QUALITY_MODEL = "digits"
 REFERENCE_STEPS = 20
 """The gate's reference: torch-fp32 with DDIM at this many steps (the study's setting)."""
 SAMPLER_LADDER: tuple[tuple[str, int], ...] = ((DPMPP, 10), (UNIPC, 10), (DPMPP, 8), (UNIPC, 8), (DPMPP, 6),
-                                               (UNIPC, 6))
+                                               (UNIPC, 6), (DPMPP, 5), (UNIPC, 5))
 """Samplers tried on the reference (stage 1), cheapest last; a scheduler stops at its first failing step count."""
 KEEP_SAMPLERS = 4
 """Passing samplers of stage 1 tried on every candidate (stage 2): the fewest steps first."""
@@ -140,7 +140,25 @@ def load_profile(model: str, *, root: Path | None = None, here: dict[str, Any] |
     if diff:
         raise ProfileError(f"tune profile {path} was written on another machine ({'; '.join(diff)}); refused: run "
                            "'edgediff tune' (or 'edgediff tune --revalidate' to re-check its choice here)")
+    stale = sampler_mismatch(profile)
+    if stale:
+        raise ProfileError(f"tune profile {path} was gated with other sampler settings ({stale}); refused: run "
+                           "'edgediff tune --revalidate' to re-check its choice with today's (or 'edgediff tune')")
     return profile
+
+
+def sampler_mismatch(profile: dict[str, Any]) -> str | None:
+    """How the sampler a profile was gated with differs from what its scheduler means now, or None (the same).
+
+    A profile written before its choice recorded ``scheduler_settings`` counts as different unless it chose DDIM.
+    """
+    choice = profile["choice"]
+    scheduler = choice.get("scheduler") or DDIM
+    theirs = choice.get("scheduler_settings", {} if scheduler == DDIM else None)
+    ours = scheduler_settings(scheduler)
+    if theirs == ours:
+        return None
+    return f"{scheduler}: profile {theirs if theirs is not None else 'not recorded'}, now {ours}"
 
 
 def profile_defaults(model: str, *, root: Path | None = None,
@@ -235,6 +253,12 @@ def _passed(entry: dict[str, Any]) -> bool:
     return entry.get("status") == "ok" and gate.get("passed") is True
 
 
+def _digits_fd(entry: dict[str, Any]) -> float:
+    """A gated row's digits-FD (lower is better; rows without one sort last among equals)."""
+    value = ((entry.get("quality") or {}).get("scores") or {}).get("digits_fd")
+    return float(value) if value is not None else float("inf")
+
+
 def _evaluations(row: str) -> int:
     """Network evaluations of a row, for ordering (fewer steps first; DeepCache counts as cheaper)."""
     _, _, steps = split_row(row)
@@ -299,8 +323,8 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
     for row in quality_rows:
         say(f"  {row}: {'PASSED' if row in passing else (quality.get(row, {}).get('quality') or {}).get('summary')}")
     best_rows: dict[str, str] = {}
-    for row in sorted(passing, key=_evaluations):
-        best_rows.setdefault(split_row(row)[0], row)
+    for row in sorted(passing, key=lambda r: (_evaluations(r), _digits_fd(quality[r]))):
+        best_rows.setdefault(split_row(row)[0], row)  # per variant: fewest evaluations, then the better quality
     if not best_rows:
         raise ProfileError("no candidate passed the quality gate here; nothing to choose (see "
                            f"{config.out / 'quality' / 'report.md'})")
@@ -326,7 +350,7 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
         "machine": here,
         "software": library_versions(),
         "choice": {"variant": variant, "scheduler": scheduler or DDIM, "steps": steps or REFERENCE_STEPS,
-                   "threads": threads},
+                   "threads": threads, "scheduler_settings": scheduler_settings(scheduler or DDIM)},
         "speed": {"total_p50_s": best["latency"]["total"]["p50_s"],
                   "baseline": f"{BASELINE} {DDIM} {REFERENCE_STEPS}",
                   "baseline_total_p50_s": (baseline.get("latency") or {}).get("total", {}).get("p50_s"),

@@ -17,18 +17,19 @@ from edgediff.bench.tune import (
     tune,
     write_profile,
 )
+from edgediff.schedulers import scheduler_settings
 
 
-def _entry(name, *, p50, passed=None, role="variant", status="ok"):
+def _entry(name, *, p50, passed=None, role="variant", status="ok", fd=1.0):
     quality = None if passed is None else {
         "gate": {"passed": passed, "status": "PASSED" if passed else "FAILED", "reasons": []},
-        "scores": {"digits_fd": 1.0}, "baseline_scores": {"digits_fd": 1.0}, "summary": "x"}
+        "scores": {"digits_fd": fd}, "baseline_scores": {"digits_fd": 1.0}, "summary": "x"}
     return {"name": name, "role": role, "status": status, "quality": quality, "info": {"threads": 2},
             "latency": {"total": {"p50_s": p50}}, "speedup_vs_baseline": 10.0 / p50}
 
 
-def _fake_bench(gates: dict[str, bool], speeds: dict[str, float], calls: list):
-    """Stand-in for the bench stages: gate results and speeds are this test's inputs (not measurements)."""
+def _fake_bench(gates: dict[str, bool], speeds: dict[str, float], calls: list, fds: dict[str, float] | None = None):
+    """Stand-in for the bench stages: gate results, speeds and scores are the test's inputs (not measurements)."""
 
     def bench(config, *, model, rows, out, runs, warmup, say):
         calls.append((out.name, list(rows)))
@@ -39,7 +40,7 @@ def _fake_bench(gates: dict[str, bool], speeds: dict[str, float], calls: list):
             if out.name == "speed":
                 entries.append(_entry(row, p50=speeds[row]))
             else:
-                entries.append(_entry(row, p50=1.0, passed=gates.get(row, False)))
+                entries.append(_entry(row, p50=1.0, passed=gates.get(row, False), fd=(fds or {}).get(row, 1.0)))
         return {"variants": entries, "weights": {"label": "synthetic"}}
 
     return bench
@@ -57,7 +58,8 @@ def test_tune_picks_the_fastest_passing_row_never_a_failing_one(tmp_path, monkey
     config = TuneConfig(model="tiny", samplers=(("dpmpp", 10), ("unipc", 10), ("unipc", 8)), out=tmp_path / "r",
                         profile_root=tmp_path)
     profile = tune(config, say=lambda _line: None)
-    assert profile["choice"] == {"variant": "fast-a", "scheduler": "ddim", "steps": 20, "threads": 2}
+    assert profile["choice"] == {"variant": "fast-a", "scheduler": "ddim", "steps": 20, "threads": 2,
+                                 "scheduler_settings": {}}
     speed_rows = dict(calls)["speed"]
     assert "wrong@ddim:20" not in speed_rows and "wrong@dpmpp:10" not in speed_rows  # never even timed
     assert sorted(speed_rows) == ["fast-a@ddim:20", "fast-b@dpmpp:10", "torch-fp32"]  # cheapest passing row each
@@ -68,6 +70,19 @@ def test_tune_picks_the_fastest_passing_row_never_a_failing_one(tmp_path, monkey
     assert saved["machine"] == machine_fingerprint()
 
 
+def test_at_equal_steps_tune_times_the_row_with_the_better_quality(tmp_path, monkeypatch):
+    gates = {"torch-fp32@dpmpp:5": True, "torch-fp32@unipc:5": True, "fast@ddim:20": True, "fast@dpmpp:5": True,
+             "fast@unipc:5": True}
+    fds = {"fast@dpmpp:5": 193.4, "fast@unipc:5": 181.9}  # both pass at 5 steps; unipc is closer to the reference
+    calls: list = []
+    monkeypatch.setattr(tune_mod, "_bench", _fake_bench(gates, {"fast@unipc:5": 1.0}, calls, fds))
+    monkeypatch.setattr(tune_mod, "candidate_variants", lambda names: (["fast"], {}))
+    config = TuneConfig(model="tiny", samplers=(("dpmpp", 5), ("unipc", 5)), out=tmp_path / "r", profile_root=tmp_path)
+    profile = tune(config, say=lambda _line: None)
+    assert dict(calls)["speed"] == ["torch-fp32", "fast@unipc:5"]
+    assert profile["choice"]["scheduler"] == "unipc" and profile["choice"]["steps"] == 5
+
+
 def test_tune_refuses_when_nothing_passes(tmp_path, monkeypatch):
     monkeypatch.setattr(tune_mod, "_bench", _fake_bench({}, {}, []))
     monkeypatch.setattr(tune_mod, "candidate_variants", lambda names: (["wrong"], {}))
@@ -76,9 +91,10 @@ def test_tune_refuses_when_nothing_passes(tmp_path, monkeypatch):
     assert not profile_path("tiny", tmp_path).exists()
 
 
-def _profile(machine):
+def _profile(machine, settings=None):
     return {"schema": 1, "model": "tiny", "machine": machine,
-            "choice": {"variant": "openvino-fp32-dc3", "scheduler": "dpmpp", "steps": 10, "threads": 2}}
+            "choice": {"variant": "openvino-fp32-dc3", "scheduler": "dpmpp", "steps": 10, "threads": 2,
+                       "scheduler_settings": scheduler_settings("dpmpp") if settings is None else settings}}
 
 
 def test_a_profile_from_another_machine_is_refused(tmp_path):
@@ -107,6 +123,25 @@ def test_revalidate_checks_only_the_saved_choice(tmp_path, monkeypatch):
     assert [stage for stage, _ in calls] == ["quality", "speed"]
     assert dict(calls)["quality"] == ["openvino-fp32-dc3@dpmpp:10"]
     assert load_profile("tiny", root=tmp_path)["choice"] == profile["choice"]  # now valid here
+
+
+def test_a_profile_gated_with_other_sampler_settings_is_refused(tmp_path, monkeypatch):
+    # e.g. written before the multistep solvers stepped through Karras sigmas: its gate verdict was about another
+    # sampler, so it is refused until --revalidate gates its choice again with today's settings
+    here = machine_fingerprint()
+    old = {k: v for k, v in scheduler_settings("dpmpp").items() if k != "use_karras_sigmas"}
+    write_profile(_profile(here, settings=old), profile_path("tiny", tmp_path))
+    with pytest.raises(ProfileError, match=r"other sampler settings \(dpmpp: profile .* now .*--revalidate"):
+        load_profile("tiny", root=tmp_path)
+    unrecorded = _profile(here)
+    del unrecorded["choice"]["scheduler_settings"]
+    write_profile(unrecorded, profile_path("tiny", tmp_path))
+    with pytest.raises(ProfileError, match="not recorded"):
+        load_profile("tiny", root=tmp_path)
+    monkeypatch.setattr(tune_mod, "_bench", _fake_bench({"openvino-fp32-dc3@dpmpp:10": True},
+                                                        {"openvino-fp32-dc3@dpmpp:10": 1.0}, []))
+    tune(TuneConfig(model="tiny", out=tmp_path / "r", profile_root=tmp_path, revalidate=True), say=lambda _l: None)
+    assert load_profile("tiny", root=tmp_path)["choice"]["scheduler_settings"] == scheduler_settings("dpmpp")
 
 
 def test_unreadable_profile_is_a_clear_error(tmp_path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from edgediff.artifacts.build import build_artifact
 from edgediff.artifacts.calibration import SEEDS, calibration_set, part_samples
+from edgediff.artifacts.openvino_int8 import quantize_ir
 from edgediff.variants import BuildOptions, build_variant, get_variant
 from tests.perf.conftest import SEED, STEPS, rel_err, skip_unless_available
 
@@ -40,6 +43,35 @@ def test_int8_ir_stores_int8_weights(tiny_components):
     int8, report = build_artifact(tiny_components, "unet", "openvino-int8")
     assert report["cached"] is True  # built by the previous test, found by content hash
     assert (int8 / "model.bin").stat().st_size < 0.5 * (fp32 / "model.bin").stat().st_size
+
+
+def _quantized_consumers(xml) -> list[str]:
+    """Names of the nodes that read a FakeQuantize output (the int8 operations) in an IR."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    return [target.get_node().get_friendly_name() for op in model.get_ops() if op.get_type_name() == "FakeQuantize"
+            for target in op.output(0).get_target_inputs()]
+
+
+def test_keep_float_leaves_the_named_layers_in_floating_point(tiny_components, tmp_path):
+    # the mechanism of benchmarks/int8_recipes.py (mixed precision on chosen layers); the artifacts pass none
+    skip_unless_available(NAME)
+    fp32, _ = build_artifact(tiny_components, "unet", "openvino")
+    shipped, shipped_report = build_artifact(tiny_components, "unet", "openvino-int8")
+    assert shipped_report["quantization"]["keep_float"] == []
+    last = len(tiny_components.preset.unet_config["up_block_types"]) - 1
+    readers = rf".*/up_blocks\.{last}/resnets\.\d+/(conv1|conv_shortcut)/.*"
+    assert [name for name in _quantized_consumers(shipped / "model.xml") if re.fullmatch(readers, name)]
+    samples = [{"sample": s.numpy(), "timestep": t.numpy()}
+               for s, t in part_samples(calibration_set(tiny_components), "unet")[:8]]
+    report = quantize_ir(fp32 / "model.xml", samples, tmp_path, keep_float=[readers],
+                         overrides={"fast_bias_correction": True})
+    consumers = _quantized_consumers(tmp_path / "model.xml")
+    assert report["quantization"]["keep_float"] == [readers] and "fast_bias_correction" in report["quantization"][
+        "overrides"]
+    assert not [name for name in consumers if re.fullmatch(readers, name)]
+    assert [name for name in consumers if f"/up_blocks.{last}/" in name and "/conv2/" in name]  # the rest: int8
 
 
 def test_int8_with_deepcache(tiny_components):

@@ -87,3 +87,22 @@ def test_dpmpp_at_10_steps_passes_the_digits_gate_against_ddim_20(tmp_path):
     assert entries["torch-fp32@dpmpp:10"]["info"]["steps"] == 10
     assert entries["torch-fp32@ddim:2"]["quality"]["gate"]["status"] == "FAILED"  # the gate does bite
     assert "reference torch-fp32 ddim 20 steps" in entries["torch-fp32@dpmpp:10"]["quality"]["source"]
+
+
+@pytest.mark.slow
+def test_int8_at_5_unipc_steps_passes_the_digits_gate_against_ddim_20(tmp_path):
+    """The fast row of AVX2-only CPUs (openvino-int8, skip readers in floating point, UniPC 5 steps) is gated."""
+    from edgediff.bench.runner import TelemetryOptions
+    from edgediff.bench.suite import BenchConfig, run_bench
+    from edgediff.quality.bench_hook import make_quality_hook
+
+    avail = get_variant("openvino-int8").availability()
+    if not avail.ok:
+        pytest.skip(f"openvino-int8: {avail.reason}")
+    row = "openvino-int8@unipc:5"
+    config = BenchConfig(model="digits", variants=[row], steps=20, runs=1, warmup=0, threads=2, isolate=False,
+                         telemetry=TelemetryOptions(enabled=False), out=tmp_path)
+    report, _ = run_bench(config, quality_fn=make_quality_hook(config), progress=None)
+    entry = {e["name"]: e for e in report["variants"]}[row]
+    assert entry["quality"]["gate"]["status"] == "PASSED", entry["quality"]["summary"]
+    assert entry["info"]["steps"] == 5
