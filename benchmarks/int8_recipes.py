@@ -53,11 +53,11 @@ def _last(unet: dict[str, Any]) -> int:
 def _overrides(recipe: dict[str, Any]) -> dict[str, Any]:
     import nncf
 
+    from edgediff.artifacts.openvino_int8 import advanced_parameters
+
     overrides = dict(recipe.get("overrides", {}))
     if "overflow_fix" in recipe:  # NNCF's fix for int8 saturation on CPUs without VNNI: 7-bit weights
-        overrides["advanced_parameters"] = nncf.AdvancedQuantizationParameters(
-            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
-            overflow_fix=nncf.OverflowFix(recipe["overflow_fix"]))
+        overrides["advanced_parameters"] = advanced_parameters(overflow_fix=nncf.OverflowFix(recipe["overflow_fix"]))
     return overrides
 
 
@@ -97,11 +97,27 @@ def main() -> None:
         return evaluate(sample_images(pipeline, samples=QUALITY_SAMPLES, steps=steps, seed=QUALITY_SEED,
                                       scheduler=scheduler))
 
-    baseline = (scores(build_variant(BASELINE, components, BuildOptions(threads=args.threads)).pipeline(components),
-                       "ddim", 20) if rows else None)
+    baseline = None
+    if rows:  # synthetic weights (--rows "") are quantized and kept, never scored
+        baseline = scores(build_variant(BASELINE, components, BuildOptions(threads=args.threads)).pipeline(components),
+                          "ddim", 20)
+        decoder_dir, _ = build_artifact(components, "vqdec", "openvino-int8")
+        decoder = ir_fn(decoder_dir / FILENAME, precision=precision, threads=args.threads)
+
+    def gated_rows(unet_xml: Path) -> dict[str, Any]:
+        """Each row's scores and gate with the UNet at ``unet_xml`` and the int8 decoder."""
+        unet = ir_fn(unet_xml, precision=precision, threads=args.threads)
+        pipeline = LDMPipeline(unet_runner(lambda part: unet, 1), decoder, components.scheduler_config,
+                               components.preset.latent_shape, components.scaling_factor)
+        out = {}
+        for scheduler, steps in rows:
+            got = scores(pipeline, scheduler, steps)
+            out[f"{scheduler}:{steps}"] = {"digits_fd": round(got.digits_fd, 2),
+                                           "confident": round(100 * got.confident_share, 1),
+                                           "gate": quality_gate(got, baseline).status}
+        return out
+
     ir, _ = build_artifact(components, "unet", "openvino")
-    decoder_dir, _ = build_artifact(components, "vqdec", "openvino-int8")
-    decoder = ir_fn(decoder_dir / FILENAME, precision=precision, threads=args.threads)
     samples = [{"sample": s.numpy(), "timestep": t.numpy()}
                for s, t in calibration.part_samples(calibration.calibration_set(components), "unet")]
     table = []
@@ -112,19 +128,10 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             report = openvino_int8.quantize_ir(ir / FILENAME, samples, folder, keep_float=recipe["keep_float"],
                                                overrides=_overrides(recipe))
-            unet = ir_fn(folder / FILENAME, precision=precision, threads=args.threads)
-            pipeline = LDMPipeline(unet_runner(lambda part, unet=unet: unet, 1), decoder,
-                                   components.scheduler_config, components.preset.latent_shape,
-                                   components.scaling_factor)
             result: dict[str, Any] = {"recipe": name, "keep_float": recipe["keep_float"],
                                       "fake_quantize_nodes": report["fake_quantize_nodes"]}
-            for scheduler, steps in rows:
-                assert baseline is not None
-                got = scores(pipeline, scheduler, steps)
-                gate = quality_gate(got, baseline)
-                result[f"{scheduler}:{steps}"] = {"digits_fd": round(got.digits_fd, 2),
-                                                  "confident": round(100 * got.confident_share, 1),
-                                                  "gate": gate.status}
+            if rows:
+                result.update(gated_rows(folder / FILENAME))
         print(json.dumps(result), flush=True)
         table.append(result)
     if baseline is None:

@@ -56,6 +56,13 @@ def quiet_nncf() -> None:
         nncf.set_log_level(logging.WARNING)
 
 
+def advanced_parameters(**changes: Any) -> Any:
+    """``nncf.AdvancedQuantizationParameters`` of ``QUANTIZATION`` (SmoothQuant off), with ``changes`` on top."""
+    nncf = require("nncf")
+    return nncf.AdvancedQuantizationParameters(
+        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1), **changes)
+
+
 def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path, *,
                 keep_float: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Quantize the IR at ``source`` with ``samples`` (one dict of named inputs per sample) into ``folder``.
@@ -88,9 +95,7 @@ def quantize_ir(source: Path, samples: list[dict[str, np.ndarray]], folder: Path
         "fast_bias_correction": QUANTIZATION["fast_bias_correction"],
         "ignored_scope": nncf.IgnoredScope(types=list(IGNORED_TYPES), patterns=[*IGNORED_PATTERNS, *keep_float],
                                            validate=False),
-        "advanced_parameters": nncf.AdvancedQuantizationParameters(
-            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(convolution=-1, matmul=-1),
-        ),
+        "advanced_parameters": advanced_parameters(),
         **(overrides or {}),
     }
     quantized = nncf.quantize(model, nncf.Dataset(samples), **settings)
