@@ -5,6 +5,10 @@ Run it under the heavy-job lock, one variant per process::
     flock /tmp/edgediff-heavy.lock .venv/bin/python benchmarks/lowmem_peak.py --variant openvino-int8-lowmem \\
         --model celebahq-256 --steps 20 --deepcache 3
 
+``--empty-cache`` measures a first run: the artifact cache is a new temporary folder (removed afterwards), so the
+variant writes its artifacts in this process (``torch-int8-lowmem``: its compact weights, streamed tensor by tensor)
+and the ``model`` phase's peak is the first run's build.
+
 The process loads what the variant needs (``Variant.load_model``: a ``ModelSpec`` for the low-memory variant, the
 torch modules for the others), builds it, generates one image, and prints one JSON line: VmHWM (peak resident set,
 anonymous + file-backed pages, the kernel's own high-water mark) after each phase, and the stage timings. The
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
+import tempfile
 import time
 
 
@@ -37,7 +44,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--deepcache", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--empty-cache", action="store_true",
+                        help="a first run: a new, empty artifact cache (EDGEDIFF_CACHE_DIR) for this process")
     args = parser.parse_args()
+    empty = tempfile.mkdtemp(prefix="edgediff-cache-") if args.empty_cache else None
+    if empty:
+        os.environ["EDGEDIFF_CACHE_DIR"] = empty
+    try:
+        measure(args)
+    finally:
+        if empty:
+            shutil.rmtree(empty, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Load, build and generate one image, printing the JSON line."""
     phases = {"start": status_mb()}
     from edgediff.bench.runner import reset_peak_rss
     from edgediff.models import get_preset
@@ -65,6 +86,7 @@ def main() -> None:
     peak = max(p["VmHWM"] for p in phases.values())
     t = result.timings
     print(json.dumps({"variant": args.variant, "model": args.model, "steps": args.steps, "deepcache": args.deepcache,
+                      "empty_cache": args.empty_cache,
                       "weights": model.weights.kind, "build_s": round(build_s, 2),
                       "denoise_s": round(t.denoise_s, 3), "decode_s": round(t.decode_s, 3),
                       "total_s": round(t.total_s, 3), "peak_rss_mb": round(peak, 1),

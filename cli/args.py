@@ -62,3 +62,16 @@ def load_model(args: argparse.Namespace, variant: str | None = None) -> ModelSpe
     if components.weights.synthetic:
         print(SYNTHETIC_WARNING.format(preset=components.preset.name), file=sys.stderr)
     return components
+
+
+def parse_memory_size(text: str) -> int:
+    """``"600M"``, ``"1.5G"``, ``"123456"`` -> bytes (K, M, G are powers of 1024); an argparse type."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        number = float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"--max-memory must be a positive size like 600M or 1.5G, got {text!r}")
+    return int(number)

@@ -15,8 +15,10 @@ from cli.args import add_build_arguments, add_model_arguments, add_sampling_argu
 from edgediff.bench.report_writers import results_table, write_outputs
 from edgediff.bench.runner import TelemetryOptions
 from edgediff.bench.suite import BenchConfig, run_bench
+from edgediff.constants import ENV_GATEWAY_TOKEN
 from edgediff.errors import InvalidArgumentError
 from edgediff.quality.bench_hook import make_quality_hook, quality_failed
+from edgediff.secrets import redact_argv
 from edgediff.variants import parse_variant_list
 
 
@@ -35,8 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--through", nargs="+", default=["local"], metavar="WHERE",
                         help="'local' (the default: in this process) or 'gateway HOST:PORT' (through the gRPC "
                              "gateway: total latency on the client, stages from the response's timings)")
-    parser.add_argument("--token", default=None, help="bearer token for --through gateway")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help=f"bearer token for --through gateway, read from FILE (default: ${ENV_GATEWAY_TOKEN})")
+    parser.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: see _gateway_token
     parser.add_argument("--tls-ca", default=None, metavar="PEM", help="CA certificate of a TLS gateway")
+    parser.add_argument("--tls-server-name", default=None, metavar="NAME",
+                        help="name checked against the gateway's certificate instead of HOST")
     parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                         help="measure each variant in a fresh subprocess so its peak memory (VmHWM) is its own "
                              "(default: on; --no-isolate runs all variants in this process: faster, but peak "
@@ -63,9 +69,20 @@ def _through(values: list[str]) -> tuple[str, str | None]:
     raise InvalidArgumentError(f"--through must be 'local' or 'gateway HOST:PORT', got {' '.join(values)!r}")
 
 
+def _gateway_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from ``--token-file`` or the environment; a token on the command line is refused."""
+    if args.token is not None:  # never echoed: the message names the flag, not its value
+        raise InvalidArgumentError(f"--token would show the token in the process list and the report's command "
+                                   f"line: put it in a file (--token-file FILE) or in ${ENV_GATEWAY_TOKEN}")
+    from services.gateway.auth import resolve_token
+
+    return resolve_token(args.token_file, ENV_GATEWAY_TOKEN)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the bench, write the report, print the table and where the report lives."""
     through, gateway = _through(args.through)
+    token = _gateway_token(args) if through == "gateway" else None
     if args.fixture_power_watts is not None:
         print(f"WARNING: --fixture-power-watts {args.fixture_power_watts}: energy is a made-up fixture number "
               "(tests only), labelled 'fixture'", file=sys.stderr)
@@ -87,21 +104,21 @@ def run_from_args(args: argparse.Namespace) -> int:
         isolate=args.isolate,
         through=through,
         gateway=gateway,
-        token=args.token,
         tls_ca=args.tls_ca,
         telemetry=TelemetryOptions(enabled=args.energy, idle_s=args.idle_s,
                                    estimated_cpu_tdp_w=args.estimated_cpu_tdp,
                                    fixture_power_w=args.fixture_power_watts),
         label=args.label,
         out=out,
-        command=shlex.join(["edgediff", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "edgediff bench",
+        command=(shlex.join(redact_argv(["edgediff", *sys.argv[1:]])) if sys.argv[1:2] == ["bench"]
+                 else "edgediff bench"),
     )
 
     remote = None
     if through == "gateway":
         from services.gateway.bench_target import GatewayTarget
 
-        remote = GatewayTarget(gateway, token=args.token, tls_ca=args.tls_ca)
+        remote = GatewayTarget(gateway, token=token, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name)
     try:
         report, _runs = run_bench(config, quality_fn=make_quality_hook(config), remote=remote)
     finally:

@@ -1,49 +1,32 @@
 """``edgediff loadtest``: drive the gateway with Locust; report latency percentiles, throughput, energy per image.
 
-Runs Locust headless over ``loadtest/locustfile.py`` (one process, or Locust's master and ``--workers K`` worker
-processes on this machine), then writes into ``--out``: ``loadtest.json``, ``loadtest.csv``, ``loadtest.md``,
-``loadtest_timeline.png``, Locust's own CSVs (``locust_stats.csv``, ``locust_stats_history.csv``,
-``locust_failures.csv``...), the per-request records and the Locust logs. Exits 1 when any request failed or no
-image was served (one line says why), 2 on a bad argument.
+Parses the flags and dispatches: one load test (``loadtest.session``: closed loop of ``--users``, or an open loop of
+Poisson arrivals at ``--rate``) or a sweep over a ladder of either (``loadtest.sweep``). One load test writes into
+``--out``: ``loadtest.json``, ``loadtest.csv``, ``loadtest.md``, ``loadtest_timeline.png``, Locust's own CSVs, the
+per-request records and the Locust logs; a sweep writes one such folder per level plus ``sweep.json``, ``sweep.md``
+and ``sweep_throughput_latency.png``. Exits 1 when any request failed, no image was served or an open loop missed
+arrivals (one line says why), 2 on a bad argument.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgediff.constants import (
-    ENV_LOADTEST_BATCH,
-    ENV_LOADTEST_ETA,
-    ENV_LOADTEST_EXPORTER_URL,
-    ENV_LOADTEST_GATEWAY_METRICS_URL,
-    ENV_LOADTEST_SEEDS,
-    ENV_LOADTEST_STEPS,
-    ENV_LOADTEST_TIMEOUT,
-    ENV_LOADTEST_TOKEN,
-    ENV_LOADTEST_VARIANTS,
-    EXPORTER_PORT,
-    GATEWAY_GRPC_PORT,
-    METRIC_GATEWAY_IMAGES_TOTAL,
-)
-from edgediff.errors import EdgediffError, InvalidArgumentError
-from loadtest.mix import RequestMix
-from loadtest.runner import LocustPlan, log_tail, run_locust
-
-if TYPE_CHECKING:
-    from loadtest.runner import LocustPlan, LocustRun
-
-logger = logging.getLogger(__name__)
+from edgediff.constants import ENV_LOADTEST_TOKEN, EXPORTER_PORT, GATEWAY_GRPC_PORT, METRIC_GATEWAY_IMAGES_TOTAL
+from edgediff.errors import InvalidArgumentError
+from loadtest.arrivals import DEFAULT_POOL_USERS
+from loadtest.report import console_summary
+from loadtest.session import LoadTestConfig, run_load_test
+from loadtest.sweep import Ladder, run_sweep, sweep_line
 
 DEFAULT_OUT = "reports/loadtest"
-DEFAULTS = {"users": 4, "spawn_rate": 1.0, "duration": "60s", "steps": "20", "batch": "1"}
+DEFAULTS = {"users": 4, "spawn_rate": 1.0, "duration": "60s", "steps": "default", "batch": "1"}
 SMOKE = {"users": 1, "spawn_rate": 1.0, "duration": "20s", "steps": "2", "batch": "1"}
 """The ``--smoke`` profile (``make demo``): one user for 20 s at 2 steps; explicit flags still win."""
-EXIT_FAILED = 1
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
 
@@ -95,7 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the gateway's gRPC address (e.g. 127.0.0.1:{GATEWAY_GRPC_PORT})")
     parser.add_argument("--users", type=int, default=None, metavar="N",
                         help=f"concurrent users, each sending its next request when the last returns "
-                             f"(default: {DEFAULTS['users']}; smoke: {SMOKE['users']})")
+                             f"(default: {DEFAULTS['users']}; smoke: {SMOKE['users']}); with --rate, the most "
+                             f"requests in flight (default: {DEFAULT_POOL_USERS})")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=float, default=None, metavar="R",
+                      help="open loop: Poisson arrivals at R requests/s whatever the latency; arrivals that no "
+                           "user could send on time are counted as missed")
+    load.add_argument("--sweep", default=None, metavar="users=N,...|rate=R,...",
+                      help="one load test of --duration per level (e.g. users=1,2,4,8 or rate=0.5,1,2): images/s, "
+                           "p50/p90/p99 and failures per level, the saturation throughput (the knee) and a "
+                           "throughput-latency plot")
     parser.add_argument("--spawn-rate", type=float, default=None, metavar="R",
                         help=f"users started per second (default: {DEFAULTS['spawn_rate']:g})")
     parser.add_argument("--duration", default=None, metavar="DURATION",
@@ -105,7 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="variants to request, optionally weighted: onnx-fp32:3,torch-fp32:1 "
                              "(default: the server's default variant)")
     parser.add_argument("--steps", default=None, metavar="S[:W],...",
-                        help=f"DDIM steps, optionally weighted (default: {DEFAULTS['steps']}; smoke: {SMOKE['steps']})")
+                        help="steps, optionally weighted; 'default' sends none and the server applies its own "
+                             f"steps and sampler (its tune profile's) (default: {DEFAULTS['steps']}; smoke: "
+                             f"{SMOKE['steps']})")
     parser.add_argument("--batch", default=None, metavar="B[:W],...",
                         help=f"images per request, optionally weighted (default: {DEFAULTS['batch']})")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta in 0..1 (default: %(default)s)")
@@ -151,171 +145,47 @@ def _token(args: argparse.Namespace) -> str | None:
     return read_token_file(args.token_file)
 
 
+def _config(args: argparse.Namespace, open_loop: bool) -> LoadTestConfig:
+    users = args.users if args.users is not None else DEFAULT_POOL_USERS if open_loop else _resolved(args, "users")
+    spawn_rate = args.spawn_rate if args.spawn_rate is not None else float(users) if open_loop else \
+        _resolved(args, "spawn_rate")
+    return LoadTestConfig(
+        target=check_target(args.target), users=int(users), spawn_rate=float(spawn_rate),
+        run_time_s=parse_duration_s(_resolved(args, "duration")), out_dir=Path(args.out).resolve(),
+        rate_per_s=args.rate, variants=args.variant, steps=str(_resolved(args, "steps")),
+        batch=str(_resolved(args, "batch")), eta=args.eta, seeds=args.seeds, timeout_s=args.timeout,
+        token=_token(args), exporter_url=metrics_url(args.exporter, "--exporter") if args.exporter else None,
+        prometheus_url=metrics_url(args.prometheus, "--prometheus", default_path="") if args.prometheus else None,
+        prometheus_wait_s=args.prometheus_wait,
+        gateway_metrics_url=metrics_url(args.gateway_metrics, "--gateway-metrics") if args.gateway_metrics else None,
+        workers=args.workers, smoke=bool(args.smoke),
+    )  # fmt: skip
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the load test and write the report; 0 when every request succeeded and images were served."""
-    target = check_target(args.target)
-    users, spawn_rate = int(_resolved(args, "users")), float(_resolved(args, "spawn_rate"))
-    if users < 1:
-        raise InvalidArgumentError(f"--users must be >= 1, got {users}")
-    if not spawn_rate > 0:
-        raise InvalidArgumentError(f"--spawn-rate must be > 0, got {spawn_rate}")
-    if args.workers < 0:
-        raise InvalidArgumentError(f"--workers must be >= 0, got {args.workers}")
-    if not args.timeout > 0:
-        raise InvalidArgumentError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    run_time_s = parse_duration_s(_resolved(args, "duration"))
-    steps, batch = str(_resolved(args, "steps")), str(_resolved(args, "batch"))
-    names = {"variants": "--variant", "steps": "--steps", "batch": "--batch", "eta": "--eta", "seeds": "--seeds"}
-    mix = RequestMix.parse(args.variant, steps, batch, args.eta, args.seeds, names=names)
-    exporter_url = metrics_url(args.exporter, "--exporter") if args.exporter else None
-    prometheus_url = metrics_url(args.prometheus, "--prometheus", default_path="") if args.prometheus else None
-    gateway_url = metrics_url(args.gateway_metrics, "--gateway-metrics") if args.gateway_metrics else None
-    token = _token(args)
-    out_dir = Path(args.out).resolve()
-
-    env = {
-        ENV_LOADTEST_VARIANTS: args.variant,
-        ENV_LOADTEST_STEPS: steps,
-        ENV_LOADTEST_BATCH: batch,
-        ENV_LOADTEST_ETA: repr(args.eta),
-        ENV_LOADTEST_SEEDS: args.seeds,
-        ENV_LOADTEST_TIMEOUT: repr(args.timeout),
-        ENV_LOADTEST_EXPORTER_URL: exporter_url or "",
-        ENV_LOADTEST_GATEWAY_METRICS_URL: gateway_url or "",
-    }
-    if token is not None:
-        env[ENV_LOADTEST_TOKEN] = token
-    plan = LocustPlan(target=target, users=users, spawn_rate=spawn_rate, run_time_s=run_time_s, out_dir=out_dir,
-                      workers=args.workers, env=env)
-    if args.workers > users:
-        logger.warning("--workers %d > --users %d: some workers will run no user", args.workers, users)
-    print(f"edgediff loadtest: {users} user{'s' if users != 1 else ''} on {target} for {run_time_s} s"
-          f"{f' (Locust master + {args.workers} workers)' if args.workers else ''}; report in {out_dir}",
+    """Run the load test (or the sweep) and write the report; 0 when it passed."""
+    ladder = Ladder.parse(args.sweep) if args.sweep else None
+    if ladder is not None and ladder.kind == "users" and args.users is not None:
+        raise InvalidArgumentError("--users conflicts with --sweep users=...: the sweep sets the users of each level")
+    config = _config(args, open_loop=args.rate is not None or (ladder is not None and ladder.kind == "rate"))
+    if ladder is not None:
+        print(f"edgediff loadtest: sweep {ladder.kind} over {', '.join(f'{v:g}' for v in ladder.levels)} on "
+              f"{config.target}, {config.run_time_s} s per level; report in {config.out_dir}", file=sys.stderr)
+        result = run_sweep(config, ladder, on_level=lambda row: print(sweep_line(row), flush=True))
+        print(f"sweep: {result.paths['markdown']} (plot {result.paths['plot'].name})")
+        knee = result.sweep["knee"]
+        if knee["saturation_images_per_s"] is not None:
+            print(f"saturation {knee['saturation_images_per_s']:.3f} images/s, knee at {knee['knee_label']}"
+                  + (f" ({knee['note']})" if knee.get("note") else ""))
+        return result.exit_code
+    load = f"Poisson arrivals at {config.rate_per_s:g}/s (at most {config.users} in flight)" if config.open_loop \
+        else f"{config.users} user{'s' if config.users != 1 else ''}"
+    print(f"edgediff loadtest: {load} on {config.target} for {config.run_time_s} s"
+          f"{f' (Locust master + {config.workers} workers)' if config.workers else ''}; report in {config.out_dir}",
           file=sys.stderr)
-    run = run_locust(plan)
-
-    config = {
-        "target": target, "users": users, "spawn_rate": spawn_rate, "run_time_s": run_time_s,
-        "workers": args.workers, "smoke": bool(args.smoke), "timeout_s": args.timeout, "mix": mix.to_dict(),
-        "token": token is not None, "exporter": exporter_url, "prometheus": prometheus_url,
-        "gateway_metrics": gateway_url,
-    }  # fmt: skip
-    return finish(plan, run, config, prometheus_url=prometheus_url, prometheus_wait_s=args.prometheus_wait)
-
-
-def finish(plan: LocustPlan, run: LocustRun, config: dict[str, Any], *, prometheus_url: str | None = None,
-           prometheus_wait_s: float = 30.0) -> int:
-    """Read what the Locust processes wrote, write the report, print a summary; return the exit code.
-
-    Args:
-        plan: What ran.
-        run: How the Locust processes ended.
-        config: The run's configuration for the report.
-        prometheus_url: Prometheus to query for the energy when no exporter was scraped.
-        prometheus_wait_s: How long to wait for Prometheus to scrape past the window's end.
-    """
-    from loadtest.energy import (
-        METHOD_EXPORTER,
-        EnergyResult,
-        energy_from_prometheus,
-        energy_from_scrapes,
-        sum_counter,
-    )
-    from loadtest.records import read_records
-    from loadtest.report import build_report, write_report
-    from loadtest.summary import read_locust_totals, summarize, timeline
-
-    records = read_records(plan.record_dir)
-    driver_log = run.logs[0]
-    if records.window is None and run.interrupted is not None:  # stopped before the load started: nothing measured
-        print(f"edgediff loadtest: {run.interrupted.reason} before the load started: no report written",
-              file=sys.stderr)
-        return int(run.interrupted.exit_code)
-    if records.window is None:
-        tail = log_tail(driver_log)
-        raise EdgediffError(f"Locust did not run the test (no window marks; exit code {run.returncode}); "
-                            f"see {driver_log}" + (f"\n{tail}" if tail else ""))
-    window = records.window
-    notes: list[str] = []
-    expected_files = plan.workers or 1
-    if len(records.files) != expected_files:
-        notes.append(f"{len(records.files)} of {expected_files} Locust processes wrote their records (see the logs)")
-    if run.timed_out:
-        notes.append("a Locust process had to be stopped by a signal (see the logs)")
-    if any(code not in (0, 1) for code in [run.returncode, *run.worker_returncodes]):
-        notes.append(f"Locust exit codes: {[run.returncode, *run.worker_returncodes]} (2: an error in an event "
-                     "handler or the locustfile; see the logs)")
-    summary = summarize(records.requests, window.start_unix_s, window.end_unix_s, records.cancelled)
-
-    images, images_source = summary.images_in_window, "locust"
-    if window.gateway is not None:
-        first, last = (sum_counter(s.text, METRIC_GATEWAY_IMAGES_TOTAL) if s.text else None for s in window.gateway)
-        if first is not None and last is not None and last >= first:
-            images, images_source = round(last - first), "gateway"
-            if images != summary.images_in_window:
-                notes.append(f"the gateway served {images} images in the window, Locust received "
-                             f"{summary.images_in_window} (calls in flight at the window's edges, or other clients)")
-        else:
-            errors = [s.error for s in window.gateway if s.error]
-            notes.append(f"gateway images unavailable ({'; '.join(errors) or f'no {METRIC_GATEWAY_IMAGES_TOTAL}'}); "
-                         "using the images Locust received")
-    if window.exporter is not None:
-        energy = energy_from_scrapes(*window.exporter, images, images_source)
-    elif prometheus_url:
-        energy = energy_from_prometheus(prometheus_url, window.start_unix_s, window.end_unix_s, images,
-                                        images_source, wait_s=prometheus_wait_s)
-    else:
-        energy = EnergyResult(False, "no --exporter or --prometheus given", "none", None, window.start_unix_s,
-                              window.end_unix_s, window.duration_s, images, images_source)
-    if energy.available and energy.method == METHOD_EXPORTER and summary.cancelled_at_stop:
-        notes.append(f"{summary.cancelled_at_stop} calls in flight at stop were cancelled: their partial work is in "
-                     "the window's energy without an image (an edge effect of about users x latency / duration)")
-
-    reasons = []
-    if summary.failed:
-        by_status = ", ".join(f"{status} x{count}" for status, count in summary.failures_by_status.items())
-        reasons.append(f"{summary.failed} of {summary.requests} requests failed ({by_status})")
-    if summary.images == 0:
-        reasons.append("no image was served")
-    verdict = {"status": "failed" if reasons else "ok", "reasons": reasons}
-
-    files = {p.name: str(p.relative_to(plan.out_dir)) for p in sorted(plan.out_dir.glob("locust_*.*"))}
-    files.update({p.stem: str(p.relative_to(plan.out_dir)) for p in run.logs})
-    files["records"] = str(plan.record_dir.relative_to(plan.out_dir))
-    report = build_report(config=config, summary=summary, energy=energy, window=window, verdict=verdict,
-                          locust=read_locust_totals(plan.final_stats), files=files, notes=notes)
-    if run.interrupted is not None:  # a stop signal cut the run short: the report covers the window that ran
-        report["incomplete"] = {"reason": run.interrupted.reason, "signal": run.interrupted.signal_name,
-                                "exit_code": run.interrupted.exit_code, "planned_s": config.get("run_time_s")}
-        report.setdefault("notes", []).insert(0, f"INCOMPLETE: {run.interrupted.reason} after "
-                                                 f"{window.duration_s:.1f} s of a planned {config.get('run_time_s')} s")
-    paths = write_report(report, timeline(records.requests, window.start_unix_s, window.end_unix_s), plan.out_dir)
-    _print_summary(report, paths)
-    if run.interrupted is not None:
-        print(f"edgediff loadtest: INCOMPLETE: {run.interrupted.reason}; the report covers the window that ran",
-              file=sys.stderr)
-        return int(run.interrupted.exit_code)
-    if reasons:
-        print(f"edgediff loadtest: FAILED: {'; '.join(reasons)}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
-
-
-def _print_summary(report: dict[str, Any], paths: dict[str, Path]) -> None:
-    req, energy = report["requests"], report["energy"]
-    lat = req["latency"] or {}
-
-    def ms(key: str) -> str:
-        return f"{lat[key] * 1000:.1f}" if key in lat else "-"
-
-    print(f"requests {req['requests']} (failed {req['failed']}, cancelled at stop {req['cancelled_at_stop']}), "
-          f"images {req['images']}, {req['images_per_s']:.2f} images/s over {req['window_s']:.1f} s")
-    print(f"latency ms: p50 {ms('p50_s')}  p90 {ms('p90_s')}  p95 {ms('p95_s')}  p99 {ms('p99_s')}  max {ms('max_s')}")
-    if not energy["available"]:
-        print(f"energy per image: unavailable: {energy['reason']}")
-    for d in energy["domains"]:
-        net = f"{d['net_energy_per_image_j']:.4f} J net" if d["net_energy_per_image_j"] is not None \
-            else "net unavailable"
-        gross = f"{d['energy_per_image_j']:.4f} J" if d["energy_per_image_j"] is not None else "-"
-        print(f"energy per image [{d['domain']}/{d['source']}, {d['label']}]: {gross} gross, {net}")
-    print(f"report: {paths['markdown']}")
+    outcome = run_load_test(config)
+    if outcome.report is not None:
+        print("\n".join(console_summary(outcome.report, outcome.paths)))
+    if outcome.message:
+        print(f"edgediff loadtest: {outcome.message}", file=sys.stderr)
+    return outcome.exit_code

@@ -6,12 +6,21 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from cli.args import add_model_arguments, add_scheduler_argument, check_positive
+from cli.args import add_model_arguments, add_scheduler_argument, check_positive, parse_memory_size
 from edgediff.bench.tune import profile_defaults
-from edgediff.constants import DEFAULT_HOST, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, TRITON_GRPC_PORT
-from edgediff.pipeline import MAX_BATCH
+from edgediff.constants import (
+    DEFAULT_HOST,
+    GATEWAY_GRPC_PORT,
+    GATEWAY_METRICS_PORT,
+    SERVE_MAX_BATCH,
+    TRITON_GRPC_PORT,
+)
+from edgediff.pipeline import MAX_BATCH, MAX_STEPS
 from edgediff.processes import hangup_means_terminate
 from edgediff.schedulers import DDIM, check_scheduler
+from services.gateway.backends.local import DEFAULT_MAX_PIPELINES, low_memory_defaults
+from services.gateway.server import DEFAULT_DEADLINE_S
+from services.gateway.validation import DEFAULT_MAX_STEPS
 
 if TYPE_CHECKING:
     from services.gateway.server import GatewayConfig
@@ -37,12 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Prometheus metrics port on the same host, 0 disables (default: %(default)s)")
     parser.add_argument("--triton-url", default=f"{DEFAULT_HOST}:{TRITON_GRPC_PORT}",
                         help="Triton's gRPC address for --backend triton (default: %(default)s)")
-    parser.add_argument("--max-concurrency", type=int, default=1, metavar="N",
-                        help="generations at once (default: %(default)s)")
+    parser.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                        help="generations at once (default: the backend's capacity: triton, the ldm_<variant> "
+                             "model's instances, so its batchers merge that many generations; local, 1)")
     parser.add_argument("--max-queue", type=int, default=8, metavar="N",
                         help="requests waiting for a slot; more are refused with RESOURCE_EXHAUSTED "
                              "(default: %(default)s)")
-    parser.add_argument("--max-batch", type=int, default=4, metavar="N",
+    parser.add_argument("--max-batch", type=int, default=SERVE_MAX_BATCH, metavar="N",
                         help=f"largest batch_size accepted, 1..{MAX_BATCH} (default: %(default)s)")
     parser.add_argument("--tls-cert", default=None, metavar="PEM", help="TLS certificate chain (with --tls-key)")
     parser.add_argument("--tls-key", default=None, metavar="PEM", help="TLS private key (with --tls-cert)")
@@ -51,10 +61,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="local backend: intra-op threads (default: $EDGEDIFF_THREADS or physical cores)")
     parser.add_argument("--max-memory", type=parse_memory_size, default=None, metavar="SIZE",
-                        help="local backend: memory budget (bytes, or with K/M/G: 1.5G); without --variant a budget "
-                             "(or, when not given, total RAM) under 3 GiB makes torch-int8-lowmem the default")
+                        help="local backend: memory budget (bytes, or with K/M/G: 1.5G); without --variant the default "
+                             "is this machine's 'edgediff tune --max-memory' profile that fits it, else, under 3 GiB "
+                             "(or total RAM under 3 GiB), torch-int8-lowmem with UniPC 5 steps")
     parser.add_argument("--no-preload", action="store_true",
                         help="local backend: build the default variant on the first request instead of at start")
+    parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, metavar="N",
+                        help=f"largest steps a request may ask for, 1..{MAX_STEPS} (default: %(default)s)")
+    parser.add_argument("--default-deadline", type=float, default=DEFAULT_DEADLINE_S, metavar="S",
+                        help="a Generate whose client set no deadline is cancelled after S seconds "
+                             "(DEADLINE_EXCEEDED) (default: %(default)s)")
+    parser.add_argument("--allow-variants", default=None, metavar="V,...|all",
+                        help="local backend: the variants requests may name, so get built and kept in memory "
+                             "(default: the default variant only; 'all': every installed one)")
+    parser.add_argument("--max-pipelines", type=int, default=DEFAULT_MAX_PIPELINES, metavar="N",
+                        help="local backend: built pipelines kept in memory, least recently used dropped first "
+                             "(default: %(default)s)")
     parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S",
                         help="on SIGTERM, seconds in-flight requests get to finish (default: %(default)s)")
     parser.add_argument("--health-interval", type=float, default=1.0, metavar="S",
@@ -79,15 +101,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="seconds between health checks and metric scrapes of the upstreams (default: %(default)s)")
     fleet.add_argument("--upstream-token-file", default=None, metavar="FILE",
                        help="bearer token the upstream gateways require, read from FILE")
-    fleet.add_argument("--upstream-tls-ca", default=None, metavar="PEM", help="CA certificate of TLS upstreams")
+    fleet.add_argument("--upstream-tls-ca", default=None, metavar="PEM",
+                       help="CA certificate of the upstreams: with it the router speaks TLS to them")
+    fleet.add_argument("--upstream-tls-cert", default=None, metavar="PEM",
+                       help="client certificate chain for upstreams that require one (with --upstream-tls-key)")
+    fleet.add_argument("--upstream-tls-key", default=None, metavar="PEM", help="client private key (TLS upstreams)")
+    fleet.add_argument("--upstream-tls-server-name", default=None, metavar="NAME",
+                       help="name checked against the upstreams' certificates instead of their addresses")
 
 
 def sampler_defaults(args: argparse.Namespace) -> dict:
     """``scheduler`` and ``steps`` for requests that name none, and the default variant.
 
     The flags win; else this machine's tune profile (``edgediff tune``), used only when it also chose the default
-    variant (a profile from another machine is refused with a warning); else DDIM-20.
+    variant (a profile from another machine is refused with a warning); else DDIM-20. A local backend short of
+    memory takes its defaults from ``low_memory_defaults`` (the tune profile for its ``--max-memory`` budget, else
+    the phone variant with UniPC 5); the backend chooses the same variant itself, with the reason.
     """
+    if args.backend == "local" and args.variant is None:
+        short = low_memory_defaults(args.model, args.max_memory)
+        if short is not None:
+            print(f"defaults: {short['variant']}, {short['scheduler']} {short['steps']} steps ({short['why']})",
+                  file=sys.stderr)
+            return {"scheduler": check_scheduler(args.scheduler or short["scheduler"], field="--scheduler"),
+                    "steps": args.steps or int(short["steps"])}
     profile = None
     if args.backend != "fleet" and (args.variant is None or args.scheduler is None):
         profile = profile_defaults(args.model, warn=lambda line: print(line, file=sys.stderr))
@@ -99,19 +136,6 @@ def sampler_defaults(args: argparse.Namespace) -> dict:
     scheduler = args.scheduler or (profile["scheduler"] if use else DDIM)
     steps = args.steps or (int(profile["steps"]) if use else 20)
     return {"scheduler": check_scheduler(scheduler, field="--scheduler"), "steps": steps}
-
-
-def parse_memory_size(text: str) -> int:
-    """``"600M"``, ``"1.5G"``, ``"123456"`` -> bytes (K, M, G are powers of 1024); an argparse type."""
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        number = float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
-    except ValueError:
-        number = -1.0
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"--max-memory must be a positive size like 600M or 1.5G, got {text!r}")
-    return int(number)
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -134,10 +158,20 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         upstreams=args.upstream, policy=args.policy, latency_target_s=args.latency_target,
         fleet_refresh_s=args.fleet_refresh,
         upstream_token=read_token_file(args.upstream_token_file) if args.upstream_token_file else None,
-        upstream_tls_ca=args.upstream_tls_ca,
+        upstream_tls_ca=args.upstream_tls_ca, upstream_tls_cert=args.upstream_tls_cert,
+        upstream_tls_key=args.upstream_tls_key, upstream_tls_server_name=args.upstream_tls_server_name,
+        max_steps=args.max_steps, default_deadline_s=args.default_deadline,
+        allowed_variants=_variant_list(args.allow_variants), max_pipelines=args.max_pipelines,
     )
     config.check()
     return config
+
+
+def _variant_list(text: str | None) -> list[str] | None:
+    """``--allow-variants`` as a list (None when not given)."""
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def run_from_args(args: argparse.Namespace) -> int:

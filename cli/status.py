@@ -1,16 +1,34 @@
 """``edgediff status``: each service of the stack, its PID, port and health, and whether its supervisor lives.
 
 Exits 0 when every service is healthy and (local runtime) the supervisor is alive, 1 otherwise or when none runs.
+A stale state (none of the recorded processes is ours any more) is reported and cleared.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from edgediff.processes import pid_alive
-from services.stack.health import HealthCheck
-from services.stack.state import add_state_dir_argument, state_from_args
+from services.stack.control import clear_if_stale, service_health, supervisor_line
+from services.stack.docker_runtime import stack_from_state
+from services.stack.state import ENV_STACK_DIR, default_state_dir, read_state
+
+
+def add_state_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--state-dir``, shared by ``edgediff up``, ``status`` and ``down``."""
+    parser.add_argument("--state-dir", default=None,
+                        help=f"state file, logs, Prometheus data (default: ${ENV_STACK_DIR} or "
+                             "~/.cache/edgediff/stack)")
+
+
+def state_from_args(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
+    """The state folder the arguments name (or the default) and the stack recorded there; prints when none is."""
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    state = read_state(state_dir)
+    if state is None:
+        print(f"no stack is running (no state in {state_dir})")
+    return state_dir, state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,23 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_state_dir_argument(parser)
 
 
-def service_health(service: dict[str, Any]) -> str:
-    """``healthy``, ``completed`` (a finished one-shot), ``unhealthy`` or ``down``, checked now."""
-    if service.get("pid") is not None and not pid_alive(service["pid"]):
-        return "down"
-    health = service.get("health")
-    if not health:
-        return service.get("status", "unknown")
-    return "healthy" if HealthCheck(**health).check() else "unhealthy"
-
-
 def print_status(state: dict[str, Any]) -> bool:
-    """Print the table; True when every service is healthy."""
+    """Print the table; True when every service is healthy, a completed one-shot, or (Docker) running."""
     print(f"{'service':<12}{'pid':>8}  {'port':>6}  {'health':<10} {'restarts':>8}  log")
     all_ok = True
     for name, service in state.get("services", {}).items():
         health = service_health(service)
-        all_ok &= health in ("healthy", "completed")
+        all_ok &= health in ("healthy", "completed", "running")
         print(f"{name:<12}{service.get('pid') or '-':>8}  {service.get('port') or '-':>6}  {health:<10} "
               f"{service.get('restarts', 0):>8}  {service.get('log', '')}")
     return all_ok
@@ -43,12 +51,10 @@ def print_status(state: dict[str, Any]) -> bool:
 def run_from_args(args: argparse.Namespace) -> int:
     """Show the stack; exit 0 when every service is healthy and supervised, 1 otherwise or when none runs."""
     state_dir, state = state_from_args(args)
-    if state is None:
+    if state is None or clear_if_stale(state, state_dir):
         return 1
     if state.get("runtime") == "docker":
-        from services.stack.docker_runtime import runtime_from_state
-
-        state = {**state, "services": runtime_from_state(state, state_dir=state_dir, echo=None).status()}
+        state = {**state, "services": stack_from_state(state, state_dir=state_dir, echo=None).status()}
     print(f"stack: runtime {state.get('runtime')}, profile {state.get('profile')}, model {state.get('model')}, "
           f"variants {', '.join(state.get('variants', []))}")
     supervised = True
@@ -56,12 +62,3 @@ def run_from_args(args: argparse.Namespace) -> int:
         supervised, line = supervisor_line(state)
         print(line)
     return 0 if print_status(state) and supervised else 1
-
-
-def supervisor_line(state: dict[str, Any]) -> tuple[bool, str]:
-    """Whether the local stack's supervisor is alive, and one line saying so (and what to do when it is not)."""
-    pid = state.get("supervisor_pid")
-    if pid_alive(pid):
-        return True, f"supervisor: pid {pid}, alive (restarts a service that dies)"
-    return False, (f"supervisor: pid {pid}, GONE: the services run unsupervised, a crash will not be restarted; "
-                   "'edgediff down' stops them, then 'edgediff up' starts a supervised stack")

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", default=DEFAULT_REPO, metavar="DIR",
                         help="model repository written by 'edgediff export' (default: %(default)s)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s)")
+    parser.add_argument("--metrics-host", default=None, metavar="ADDRESS",
+                        help="address the metrics port binds instead (default: --host)")
     parser.add_argument("--http-port", type=int, default=TRITON_HTTP_PORT, help="HTTP port (default: %(default)s)")
     parser.add_argument("--grpc-port", type=int, default=TRITON_GRPC_PORT, help="gRPC port (default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=TRITON_METRICS_PORT,
@@ -52,7 +54,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         check_positive(name.replace("_", "-"), getattr(args, name))
     server = TritonServer(
         args.repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        host=args.host, model_control=args.model_control_mode, load_models=args.load_model,
+        host=args.host, metrics_host=args.metrics_host, model_control=args.model_control_mode,
+        load_models=args.load_model,
         startup_timeout_s=args.startup_timeout, log_file=Path(args.log_file) if args.log_file else None,
     )
     died = False

@@ -11,8 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from cli.args import add_model_arguments, check_positive
-from edgediff.bench.tune import SAMPLER_LADDER, TuneConfig, load_profile, tune
+from cli.args import add_model_arguments, check_positive, parse_memory_size
+from edgediff.bench.tune import MB, SAMPLER_LADDER, TuneConfig, load_profile, tune
 from edgediff.errors import InvalidArgumentError
 from edgediff.schedulers import check_scheduler
 from edgediff.variants import parse_variant_list
@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revalidate", action="store_true",
                         help="re-check the saved profile's choice on this machine (quality gate + speed) and "
                              "re-save it for this machine, instead of trying every candidate")
+    parser.add_argument("--max-memory", type=parse_memory_size, default=None, metavar="SIZE",
+                        help="tune for a memory budget (600M, 3.5G; plain numbers are bytes): low-memory variants "
+                             "become candidates, the choice is the fastest gate-passing row whose peak RSS fits, saved "
+                             "as the budget's own profile (the local gateway's default under --max-memory)")
     parser.add_argument("--show", action="store_true", help="print this machine's profile and exit")
 
 
@@ -53,14 +57,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     import json
 
 
+    budget_mb = None if args.max_memory is None else max(1, args.max_memory // MB)
     if args.show:
-        print(json.dumps(load_profile(args.model), indent=2))
+        print(json.dumps(load_profile(args.model, max_memory_mb=budget_mb), indent=2))
         return 0
     check_positive("threads", args.threads)
     config = TuneConfig(model=args.model, weights=args.weights, weights_seed=args.weights_seed,
                         variants=parse_variant_list(args.variants) if args.variants else None,
                         samplers=_samplers(args.samplers), runs=args.runs, warmup=args.warmup, threads=args.threads,
-                        out=Path(args.out), revalidate=args.revalidate,
+                        out=Path(args.out), revalidate=args.revalidate, max_memory_mb=budget_mb,
                         command=shlex.join(["edgediff", *sys.argv[1:]]) if sys.argv[1:2] == ["tune"]
                         else "edgediff tune")
     tune(config, say=lambda line: print(line, flush=True))

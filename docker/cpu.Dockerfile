@@ -21,15 +21,6 @@
 # One image, several roles (compose.yaml picks the command): export, triton, gateway (the default), exporter, locust.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# The dependency list of pyproject.toml (the extras the image serves with), alone: the layer that installs it below
-# is reused until that list changes, whatever else changes in pyproject.toml.
-FROM ${BASE_IMAGE} AS requirements
-COPY pyproject.toml /tmp/
-RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-extras = p['optional-dependencies']; \
-print('\n'.join(p['dependencies'] + [r for e in ('onnx', 'openvino', 'triton', 'serve', 'telemetry', 'loadtest') \
-for r in extras[e]]))" >/tmp/requirements.txt
-
 FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -69,15 +60,16 @@ RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
     && python -c "import sys, torch; v = torch.__version__; print('torch', v); \
 sys.exit(v.split('+')[0] != '${TORCH_VERSION}' or torch.version.cuda is not None)"
 
-# The dependencies next: editing the sources (or pyproject.toml outside the dependency lists) reuses this layer.
-# setuptools and wheel too, so that the project itself installs below without a network (no build isolation).
-COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
-RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
-    --mount=type=secret,id=ca_bundle \
+# The dependencies next, exactly as docker/requirements-cpu.lock pins them (the extras the image serves with, every
+# file checked against its sha256; `make lock` regenerates it from pyproject.toml): editing the sources or
+# pyproject.toml reuses this layer until the lock changes. setuptools is in the lock, so the project itself installs
+# below without a network (no build isolation).
+COPY docker/requirements-cpu.lock /tmp/requirements.lock
+RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
-    && pip install --no-cache-dir --find-links /wheelhouse --index-url "${PIP_INDEX_URL}" \
-       -r /tmp/requirements.txt "torch==${TORCH_VERSION}" "setuptools>=68" wheel \
-    && rm /tmp/requirements.txt
+    && pip install --no-cache-dir --index-url "${PIP_INDEX_URL}" --require-hashes --no-deps \
+       -r /tmp/requirements.lock \
+    && rm /tmp/requirements.lock
 
 # The source stays in /opt/edgediff after the install: Locust containers run loadtest/locustfile.py from here.
 COPY pyproject.toml README.md ./

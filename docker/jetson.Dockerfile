@@ -22,6 +22,13 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 ARG TRITON_VERSION=2.49.0
 ARG TORCH_WHEEL=https://developer.download.nvidia.com/compute/redist/jp/v61/pytorch/torch-2.5.0a0+872d972e41.nv24.08.17622132-cp310-cp310-linux_aarch64.whl
+# Every download is checked against its sha256 before it is used (SECURITY.md). NVIDIA publishes no checksum files
+# for these two, so the builder pins them: fetch each once over HTTPS, check it, then pass
+#   --build-arg TRITON_SHA256=<sha256sum of tritonserver${TRITON_VERSION}-igpu.tar.gz>
+#   --build-arg TORCH_WHEEL_SHA256=<sha256sum of the TORCH_WHEEL file>
+# A build without them stops at the first download and says which is missing.
+ARG TRITON_SHA256=
+ARG TORCH_WHEEL_SHA256=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -39,9 +46,13 @@ RUN apt-get update \
        python3 python3-dev python3-pip \
     && rm -rf /var/lib/apt/lists/*
 
-# Triton for Jetson: the release tarball unpacks to /opt/tritonserver (bin/, lib/, backends/).
-RUN curl -fsSL "https://github.com/triton-inference-server/server/releases/download/v${TRITON_VERSION}/tritonserver${TRITON_VERSION}-igpu.tar.gz" \
-    | tar -xz -C /opt \
+# Triton for Jetson: the release tarball, checked, unpacks to /opt/tritonserver (bin/, lib/, backends/).
+RUN test -n "${TRITON_SHA256}" \
+        || { echo "set --build-arg TRITON_SHA256 (the sha256 of tritonserver${TRITON_VERSION}-igpu.tar.gz)" >&2; exit 1; } \
+    && curl -fsSL -o /tmp/tritonserver.tar.gz "https://github.com/triton-inference-server/server/releases/download/v${TRITON_VERSION}/tritonserver${TRITON_VERSION}-igpu.tar.gz" \
+    && echo "${TRITON_SHA256}  /tmp/tritonserver.tar.gz" | sha256sum -c - \
+    && tar -xzf /tmp/tritonserver.tar.gz -C /opt \
+    && rm /tmp/tritonserver.tar.gz \
     && test -x /opt/tritonserver/bin/tritonserver
 
 RUN groupadd --system --gid 10001 edgediff \
@@ -54,7 +65,9 @@ WORKDIR /opt/edgediff
 
 # The wheel URL names one exact build (hadolint cannot see the version inside a URL).
 # hadolint ignore=DL3013
-RUN python3 -m pip install --no-cache-dir "${TORCH_WHEEL}"
+RUN test -n "${TORCH_WHEEL_SHA256}" \
+        || { echo "set --build-arg TORCH_WHEEL_SHA256 (the sha256 of ${TORCH_WHEEL##*/})" >&2; exit 1; } \
+    && python3 -m pip install --no-cache-dir "${TORCH_WHEEL}#sha256=${TORCH_WHEEL_SHA256}"
 
 COPY pyproject.toml README.md ./
 COPY edgediff ./edgediff

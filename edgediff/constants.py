@@ -55,6 +55,9 @@ LDM_OUTPUT_IMAGE = "IMAGE"
 LDM_OUTPUT_TIMINGS = "TIMINGS"
 LDM_TIMINGS_FIELDS = ("denoise_s", "decode_s", "total_s")
 """Order of the values in the ``TIMINGS`` output of ``ldm_<variant>`` (seconds, FP64)."""
+SERVE_MAX_BATCH = 4
+"""Largest ``batch_size`` one served request may ask: the gateway's ``--max-batch`` default and the ``max_batch`` of
+every exported ``ldm_<variant>`` model (Triton refuses a larger ``BATCH``), so the two never disagree."""
 
 # --- Prometheus metric names -------------------------------------------------------------------------------------
 METRIC_PREFIX = "edgediff_"
@@ -73,6 +76,9 @@ METRIC_GATEWAY_STAGE_SECONDS = "edgediff_gateway_stage_duration_seconds"
 METRIC_GATEWAY_IMAGES_TOTAL = "edgediff_gateway_images_total"
 METRIC_GATEWAY_IN_FLIGHT = "edgediff_gateway_in_flight_requests"
 METRIC_GATEWAY_QUEUE_DEPTH = "edgediff_gateway_queue_depth"
+METRIC_GATEWAY_CAPACITY = "edgediff_gateway_capacity_requests"
+"""Gauge: the in-flight limit (generations at once) the gateway admits now (``--max-concurrency``, by default the
+backend's capacity); the HPA's saturation ratio divides in-flight + queued by it."""
 METRIC_GATEWAY_BACKEND_WAIT_SECONDS = "edgediff_gateway_backend_wait_seconds"
 # fleet router (``edgediff serve --backend fleet``): served with the gateway's metrics; label ``upstream``
 METRIC_FLEET_REQUESTS_TOTAL = "edgediff_fleet_requests_total"
@@ -102,6 +108,8 @@ ENV_CACHE_DIR = "EDGEDIFF_CACHE_DIR"
 """Where exported artifacts are cached by content hash (default ``~/.cache/edgediff``)."""
 ENV_THREADS = "EDGEDIFF_THREADS"
 """Intra-op threads for every backend (default: physical cores)."""
+ENV_GATEWAY_TOKEN = "EDGEDIFF_GATEWAY_TOKEN"
+"""Bearer token a client command (``edgediff bench --through gateway``) sends when no ``--token-file`` is given."""
 
 # --- load test (loadtest/): the request mix and the run's plumbing, read by loadtest/locustfile.py ---------------
 ENV_LOADTEST_VARIANTS = "EDGEDIFF_LOADTEST_VARIANTS"
@@ -124,6 +132,8 @@ ENV_LOADTEST_EXPORTER_URL = "EDGEDIFF_LOADTEST_EXPORTER_URL"
 """Telemetry exporter metrics URL scraped at the start and the end of the load."""
 ENV_LOADTEST_GATEWAY_METRICS_URL = "EDGEDIFF_LOADTEST_GATEWAY_METRICS_URL"
 """Gateway metrics URL scraped at the same instants (images served)."""
+ENV_LOADTEST_RATE = "EDGEDIFF_LOADTEST_RATE"
+"""Open loop: Poisson arrivals per second of one Locust process (0 or unset: closed loop)."""
 
 # --- performance: DeepCache, int8, low memory (issue 9) ---------------------------------------------------------
 UNET_FEATURE = "deep_feature"

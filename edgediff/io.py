@@ -1,11 +1,13 @@
-"""Atomic file writes: a reader never sees a half-written report, image or artifact.
+"""Files: atomic writes (a reader never sees a half-written report, image or artifact) and the one file digest.
 
-Every report (bench, compare, load test) writes its JSON, CSV and Markdown through these.
+Every report (bench, compare, load test) writes its JSON, CSV and Markdown through these; weights, artifacts and
+exported repositories are identified by ``file_sha256``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -13,6 +15,22 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+_DIGEST_CHUNK = 1 << 22
+"""Bytes read at a time while hashing (4 MiB): the page cache holds a weight file, not this process."""
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, hex, read in chunks of ``_DIGEST_CHUNK`` bytes.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_DIGEST_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -36,10 +36,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
+
+from edgediff.errors import EdgediffError
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,49 @@ def pid_alive(pid: int | None) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def process_identity(pid: int | None, cmdline: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """What tells this process apart from a later one given the same PID: its start time and command line.
+
+    Args:
+        pid: The process.
+        cmdline: The command it was started with (default: its command line now). A ``ChildProcess`` passes its
+            ``argv``: until the launcher has exec'd it, the live command line is the launcher's, which ends with it.
+
+    Returns:
+        ``{"start_ticks": clock ticks after boot, "cmdline": [...]}``, or None when the process is gone or there is
+        no ``/proc`` (then no identity can be checked).
+    """
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22 of proc(5): starttime
+        if cmdline is None:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = [a.decode(errors="replace") for a in fh.read().split(b"\0")[:-1]]
+    except (OSError, IndexError, ValueError):
+        return None
+    return {"start_ticks": start_ticks, "cmdline": list(cmdline)}
+
+
+def is_same_process(pid: int | None, identity: Mapping[str, Any] | None) -> bool:
+    """True when ``pid`` runs and is the process ``identity`` (``process_identity``) recorded.
+
+    Same start time, and a command line that ends with the recorded one (the program compared by file name: a script
+    runs as ``interpreter /abs/path/script ...``). False when either is unknown: never signal what cannot be told
+    apart from another program (after a reboot, recorded PIDs belong to others).
+    """
+    if not identity or not pid_alive(pid):
+        return False
+    now = process_identity(pid)
+    recorded = list(identity.get("cmdline") or [])
+    if now is None or not recorded or now["start_ticks"] != identity.get("start_ticks"):
+        return False
+    tail = now["cmdline"][-len(recorded):]
+    return len(tail) == len(recorded) and tail[1:] == recorded[1:] and (
+        os.path.basename(tail[0]) == os.path.basename(recorded[0]))
 
 
 # The child is started through a tiny Python launcher, never with a ``preexec_fn``: Python code between fork and exec
@@ -322,15 +368,16 @@ class _SignalState:
 _state = _SignalState()
 
 
-def received_signal() -> int | None:
-    """The first stop signal this process received inside ``stop_on_signals``, or None."""
-    return _state.received[0] if _state.received else None
-
-
 def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
+    # A handler runs in the main thread between two bytecodes, possibly while that thread holds _children_lock
+    # (starting, stopping or forgetting a child): taking the lock here would deadlock. tuple() copies the set in one
+    # C call under the GIL, so no other thread changes it meanwhile; nothing in here takes a lock (Popen.poll() only
+    # tries its own, without blocking).
     first = not _state.received
     _state.received.append(signum)
-    for child in live_children():
+    for child in tuple(_children):
+        if child.returncode is not None:
+            continue
         if first:
             child.request_stop()
         else:  # asked twice: no more grace
@@ -385,6 +432,46 @@ def run_child(
             child.stop()
             raise
         return subprocess.CompletedProcess(child.argv, child.popen.returncode, out, err)
+
+
+def detach_until_ready(argv: Sequence[str], log_path: Path, ready: Callable[[], bool], timeout_s: float, *,
+                       name: str, env: Mapping[str, str] | None = None, poll_s: float = 1.0) -> int:
+    """Start a process that outlives this one (its own session, no parent-death signal) and wait until it is ready.
+
+    Owned until ``ready()`` holds: a stop signal or the timeout stops it (a grace of 60 s: it stops what it started).
+
+    Args:
+        argv: The command.
+        log_path: Its stdout and stderr (appended).
+        ready: Polled every ``poll_s`` seconds.
+        timeout_s: Longest wait, in seconds.
+        name: What messages call it.
+        env: Its environment (default: this process's).
+        poll_s: Seconds between two polls.
+
+    Returns:
+        Its PID, once released.
+
+    Raises:
+        EdgediffError: it exited first (the last lines of its log go to stderr) or was not ready in time.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        child = ChildProcess(argv, name=name, stdout=log, stderr=subprocess.STDOUT, env=env, dies_with_parent=False,
+                             grace_s=60.0)
+    with child:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = child.poll()
+            if code is not None:
+                tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-8:]
+                print("\n".join(tail), file=sys.stderr)
+                raise EdgediffError(f"the {name} exited with code {code} while starting (log: {log_path})")
+            if ready():
+                child.release()  # from now on it runs on its own
+                return child.pid
+            time.sleep(poll_s)
+    raise EdgediffError(f"the {name} was not ready after {timeout_s:.0f} s (log: {log_path}); it was stopped")
 
 
 @contextlib.contextmanager

@@ -130,12 +130,16 @@ def part_config(
     max_batch_size: int,
     parameters: Mapping[str, str],
     max_sequences: int = 1,
+    queue_delay_us: int = 0,
 ) -> dict[str, Any]:
     """The config of ``unet_<variant>`` or ``vqdec_<variant>``.
 
-    A DeepCache UNet (``part`` = ``unet-deepcache``) is stateful: instead of the dynamic batcher it has Triton's
-    sequence batcher (strategy ``oldest``, so requests of different images still share an execution), which routes
-    every request of one image (one correlation ID) to the same instance, where the image's deep feature is cached.
+    A plain part has Triton's dynamic batcher: the requests of concurrent generations (one per ``ldm_<variant>``
+    instance) that queue while an execution runs, or arrive within ``queue_delay_us`` of each other, run as one
+    batched execution. A DeepCache UNet (``part`` = ``unet-deepcache``) is stateful: instead of the dynamic batcher it
+    has Triton's sequence batcher (strategy ``oldest``, so requests of different images still share an execution),
+    which routes every request of one image (one correlation ID) to the same instance, where the image's deep feature
+    is cached.
 
     Args:
         name: Model name (``unet_onnx_fp32``).
@@ -146,7 +150,10 @@ def part_config(
         max_batch_size: Largest batch one execution takes (dynamic batching merges concurrent requests up to it).
         parameters: Constants for the Python model (ignored by native backends, kept for readers).
         max_sequences: Images a DeepCache UNet serves at once (``max_candidate_sequences``): at least the largest
-            batch of one generation, since every image of a batch is its own sequence and they all stay open.
+            batch of one generation times the generations in progress at once, since every image of a batch is its
+            own sequence and they all stay open.
+        queue_delay_us: ``max_queue_delay_microseconds`` of the batcher: how long a request may wait for others to
+            join its execution.
     """
     inputs, outputs = part_io(part, latent_shape, image_size)
     config: dict[str, Any] = {"name": name}
@@ -164,10 +171,10 @@ def part_config(
     if part == DEEPCACHE_PART:
         config["sequence_batching"] = {
             "max_sequence_idle_microseconds": DEEPCACHE_SEQUENCE_IDLE_S * 1_000_000,
-            "oldest": {"max_candidate_sequences": max_sequences, "max_queue_delay_microseconds": 0},
+            "oldest": {"max_candidate_sequences": max_sequences, "max_queue_delay_microseconds": queue_delay_us},
         }
     else:
-        config["dynamic_batching"] = {"max_queue_delay_microseconds": 0}
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": queue_delay_us}
     config["parameters"] = dict(parameters)
     if placement.platform == "pytorch_libtorch":
         config["parameters"] = {**config["parameters"], "INFERENCE_MODE": "true"}
@@ -190,8 +197,19 @@ def ldm_io(image_size: int) -> tuple[list[dict], list[dict]]:
     return inputs, outputs
 
 
-def ldm_config(*, name: str, image_size: int, parameters: Mapping[str, str]) -> dict[str, Any]:
-    """The config of the ``ldm_<variant>`` pipeline model (Python backend, CPU, BLS to the part models)."""
+def ldm_config(*, name: str, image_size: int, parameters: Mapping[str, str], instances: int = 1) -> dict[str, Any]:
+    """The config of the ``ldm_<variant>`` pipeline model (Python backend, CPU, BLS to the part models).
+
+    Args:
+        name: Model name (``ldm_onnx_fp32``).
+        image_size: Side of the generated images.
+        parameters: Constants for the model (scheduler config, inner model names, ``max_batch``...).
+        instances: ``KIND_CPU`` instances: generations in progress at once. Each is its own Python-backend process
+            whose ``execute`` runs one generation with blocking BLS calls, so ``instances`` generations send their
+            UNet and decoder requests at the same time and the parts' batchers merge them.
+    """
+    if instances < 1:
+        raise ValueError(f"instances must be >= 1, got {instances}")
     inputs, outputs = ldm_io(image_size)
     return {
         "name": name,
@@ -199,9 +217,18 @@ def ldm_config(*, name: str, image_size: int, parameters: Mapping[str, str]) -> 
         "max_batch_size": 0,
         "input": inputs,
         "output": outputs,
-        "instance_group": [{"kind": Enum(KIND_CPU), "count": 1}],
+        "instance_group": [{"kind": Enum(KIND_CPU), "count": instances}],
         "parameters": dict(parameters),
     }
+
+
+def instance_count(config: Mapping[str, Any]) -> int:
+    """Instances a model config declares (the sum over its ``instance_group`` entries; Triton's default is 1).
+
+    Reads both this module's dicts and Triton's JSON form of a loaded model's config (``count`` as an int).
+    """
+    groups = config.get("instance_group") or [{}]
+    return max(1, sum(int(group.get("count", 1) or 1) for group in groups))
 
 
 def json_parameter(value: Any) -> str:

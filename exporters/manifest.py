@@ -19,6 +19,7 @@ from typing import Any
 
 from edgediff import __version__
 from edgediff.errors import EdgediffError
+from edgediff.io import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -71,15 +72,6 @@ def tool_versions() -> dict[str, str | None]:
             except importlib.metadata.PackageNotFoundError:
                 continue
     return versions
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tree_files(path: Path, exclude: tuple[str, ...] = ()) -> list[Path]:

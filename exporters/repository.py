@@ -34,6 +34,7 @@ from typing import Any
 from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact
 from edgediff.constants import (
     PIPELINE_MODEL_PREFIX,
+    SERVE_MAX_BATCH,
     UNET_MODEL_PREFIX,
     VQDEC_MODEL_PREFIX,
     triton_model_name,
@@ -41,7 +42,6 @@ from edgediff.constants import (
 from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
 from edgediff.io import atomic_write_json, atomic_write_text
 from edgediff.models import ModelSpec, get_preset, load_components
-from edgediff.pipeline import MAX_BATCH
 from edgediff.variants import get_variant
 from exporters.configs import json_parameter, ldm_config, part_config, part_io, render_config
 from exporters.manifest import (
@@ -174,7 +174,8 @@ def _write_part_model(
                                    deepcache_interval=placement.deepcache_interval)
     config = part_config(name=name, part=part, placement=placement, latent_shape=components.preset.latent_shape,
                          image_size=components.preset.image_size, max_batch_size=target.max_batch_size,
-                         parameters=spec.to_parameters(), max_sequences=MAX_BATCH)
+                         parameters=spec.to_parameters(), max_sequences=SERVE_MAX_BATCH * target.pipeline_instances,
+                         queue_delay_us=target.queue_delay_us)
     atomic_write_text(model_dir / "config.pbtxt", render_config(config))
     if placement.backend == PYTHON_BACKEND:
         shutil.copyfile(PART_MODEL_SOURCE, version_dir / "model.py")
@@ -220,17 +221,17 @@ def _write_ldm_model(components: ModelSpec, variant: str, target: Target, model_
         "latent_shape": json_parameter(list(preset.latent_shape)),
         "image_size": str(preset.image_size),
         "part_max_batch": str(target.max_batch_size),
-        "max_batch": str(MAX_BATCH),
+        "max_batch": str(SERVE_MAX_BATCH),
         "weights": components.weights.kind,
         "weights_sha256": components.weights.sha256,
     }
     (model_dir / VERSION).mkdir(parents=True)
     atomic_write_text(model_dir / "config.pbtxt",
                       render_config(ldm_config(name=model_dir.name, image_size=preset.image_size,
-                                               parameters=parameters)))
+                                               parameters=parameters, instances=target.pipeline_instances)))
     shutil.copyfile(LDM_MODEL_SOURCE, model_dir / VERSION / "model.py")
     return {"model": model_dir.name, "backend": PYTHON_BACKEND, "instance_kind": "KIND_CPU",
-            "unet_model": names["unet"], "deepcache_interval": interval}
+            "instances": target.pipeline_instances, "unet_model": names["unet"], "deepcache_interval": interval}
 
 
 @contextlib.contextmanager
@@ -323,7 +324,8 @@ def export_repository(
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "preset": preset.name,
         "model": preset.to_dict(),
-        "target": {"name": tgt.name, "description": tgt.description, "max_batch_size": tgt.max_batch_size},
+        "target": {"name": tgt.name, "description": tgt.description, "max_batch_size": tgt.max_batch_size,
+                   "pipeline_instances": tgt.pipeline_instances},
         "weights": {**components.weights.to_dict(), "label": components.weights.label()},
         "versions": tool_versions(),
         "exporter_sha256": exporter_sha256(),

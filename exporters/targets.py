@@ -112,6 +112,12 @@ class Target:
         default_variants: What ``edgediff export`` builds without ``--variants``.
         max_batch_size: ``max_batch_size`` of the part models, at most the TensorRT profile's largest batch
             (``PROFILE_MAX_BATCH``); the pipeline model sends larger batches in chunks.
+        pipeline_instances: Instances of each ``ldm_<variant>`` model: generations of one variant in progress at
+            once (each instance is one Python-backend process running one generation), and so the gateway's default
+            concurrency. Equal to ``max_batch_size``: enough batch-1 generations to fill one merged UNet execution.
+        queue_delay_us: The part models' dynamic-batcher ``max_queue_delay_microseconds``: how long a UNet or
+            decoder request waits for the same step of other generations to join its execution. Small next to one
+            UNet evaluation (tens of milliseconds on a CPU, a few on a GPU), so a lone generation barely pays it.
     """
 
     name: str
@@ -119,6 +125,8 @@ class Target:
     placements: dict[str, Placement]
     default_variants: tuple[str, ...]
     max_batch_size: int = PROFILE_MAX_BATCH
+    pipeline_instances: int = PROFILE_MAX_BATCH
+    queue_delay_us: int = 2000
 
     @property
     def gpu(self) -> bool:
@@ -193,6 +201,7 @@ TARGETS: dict[str, Target] = {
                     "torch-fp32 baseline as Python models (all KIND_GPU)",
         placements=_gpu_placements(),
         default_variants=("torch-fp32", "onnx-fp32", "onnx-fp16", "jit-fp16", "trt-fp16"),
+        queue_delay_us=500,
     ),
     "jetson": Target(
         name="jetson",
@@ -200,13 +209,10 @@ TARGETS: dict[str, Target] = {
         placements=_gpu_placements(),
         default_variants=("torch-fp32", "onnx-fp16", "trt-fp16"),
         max_batch_size=2,
+        pipeline_instances=2,
+        queue_delay_us=500,
     ),
 }
-
-
-def target_names() -> list[str]:
-    """Names of the targets."""
-    return list(TARGETS)
 
 
 def get_target(name: str) -> Target:

@@ -7,14 +7,15 @@ Two ways to read the counter's increase over the window ``[start, end]``:
 * ``prometheus``: ask a Prometheus server that scrapes the exporter for
   ``increase(edgediff_energy_joules_total[<window>ms] @ <end>)``, after waiting for a scrape past the window's end.
 
-The counter is the exporter's ``EnergyMonitor`` odometer, so the window is the core's (``edgediff.telemetry.window``:
-``odometer_window``, ``energy_from_increase``): the same ``DomainEnergy`` as a bench window, the same net energy
-(gross minus ``edgediff_idle_power_watts`` x window), the same labels (``estimated`` and ``fixture`` sources say so)
-and the same per-image row (``energy_row``) in the report. This module keeps what is the load test's own: reading the
-counter from scrapes or from Prometheus. Without a power sensor the result is "unavailable", with the reason from
-``edgediff_sensor_up``: never a made-up number. A domain whose ``edgediff_energy_unmeasured_seconds_total`` grew over
-the window (a phone's charger plugged in, a sampling gap, a suspend) is left out with the cause, as a bench window
-would flag it: its counter's increase misses that stretch and would be too small, not a measurement.
+The counter is the exporter's ``EnergyMonitor`` odometer; reading it from outside is ``edgediff.telemetry.counters``
+(the module the fleet router uses too): the same ``DomainEnergy`` as a bench window, the same net energy (gross minus
+``edgediff_idle_power_watts`` x window), parts of a domain marked as such, the same labels (``estimated`` and
+``fixture`` sources say so) and the same per-image row (``energy_row``) in the report. This module keeps what is the
+load test's own: the two scrapes of a window, or the Prometheus queries over it. Without a power sensor the result is
+"unavailable", with the reason from ``edgediff_sensor_up``: never a made-up number. A domain whose
+``edgediff_energy_unmeasured_seconds_total`` grew over the window (a phone's charger plugged in, a sampling gap, a
+suspend) is left out with the cause, as a bench window would flag it: its counter's increase misses that stretch and
+would be too small, not a measurement.
 """
 
 from __future__ import annotations
@@ -25,11 +26,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from edgediff.constants import (
     METRIC_ENERGY_JOULES_TOTAL,
@@ -37,108 +35,19 @@ from edgediff.constants import (
     METRIC_IDLE_POWER_WATTS,
     METRIC_SENSOR_UP,
 )
-from edgediff.telemetry.window import (
-    DomainEnergy,
+from edgediff.telemetry.counters import (
     DomainKey,
-    UnmeasuredKey,
+    Scrape,
+    counter_window,
     energy_from_increase,
-    energy_row,
-    odometer_window,
+    no_sensor_reason,
+    parse_exporter,
+    with_parts,
 )
+from edgediff.telemetry.window import DomainEnergy, energy_row
 
 METHOD_EXPORTER = "exporter"
 METHOD_PROMETHEUS = "prometheus"
-DEFAULT_SCRAPE_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class Scrape:
-    """One scrape of a ``/metrics`` endpoint.
-
-    Attributes:
-        url: The URL scraped.
-        t_unix_s: When, in seconds since the epoch (midpoint of the HTTP exchange).
-        text: The exposition text, or ``None`` when the scrape failed.
-        error: Why it failed, or ``None``.
-    """
-
-    url: str
-    t_unix_s: float
-    text: str | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scrape:
-        """Inverse of ``to_dict``."""
-        return cls(str(data["url"]), float(data["t_unix_s"]), data.get("text"), data.get("error"))
-
-
-def scrape(url: str, timeout_s: float = DEFAULT_SCRAPE_TIMEOUT_S) -> Scrape:
-    """GET ``url`` and return the text with the time it was taken; failures are returned, never raised."""
-    before_s = time.time()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            text = response.read().decode("utf-8")
-    except (OSError, ValueError, urllib.error.URLError) as exc:
-        return Scrape(url, time.time(), None, f"cannot scrape {url}: {getattr(exc, 'reason', None) or exc}")
-    return Scrape(url, (before_s + time.time()) / 2.0, text, None)
-
-
-@dataclass(frozen=True)
-class ExporterState:
-    """What one exporter scrape says about energy.
-
-    Attributes:
-        energy_j: ``edgediff_energy_joules_total`` per ``(domain, source)``.
-        idle_power_w: ``edgediff_idle_power_watts`` per ``(domain, source)`` (empty without an idle baseline).
-        sensor_up: ``edgediff_sensor_up`` per reader.
-        unmeasured_s: ``edgediff_energy_unmeasured_seconds_total`` per ``(domain, source, flag)``.
-    """
-
-    energy_j: dict[DomainKey, float] = field(default_factory=dict)
-    idle_power_w: dict[DomainKey, float] = field(default_factory=dict)
-    sensor_up: dict[str, float] = field(default_factory=dict)
-    unmeasured_s: dict[UnmeasuredKey, float] = field(default_factory=dict)
-
-
-def parse_exporter(text: str) -> ExporterState:
-    """Parse the exporter's exposition text (``prometheus_client``'s parser)."""
-    state = ExporterState()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == METRIC_ENERGY_JOULES_TOTAL:
-                state.energy_j[_key(sample.labels)] = float(sample.value)
-            elif sample.name == METRIC_IDLE_POWER_WATTS:
-                state.idle_power_w[_key(sample.labels)] = float(sample.value)
-            elif sample.name == METRIC_SENSOR_UP:
-                state.sensor_up[sample.labels.get("reader", "")] = float(sample.value)
-            elif sample.name == METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL:
-                state.unmeasured_s[(*_key(sample.labels), sample.labels.get("flag", ""))] = float(sample.value)
-    return state
-
-
-def sum_counter(text: str, name: str) -> float | None:
-    """Sum every series of the counter ``name`` (its sample name, ``..._total``).
-
-    Returns 0 when the counter is declared without series yet (a labelled counter before its first increment), and
-    ``None`` when it is absent.
-    """
-    declared, total = False, 0.0
-    for family in text_string_to_metric_families(text):
-        if family.type == "counter" and family.name == name.removesuffix("_total"):
-            declared = True
-        for sample in family.samples:
-            if sample.name == name:
-                declared, total = True, total + float(sample.value)
-    return total if declared else None
-
-
-def _key(labels: Mapping[str, str]) -> DomainKey:
-    return labels.get("domain", ""), labels.get("source", "")
 
 
 @dataclass(frozen=True)
@@ -185,14 +94,6 @@ def _unavailable(reason: str, method: str, url: str | None, start: float | None,
     return EnergyResult(False, reason, method, url, start, end, window_s, images, images_source)
 
 
-def no_sensor_reason(sensor_up: Mapping[str, float]) -> str:
-    """The "unavailable" reason when the exporter exports no energy series."""
-    down = sorted(reader for reader, up in sensor_up.items() if up == 0)
-    if down:
-        return f"no power sensor: edgediff_sensor_up is 0 for {', '.join(down)} (see the exporter's log for why)"
-    return f"no power sensor: the exporter exports no {METRIC_ENERGY_JOULES_TOTAL} series"
-
-
 def energy_from_scrapes(start: Scrape, end: Scrape, images: int, images_source: str) -> EnergyResult:
     """Energy per image from exporter scrapes at the window's start and end.
 
@@ -209,11 +110,13 @@ def energy_from_scrapes(start: Scrape, end: Scrape, images: int, images_source: 
     window_s = end.t_unix_s - start.t_unix_s
     if not window_s > 0:
         return _unavailable(f"empty window ({window_s:.3f} s)", *args)
-    first, last = parse_exporter(start.text or ""), parse_exporter(end.text or "")
+    try:
+        first, last = parse_exporter(start.text or ""), parse_exporter(end.text or "")
+    except ValueError as exc:
+        return _unavailable(f"exporter text unreadable: {exc}", *args)
     if not last.energy_j:
         return _unavailable(no_sensor_reason(last.sensor_up), *args)
-    window = odometer_window(first.energy_j, last.energy_j, window_s, last.idle_power_w, first.unmeasured_s,
-                             last.unmeasured_s)
+    window = counter_window(first, last, window_s)
     notes = [f"{d.domain}/{d.source} {d.reason}: left out" for d in window if not d.valid]
     measured = [d for d in window if d.valid]
     if not measured:
@@ -346,7 +249,7 @@ def energy_from_prometheus(
                 skipped.setdefault((domain, source), {})[flag] = seconds
     except PrometheusError as exc:
         return _unavailable(str(exc), *args)
-    window = energy_from_increase(increase, window_s, idle, skipped)
+    window = with_parts(energy_from_increase(increase, window_s, idle, skipped))
     notes += [f"{d.domain}/{d.source} {d.reason}: left out" for d in window if not d.valid]
     measured = [d for d in window if d.valid]
     if not measured:

@@ -1,6 +1,9 @@
-"""Locust load model of the gateway: users that call ``edgediff.v1.Generator/Generate`` back to back.
+"""Locust load model of the gateway: users that call ``edgediff.v1.Generator/Generate``.
 
-Run by ``edgediff loadtest`` (which adds the report), or by hand::
+Closed loop by default (each user sends its next request when its last one returns); with ``--edgediff-rate R``
+an open loop: the users are a pool that sends requests at Poisson arrival times of R per second
+(``loadtest.arrivals``), and arrivals no user could send on time are counted as missed. Run by ``edgediff loadtest``
+(which adds the report), or by hand::
 
     export EDGEDIFF_LOADTEST_VARIANTS="onnx-fp32:3,torch-fp32:1" EDGEDIFF_LOADTEST_STEPS=20
     locust -f loadtest/locustfile.py --headless --host 127.0.0.1:50051 -u 4 -r 1 -t 60s
@@ -26,6 +29,7 @@ from edgediff.constants import (
     ENV_LOADTEST_ETA,
     ENV_LOADTEST_EXPORTER_URL,
     ENV_LOADTEST_GATEWAY_METRICS_URL,
+    ENV_LOADTEST_RATE,
     ENV_LOADTEST_RECORD_DIR,
     ENV_LOADTEST_SEEDS,
     ENV_LOADTEST_STEPS,
@@ -34,6 +38,7 @@ from edgediff.constants import (
     ENV_LOADTEST_VARIANTS,
 )
 from edgediff.errors import InvalidArgumentError
+from loadtest.arrivals import PoissonArrivals
 from loadtest.grpc_user import GrpcUser
 from loadtest.mix import RequestMix
 from loadtest.records import RecordBook, WindowMarks
@@ -44,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _book = RecordBook(role="local")
 _mix = RequestMix()
+_arrivals: PoissonArrivals | None = None
 
 
 @events.init_command_line_parser.add_listener
@@ -51,7 +57,8 @@ def _add_options(parser: Any) -> None:
     # Locust's parser (configargparse) takes env_var= and is_secret=; argument groups would not.
     parser.add_argument("--edgediff-variants", env_var=ENV_LOADTEST_VARIANTS, default="default",
                         help="variants, e.g. onnx-fp32:3,torch-fp32:1 ('default': the server's default)")
-    parser.add_argument("--edgediff-steps", env_var=ENV_LOADTEST_STEPS, default="20", help="DDIM steps, e.g. 20")
+    parser.add_argument("--edgediff-steps", env_var=ENV_LOADTEST_STEPS, default="default",
+                        help="steps, e.g. 20 ('default': the server's default)")
     parser.add_argument("--edgediff-batch", env_var=ENV_LOADTEST_BATCH, default="1", help="images per request")
     parser.add_argument("--edgediff-eta", env_var=ENV_LOADTEST_ETA, default="0", help="DDIM eta, 0..1")
     parser.add_argument("--edgediff-seeds", env_var=ENV_LOADTEST_SEEDS, default="random",
@@ -66,11 +73,13 @@ def _add_options(parser: Any) -> None:
                         help="telemetry exporter metrics URL scraped when the test starts and stops")
     parser.add_argument("--edgediff-gateway-metrics-url", env_var=ENV_LOADTEST_GATEWAY_METRICS_URL, default="",
                         help="gateway metrics URL scraped at the same instants")
+    parser.add_argument("--edgediff-rate", env_var=ENV_LOADTEST_RATE, type=float, default=0.0,
+                        help="open loop: Poisson arrivals per second in this process (0: closed loop)")
 
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
-    global _mix
+    global _mix, _arrivals
     # gevent's loop caches "now" and has not run since Locust was imported: refresh it, or Locust's --run-time timer
     # (spawn_later from the cached time) fires early by however long the imports took.
     gevent.get_hub().loop.update_now()
@@ -82,6 +91,10 @@ def _on_init(environment: Environment, **_: Any) -> None:
     except InvalidArgumentError as exc:
         raise SystemExit(f"locustfile: {exc}") from None  # Locust logs and swallows any Exception from a listener
     GeneratorUser.timeout_s = float(options.edgediff_timeout)
+    if options.edgediff_rate < 0:
+        raise SystemExit(f"locustfile: --edgediff-rate must be >= 0, got {options.edgediff_rate}")
+    _arrivals = PoissonArrivals(float(options.edgediff_rate)) if options.edgediff_rate > 0 else None
+    _book.arrivals = _arrivals
     if options.edgediff_token:
         GeneratorUser.metadata = ((AUTH_METADATA_KEY, BEARER_PREFIX + options.edgediff_token),)
     record_dir = Path(options.edgediff_record_dir) if options.edgediff_record_dir else None
@@ -89,6 +102,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
     _book.role, _book.record_dir = role, record_dir
     if role != "master":
         environment.events.request.add_listener(_book.on_request)
+        environment.events.test_stop.add_listener(lambda **_kw: _arrivals and _arrivals.close())
         environment.events.quitting.add_listener(lambda **_kw: _book.write())
     if role != "worker":
         marks = WindowMarks(record_dir, options.edgediff_exporter_url or None,
@@ -101,7 +115,8 @@ class GeneratorUser(GrpcUser):
     """A client that sends its next Generate request as soon as the previous one returns (a closed loop).
 
     After a failed call it pauses ``failure_pause_s`` first, so a gateway that refuses everything (a missing token,
-    a wrong port) is not hammered by a tight loop of failures.
+    a wrong port) is not hammered by a tight loop of failures. In an open-loop run (``--edgediff-rate``) it instead
+    claims the next arrival of the process's schedule, sleeps until its time and sends it then.
     """
 
     stub_class = generator_pb2_grpc.GeneratorStub
@@ -113,12 +128,16 @@ class GeneratorUser(GrpcUser):
         self.last_failed = False
 
     def wait_time(self) -> float:
-        """No pause after a success (closed loop); ``failure_pause_s`` after a failure."""
-        return self.failure_pause_s if self.last_failed else 0.0
+        """No pause after a success (closed loop); ``failure_pause_s`` after a failure; none in an open loop."""
+        return self.failure_pause_s if self.last_failed and _arrivals is None else 0.0
 
     @task
     def generate(self) -> None:
-        """One Generate call drawn from the mix."""
+        """One Generate call drawn from the mix (in an open loop, at the next arrival's time)."""
+        if _arrivals is not None:
+            due_s = _arrivals.claim()
+            gevent.sleep(max(0.0, due_s - _arrivals.clock()))
+            _arrivals.sent_at(due_s)
         spec = _mix.next_request(self.rng)
         request = generator_pb2.GenerateRequest(seed=spec.seed, steps=spec.steps, eta=spec.eta, variant=spec.variant,
                                                 batch_size=spec.batch, format="png")
@@ -131,8 +150,8 @@ class GeneratorUser(GrpcUser):
         return f"{method.rsplit('/', 1)[-1]} {variant}", context
 
     def measure_response(self, response: Any) -> tuple[int, dict[str, Any]]:
-        """Response size and the number of images received."""
-        return int(response.ByteSize()), {"images": len(response.images)}
+        """Response size, the number of images received and the steps the server used (its default if none asked)."""
+        return int(response.ByteSize()), {"images": len(response.images), "steps": int(response.steps)}
 
     def on_call_cancelled(self, name: str) -> None:
         """Count calls cancelled because Locust stopped this user."""

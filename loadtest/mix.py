@@ -23,6 +23,8 @@ T = TypeVar("T")
 
 DEFAULT_VARIANT = "default"
 """Variant name meaning "the server's default variant" (sent as an empty string)."""
+SERVER_DEFAULT = "default"
+"""A steps value meaning "the server's default" (sent as 0: the server applies its tune profile's steps and sampler)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def parse_weighted(text: str, what: str, convert: type = str) -> Weighted[Any]:
     Args:
         text: The spec, e.g. ``"onnx-fp32:3,torch-fp32:1"`` or ``"20"``.
         what: The option's name for error messages (``--variant``, ``EDGEDIFF_LOADTEST_STEPS``).
-        convert: ``str`` or ``int`` (ints must be >= 1).
+        convert: ``str`` or ``int`` (ints must be >= 1; with ``int``, ``default`` is 0: the server's default).
 
     Raises:
         InvalidArgumentError: Empty spec, empty value, weight not a positive number, value not a positive integer, or a
@@ -79,7 +81,9 @@ def parse_weighted(text: str, what: str, convert: type = str) -> Weighted[Any]:
             if not (math.isfinite(weight) and weight > 0):
                 raise InvalidArgumentError(f"{what}: weight of {raw_value!r} must be > 0, got {raw_weight!r}")
         value: Any = raw_value
-        if convert is int:
+        if convert is int and raw_value.lower() == SERVER_DEFAULT:
+            value = 0
+        elif convert is int:
             try:
                 value = int(raw_value)
             except ValueError:
@@ -148,14 +152,14 @@ class RequestMix:
 
     Attributes:
         variants: Weighted variant names (``default`` = the server's default variant).
-        steps: Weighted DDIM steps.
+        steps: Weighted steps (0: the server's default steps and sampler).
         batch: Weighted images per request.
         eta: DDIM eta of every request.
         seeds: How seeds are drawn.
     """
 
     variants: Weighted[str] = field(default_factory=lambda: Weighted((DEFAULT_VARIANT,), (1.0,)))
-    steps: Weighted[int] = field(default_factory=lambda: Weighted((20,), (1.0,)))
+    steps: Weighted[int] = field(default_factory=lambda: Weighted((0,), (1.0,)))
     batch: Weighted[int] = field(default_factory=lambda: Weighted((1,), (1.0,)))
     eta: float = 0.0
     seeds: SeedSpec = field(default_factory=SeedSpec)
@@ -164,7 +168,7 @@ class RequestMix:
     def parse(
         cls,
         variants: str = DEFAULT_VARIANT,
-        steps: str = "20",
+        steps: str = SERVER_DEFAULT,
         batch: str = "1",
         eta: str | float = 0.0,
         seeds: str = "random",
@@ -175,7 +179,7 @@ class RequestMix:
 
         Args:
             variants: ``value[:weight],...`` of variant names.
-            steps: ``value[:weight],...`` of DDIM steps.
+            steps: ``value[:weight],...`` of steps (``default``: the server's).
             batch: ``value[:weight],...`` of images per request.
             eta: DDIM eta, 0..1.
             seeds: ``random``, ``N`` or ``A-B``.
@@ -199,7 +203,7 @@ class RequestMix:
             seeds=parse_seeds(seeds, label["seeds"]),
         )
         # The lowest values are >= 1 and the seeds >= 0 already; the largest must be in the core's ranges too.
-        GenerationRequest.validated(seed=mix.seeds.high, steps=max(mix.steps.values), eta=eta_value,
+        GenerationRequest.validated(seed=mix.seeds.high, steps=max(mix.steps.values) or 1, eta=eta_value,
                                     batch=max(mix.batch.values),
                                     names={k: label[k] for k in ("steps", "batch", "eta")} | {"seed": label["seeds"]})
         return mix
@@ -219,7 +223,7 @@ class RequestMix:
         """JSON-ready description for the report (expected shares of each value)."""
         return {
             "variants": self.variants.shares(),
-            "steps": self.steps.shares(),
+            "steps": {SERVER_DEFAULT if k == "0" else k: v for k, v in self.steps.shares().items()},
             "batch": self.batch.shares(),
             "eta": self.eta,
             "seeds": self.seeds.text,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.io import atomic_write_json
-from loadtest.energy import Scrape, scrape
+from edgediff.telemetry.counters import Scrape, scrape
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class RecordBook:
     record_dir: Path | None = None
     requests: list[RequestRecord] = field(default_factory=list)
     cancelled: Counter[str] = field(default_factory=Counter)
+    arrivals: Any = None
+    """The process's open-loop schedule (``loadtest.arrivals.PoissonArrivals``), or ``None`` in a closed loop."""
 
     def on_request(
         self,
@@ -133,6 +135,7 @@ class RecordBook:
                 "role": self.role,
                 "pid": os.getpid(),
                 "cancelled": dict(self.cancelled),
+                "arrivals": None if self.arrivals is None else self.arrivals.to_dict(),
                 "requests": [asdict(r) for r in self.requests],
             },
         )
@@ -204,6 +207,23 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Arrivals:
+    """An open loop's arrivals, summed over the processes.
+
+    Attributes:
+        rate_per_s: The offered rate (all processes), arrivals per second.
+        sent: Arrivals sent on time.
+        missed: Arrivals no user could send on time (every user busy, or the client starved of CPU): not sent.
+        max_lag_s: The latest an arrival was sent after its time, seconds.
+    """
+
+    rate_per_s: float
+    sent: int
+    missed: int
+    max_lag_s: float
+
+
+@dataclass(frozen=True)
 class RunRecords:
     """Everything the Locust processes wrote.
 
@@ -212,12 +232,14 @@ class RunRecords:
         cancelled: Calls cancelled at stop, by name.
         window: The window marks, or ``None`` when the driving process did not write them.
         files: The request files read (one per process that ran users).
+        arrivals: The open loop's arrivals, or ``None`` for a closed loop.
     """
 
     requests: list[RequestRecord]
     cancelled: dict[str, int]
     window: Window | None
     files: list[Path]
+    arrivals: Arrivals | None = None
 
 
 def read_window(path: Path) -> Window | None:
@@ -241,10 +263,19 @@ def read_records(record_dir: Path) -> RunRecords:
     """Read every process's records and the window from ``record_dir``."""
     requests: list[RequestRecord] = []
     cancelled: Counter[str] = Counter()
+    schedules: list[dict[str, Any]] = []
     files = sorted(record_dir.glob(REQUESTS_GLOB))
     for path in files:
         data = json.loads(path.read_text(encoding="utf-8"))
         requests.extend(RequestRecord(**r) for r in data.get("requests", []))
         cancelled.update(data.get("cancelled", {}))
+        if data.get("arrivals"):
+            schedules.append(data["arrivals"])
     requests.sort(key=lambda r: r.start_unix_s)
-    return RunRecords(requests, dict(cancelled), read_window(record_dir / WINDOW_FILE), files)
+    arrivals = None
+    if schedules:
+        arrivals = Arrivals(rate_per_s=sum(float(s["rate_per_s"]) for s in schedules),
+                            sent=sum(int(s["sent"]) for s in schedules),
+                            missed=sum(int(s["missed"]) for s in schedules),
+                            max_lag_s=max(float(s["max_lag_s"]) for s in schedules))
+    return RunRecords(requests, dict(cancelled), read_window(record_dir / WINDOW_FILE), files, arrivals)

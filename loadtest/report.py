@@ -61,6 +61,7 @@ def build_report(
     locust: LocustTotals | None,
     files: dict[str, str],
     notes: list[str],
+    load: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the JSON report.
 
@@ -73,6 +74,8 @@ def build_report(
         locust: Locust's own aggregated totals (cross-check), if its CSV exists.
         files: Output files by role, relative to the report's folder.
         notes: Caveats to show.
+        load: How the load was offered (``loadtest.outcome.load_section``: mode, most calls in flight, and the open
+            loop's arrivals sent and missed).
     """
     locust_part = None
     if locust is not None:
@@ -93,12 +96,22 @@ def build_report(
             "duration_s": window.duration_s,
         },
         "verdict": verdict,
+        "load": load or {},
         "requests": summary.to_dict(),
         "energy": energy.to_dict(),
         "locust": locust_part,
         "notes": notes,
         "files": files,
     }
+
+
+def _load_line(cfg: dict[str, Any], load: dict[str, Any]) -> str:
+    arrivals = load.get("arrivals")
+    if arrivals is None:
+        return f"{cfg['users']} users in a closed loop (spawn rate {cfg['spawn_rate']:g}/s)"
+    return (f"open loop, Poisson arrivals at {arrivals['rate_per_s']:g}/s from a pool of {cfg['users']} users: "
+            f"{arrivals['sent']} sent, **{arrivals['missed']} missed** (no user free on time), latest send "
+            f"{arrivals['max_lag_s'] * 1000:.0f} ms after its time")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -111,7 +124,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- verdict: **{report['verdict']['status']}**"
         + "".join(f"\n  - {reason}" for reason in report["verdict"]["reasons"]),
         f"- window: {window['start_iso']} to {window['end_iso']} ({window['duration_s']:.3f} s)",
-        f"- load: {cfg['users']} users (spawn rate {cfg['spawn_rate']:g}/s) for {cfg['run_time_s']} s, "
+        f"- load: {_load_line(cfg, report.get('load') or {})} for {cfg['run_time_s']} s, "
         f"{processes}{', smoke profile' if cfg.get('smoke') else ''}",
         f"- mix: variants {cfg['mix']['variants']}, steps {cfg['mix']['steps']}, batch {cfg['mix']['batch']}, "
         f"eta {cfg['mix']['eta']}, seeds {cfg['mix']['seeds']}",
@@ -182,31 +195,26 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def plot_timeline(bins: list[TimelineBin], title: str, path: Path) -> Path:
-    """Latency (p50, p95) and throughput (requests/s, images/s, failures/s) per bin over the window."""
+    """Latency (p50, p95) and throughput (requests/s, images/s, failures/s) as rolling rates over the window."""
     matplotlib = require("matplotlib")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     t = [b.t_s for b in bins]
-    edges = [*t, bins[-1].t_s + bins[-1].width_s]  # step plots need the last bin's end too
-
-    def steps(values: list[float]) -> list[float]:
-        return [*values, values[-1]]
-
     fig, (ax_lat, ax_tp) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    middles = [b.t_s + b.width_s / 2 for b in bins]
     for attr, label in (("p50_s", "p50"), ("p95_s", "p95")):
-        ax_lat.plot(middles, [float("nan") if getattr(b, attr) is None else getattr(b, attr) * 1000.0 for b in bins],
+        ax_lat.plot(t, [float("nan") if getattr(b, attr) is None else getattr(b, attr) * 1000.0 for b in bins],
                     marker=".", label=label)
     ax_lat.set_ylabel("latency of successful calls (ms)")
     ax_lat.set_ylim(bottom=0)
     ax_lat.legend(loc="best")
     ax_lat.set_title(title)
-    ax_tp.step(edges, steps([b.images_per_s for b in bins]), where="post", label="images/s")
-    ax_tp.step(edges, steps([b.requests_per_s for b in bins]), where="post", label="requests/s", linestyle="--")
+    ax_tp.plot(t, [b.images_per_s for b in bins], label="images/s")
+    ax_tp.plot(t, [b.requests_per_s for b in bins], label="requests/s", linestyle="--")
     if any(b.failures_per_s for b in bins):
-        ax_tp.step(edges, steps([b.failures_per_s for b in bins]), where="post", label="failures/s", color="tab:red")
-    ax_tp.set_ylabel("per second (completed)")
+        ax_tp.plot(t, [b.failures_per_s for b in bins], label="failures/s", color="tab:red")
+    width_s = max((b.width_s for b in bins), default=0.0)
+    ax_tp.set_ylabel(f"per second (completed, rolling {width_s:.0f} s)")
     ax_tp.set_xlabel("seconds since the window start")
     ax_tp.set_ylim(bottom=0)
     ax_tp.legend(loc="best")
@@ -232,9 +240,38 @@ def write_report(report: dict[str, Any], bins: list[TimelineBin], out_dir: Path)
     paths = {"json": out_dir / JSON_NAME, "csv": out_dir / CSV_NAME, "markdown": out_dir / MARKDOWN_NAME,
              "timeline": out_dir / TIMELINE_PNG}
     cfg = report["config"]
-    title = f"{cfg['target']}: {cfg['users']} users, {report['requests']['images']} images"
+    arrivals = (report.get("load") or {}).get("arrivals")
+    offered = f"{arrivals['rate_per_s']:g} arrivals/s" if arrivals else f"{cfg['users']} users"
+    title = f"{cfg['target']}: {offered}, {report['requests']['images']} images"
     plot_timeline(bins, title, paths["timeline"])
     atomic_write_json(paths["json"], report)
     atomic_write_csv(paths["csv"], CSV_COLUMNS, csv_rows(report))
     atomic_write_text(paths["markdown"], render_markdown(report))
     return paths
+
+
+def console_summary(report: dict[str, Any], paths: dict[str, Path]) -> list[str]:
+    """The few lines a person reads on the console: counts, throughput, latency, open-loop arrivals, energy."""
+    req, energy = report["requests"], report["energy"]
+    lat = req["latency"] or {}
+
+    def ms(key: str) -> str:
+        return f"{lat[key] * 1000:.1f}" if key in lat else "-"
+
+    lines = [f"requests {req['requests']} (failed {req['failed']}, cancelled at stop {req['cancelled_at_stop']}), "
+             f"images {req['images']}, {req['images_per_s']:.2f} images/s over {req['window_s']:.1f} s",
+             f"latency ms: p50 {ms('p50_s')}  p90 {ms('p90_s')}  p95 {ms('p95_s')}  p99 {ms('p99_s')}  "
+             f"max {ms('max_s')}"]
+    arrivals = (report.get("load") or {}).get("arrivals")
+    if arrivals:
+        lines.append(f"arrivals at {arrivals['rate_per_s']:g}/s: {arrivals['sent']} sent, {arrivals['missed']} "
+                     f"missed (latest send {arrivals['max_lag_s'] * 1000:.0f} ms after its time)")
+    if not energy["available"]:
+        lines.append(f"energy per image: unavailable: {energy['reason']}")
+    for d in energy["domains"]:
+        net = f"{d['net_energy_per_image_j']:.4f} J net" if d["net_energy_per_image_j"] is not None \
+            else "net unavailable"
+        gross = f"{d['energy_per_image_j']:.4f} J" if d["energy_per_image_j"] is not None else "-"
+        lines.append(f"energy per image [{d['domain']}/{d['source']}, {d['label']}]: {gross} gross, {net}")
+    lines.append(f"report: {paths['markdown']}")
+    return lines

@@ -1,4 +1,4 @@
-"""Counts, latency percentiles, throughput and a per-second timeline from the per-request records.
+"""Counts, latency percentiles, throughput and a rolling-rate timeline from the per-request records.
 
 Latency statistics are the core's (``edgediff.stats``, the same as ``edgediff bench``): exact percentiles over every
 successful call (numpy's linear interpolation between order statistics), not Locust's rounded histogram buckets.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ def latency_stats(latencies_s: Sequence[float]) -> LatencyStats | None:
 
 @dataclass(frozen=True)
 class TimelineBin:
-    """One bin of the timeline: calls that completed in ``[t_s, t_s + width_s)`` after the window start."""
+    """One point of the timeline: rates over the rolling window ``(t_s - width_s, t_s]`` after the window start."""
 
     t_s: float
     width_s: float
@@ -39,37 +39,73 @@ class TimelineBin:
     p95_s: float | None
 
 
-def timeline(records: Iterable[RequestRecord], start_unix_s: float, end_unix_s: float,
-             bin_s: float = 1.0) -> list[TimelineBin]:
-    """Per-bin throughput and latency over ``[start, end]``, binned by completion time.
+MIN_ROLLING_S = 5.0
+"""Shortest rolling window of the timeline, seconds."""
+ROLLING_COMPLETIONS = 10
+"""The rolling window spans about this many completions (at the run's mean rate), so a slow model's rate is smooth."""
+TIMELINE_POINTS = 200
+"""Most points of the timeline."""
 
-    Bins are ``bin_s`` wide; the last one also takes the window's remainder (so no bin is shorter than ``bin_s``
-    unless the window is), and rates are divided by each bin's real width.
+
+def rolling_width_s(completions: int, window_s: float) -> float:
+    """The timeline's rolling window, seconds: ``ROLLING_COMPLETIONS`` mean gaps, at least ``MIN_ROLLING_S``."""
+    mean_gap_s = window_s / completions if completions else window_s
+    return min(window_s, max(MIN_ROLLING_S, ROLLING_COMPLETIONS * mean_gap_s)) if window_s > 0 else 0.0
+
+
+def timeline(records: Iterable[RequestRecord], start_unix_s: float, end_unix_s: float,
+             width_s: float | None = None) -> list[TimelineBin]:
+    """Rolling rates and latency over ``[start, end]``, by completion time.
+
+    Each point at ``t`` counts the calls that completed in ``(t - width_s, t]`` (clipped to the window's start, and
+    divided by the clipped width), so a server that completes one image every few seconds draws a rate, not a
+    square wave of 0 and 1 per second. Points are spaced ``width_s / 4`` apart (at most ``TIMELINE_POINTS``).
+
+    Args:
+        records: The calls.
+        start_unix_s: Window start, seconds since the epoch.
+        end_unix_s: Window end.
+        width_s: Rolling window, seconds (default: ``rolling_width_s``).
     """
     window_s = end_unix_s - start_unix_s
-    n_bins = max(1, math.floor(window_s / bin_s))
-    done: dict[int, list[RequestRecord]] = defaultdict(list)
-    for record in records:
-        offset_s = record.end_unix_s - start_unix_s
-        if 0 <= offset_s <= window_s:
-            done[min(math.floor(offset_s / bin_s), n_bins - 1)].append(record)
+    done = sorted((r.end_unix_s - start_unix_s, r) for r in records if 0 <= r.end_unix_s - start_unix_s <= window_s)
+    if window_s <= 0:
+        return []
+    width_s = width_s or rolling_width_s(len(done), window_s)
+    step_s = max(width_s / 4.0, window_s / TIMELINE_POINTS)
+    n_points = max(1, math.floor(window_s / step_s + 1e-9))
+    points = [min(window_s, (i + 1) * step_s) for i in range(n_points)]
+    if points[-1] < window_s:
+        points.append(window_s)
     bins = []
-    for index in range(n_bins):
-        in_bin = done.get(index, [])
-        width_s = bin_s if index < n_bins - 1 else max(window_s - index * bin_s, 1e-9)
+    for t_s in points:
+        low_s = max(0.0, t_s - width_s)
+        in_bin = [r for offset_s, r in done if low_s < offset_s <= t_s or (low_s == 0.0 and offset_s == 0.0)]
+        span_s = max(t_s - low_s, 1e-9)
         stats = latency_stats([r.latency_s for r in in_bin if r.ok])
         bins.append(
             TimelineBin(
-                t_s=index * bin_s,
-                width_s=width_s,
-                requests_per_s=len(in_bin) / width_s,
-                images_per_s=sum(r.images for r in in_bin) / width_s,
-                failures_per_s=sum(1 for r in in_bin if not r.ok) / width_s,
+                t_s=t_s,
+                width_s=span_s,
+                requests_per_s=len(in_bin) / span_s,
+                images_per_s=sum(r.images for r in in_bin) / span_s,
+                failures_per_s=sum(1 for r in in_bin if not r.ok) / span_s,
                 p50_s=stats.p50_s if stats else None,
                 p95_s=stats.p95_s if stats else None,
             )
         )
     return bins
+
+
+def max_in_flight(records: Iterable[RequestRecord]) -> int:
+    """The most calls that were in flight at once (from their start and end times)."""
+    events = sorted([(r.start_unix_s, 1) for r in records] + [(r.end_unix_s, -1) for r in records],
+                    key=lambda e: (e[0], e[1]))
+    peak = current = 0
+    for _t, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,18 @@
 
 Modes (exit status 0 when healthy, 1 otherwise, with one line on stderr saying why):
 
-* ``grpc HOST:PORT`` asks the standard ``grpc.health.v1.Health/Check`` service (the gateway) and wants ``SERVING``;
+* ``grpc HOST:PORT`` asks the standard ``grpc.health.v1.Health/Check`` service (the gateway) and wants ``SERVING``
+  (readiness); with ``--liveness`` any answer will do: the gateway's threads answer, and a ``NOT_SERVING`` backend
+  (Triton restarting) is not fixed by restarting the gateway. Use it, not ``tcp``, for the gateway's liveness: an
+  open port says nothing of a server whose threads are all stuck;
 * ``http URL`` wants a 2xx answer (Triton's ``/v2/health/ready``, an exporter's ``/metrics``, Locust's web UI);
 * ``tcp HOST:PORT`` wants a TCP connection to succeed (a Locust worker checking that its master listens).
+
+TLS (``grpc`` mode): ``--tls-ca PEM`` (the CA that signed the gateway's certificate, or the self-signed certificate)
+switches to TLS, ``--tls-cert``/``--tls-key`` add a client certificate, ``--tls-server-name`` checks the certificate
+against that name instead of HOST. Each has an environment variable (``EDGEDIFF_HEALTHCHECK_TLS_CA``, ``_CERT``,
+``_KEY``, ``_SERVER_NAME``), so a container whose gateway serves TLS sets them once and its probe commands stay the
+same.
 
 Only the standard library and grpcio (with grpcio-health-checking) are used, and grpc is imported only in the
 ``grpc`` mode, so the check runs in every edgediff image.
@@ -13,13 +22,56 @@ Only the standard library and grpcio (with grpcio-health-checking) are used, and
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_TIMEOUT_S = 3.0
+ENV_PREFIX = "EDGEDIFF_HEALTHCHECK_"
+"""``EDGEDIFF_HEALTHCHECK_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``, ``_TLS_SERVER_NAME``: the TLS flags' defaults."""
+
+
+@dataclass(frozen=True)
+class Tls:
+    """How to reach a gRPC server over TLS.
+
+    Attributes:
+        ca: PEM file of the CA (or self-signed certificate) that signed the server's certificate.
+        cert: PEM client certificate chain, for servers that require one (with ``key``).
+        key: PEM private key of ``cert``.
+        server_name: Name checked against the server's certificate instead of the target's host.
+    """
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> object:
+        """``grpc.ssl_channel_credentials`` of these files.
+
+        Raises:
+            ValueError: a file cannot be read, or only one of ``cert`` and ``key`` is given.
+        """
+        import grpc
+
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--tls-cert and --tls-key must be given together")
+        return grpc.ssl_channel_credentials(root_certificates=_read("--tls-ca", self.ca),
+                                            private_key=_read("--tls-key", self.key) if self.key else None,
+                                            certificate_chain=_read("--tls-cert", self.cert) if self.cert else None)
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 class Unhealthy(Exception):
@@ -68,25 +120,39 @@ def check_tcp(target: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         raise Unhealthy(f"tcp {host}:{port} unreachable: {exc.strerror or exc}") from None
 
 
-def check_grpc(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+def check_grpc(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S, *, tls: Tls | None = None,
+               liveness: bool = False) -> None:
     """Raise ``Unhealthy`` unless ``grpc.health.v1.Health/Check(service)`` at ``HOST:PORT`` says ``SERVING``.
 
     Args:
-        target: ``HOST:PORT`` of a plaintext gRPC server.
+        target: ``HOST:PORT`` of the gRPC server.
         service: The service name to ask about; ``""`` is the server as a whole.
         timeout_s: Deadline of the call, seconds.
+        tls: Speak TLS (None: plaintext).
+        liveness: Any answer of the health service will do (``NOT_SERVING`` included).
+
+    Raises:
+        Unhealthy: no answer in time, or (readiness) not ``SERVING``.
+        ValueError: a malformed target or an unreadable TLS file.
     """
     split_host_port(target)  # a clear error for a malformed target before grpc sees it
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    if tls is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+        channel = grpc.secure_channel(target, tls.credentials(), options)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() is not None else "UNKNOWN"
             raise Unhealthy(f"grpc {target}: {code}: {exc.details()}") from None
+    if liveness:
+        return
     if response.status != health_pb2.HealthCheckResponse.SERVING:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         raise Unhealthy(f"grpc {target}: service {service!r} is {status}")
@@ -101,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     grpc_mode = modes.add_parser("grpc", help="grpc.health.v1 Check must answer SERVING")
     grpc_mode.add_argument("target", metavar="HOST:PORT")
     grpc_mode.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    grpc_mode.add_argument("--liveness", action="store_true",
+                           help="any answer will do, NOT_SERVING included (a liveness probe: the server's threads "
+                                "answer); without it the answer must be SERVING (readiness)")
+    for flag, metavar, what in (("ca", "PEM", "CA of the server's certificate: speak TLS"),
+                                ("cert", "PEM", "client certificate chain (with --tls-key)"),
+                                ("key", "PEM", "client private key"),
+                                ("server-name", "NAME", "name checked against the certificate instead of HOST")):
+        env = f"{ENV_PREFIX}TLS_{flag.upper().replace('-', '_')}"
+        grpc_mode.add_argument(f"--tls-{flag}", default=os.environ.get(env) or None, metavar=metavar,
+                               help=f"{what} (default: ${env})")
     http_mode = modes.add_parser("http", help="GET must answer 2xx")
     http_mode.add_argument("target", metavar="URL")
     tcp_mode = modes.add_parser("tcp", help="a TCP connection must open")
@@ -116,7 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.mode == "grpc":
-            check_grpc(args.target, args.service, args.timeout)
+            tls = (Tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name) if args.tls_ca else None)
+            if tls is None and (args.tls_cert or args.tls_key or args.tls_server_name):
+                raise ValueError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
+            check_grpc(args.target, args.service, args.timeout, tls=tls, liveness=args.liveness)
         elif args.mode == "http":
             check_http(args.target, args.timeout)
         else:

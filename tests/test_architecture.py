@@ -2,7 +2,8 @@
 
 Layers, bottom to top: the core ``edgediff`` < ``exporters`` (Triton repository writer) < ``services`` (long-running
 processes) < ``loadtest`` (a client of the services) < ``cli`` (the command line). A module may import its own layer
-or a lower one, never a higher one; no module takes part in an import cycle; and an import of the project's own
+or a lower one, never a higher one; no module takes part in an import cycle (imports for annotations only, under
+``if TYPE_CHECKING:``, count: a type that needs its user is a circle all the same); and an import of the project's own
 modules inside a function is allowed only where the imported module needs an optional backend (onnxruntime,
 OpenVINO, grpc, ...), i.e. where a lazy import keeps a lighter install (a phone's) working. The dispatcher's
 table of subcommand modules (``cli.main.COMMANDS``) counts as imports of ``cli.main``.
@@ -31,6 +32,7 @@ class Module:
     path: Path
     top: set[str] = field(default_factory=set)  # project modules imported at module level
     lazy: set[str] = field(default_factory=set)  # project modules imported inside a function
+    typing: set[str] = field(default_factory=set)  # project modules imported under `if TYPE_CHECKING:`
     optional_top: set[str] = field(default_factory=set)  # optional third-party packages imported at module level
 
 
@@ -61,7 +63,7 @@ def _scan() -> dict[str, Module]:
     for module in modules.values():
         is_package = module.path.name == "__init__.py"
 
-        def record(node: ast.Import | ast.ImportFrom, in_function: bool, module: Module = module,
+        def record(node: ast.Import | ast.ImportFrom, in_function: bool, for_typing: bool, module: Module = module,
                    is_package: bool = is_package) -> None:
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -78,22 +80,21 @@ def _scan() -> dict[str, Module]:
             for name in names:
                 target = resolve(name)
                 if target is not None and target != module.name:
-                    (module.lazy if in_function else module.top).add(target)
-                elif target is None and not in_function and (node.level == 0 if isinstance(node, ast.ImportFrom)
-                                                             else True):
+                    (module.typing if for_typing else module.lazy if in_function else module.top).add(target)
+                elif target is None and not (in_function or for_typing) and (
+                        node.level == 0 if isinstance(node, ast.ImportFrom) else True):
                     root = name.split(".")[0]
                     if root and root not in LAYERS and root not in REQUIRED and root not in sys.stdlib_module_names:
                         module.optional_top.add(root)
 
-        def visit(node: ast.AST, in_function: bool, module: Module = module) -> None:
+        def visit(node: ast.AST, in_function: bool, for_typing: bool, module: Module = module) -> None:
             for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.If) and _is_type_checking(child):
-                    continue  # annotations only
                 if isinstance(child, (ast.Import, ast.ImportFrom)):
-                    record(child, in_function)
-                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+                    record(child, in_function, for_typing)
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
+                      for_typing or (isinstance(child, ast.If) and _is_type_checking(child)))
 
-        visit(ast.parse(module.path.read_text()), False)
+        visit(ast.parse(module.path.read_text()), False, False)
 
     from cli.main import COMMANDS
 
@@ -117,13 +118,13 @@ def test_the_scan_sees_the_project(modules):
 
 
 def test_no_import_points_up(modules):
-    upward = sorted(f"{m.name} -> {target}" for m in modules.values() for target in m.top | m.lazy
+    upward = sorted(f"{m.name} -> {target}" for m in modules.values() for target in m.top | m.lazy | m.typing
                     if _layer(target) > _layer(m.name))
     assert upward == [], "imports from a lower layer to a higher one:\n" + "\n".join(upward)
 
 
 def test_no_import_cycle(modules):
-    graph = {name: m.top | m.lazy for name, m in modules.items()}
+    graph = {name: m.top | m.lazy | m.typing for name, m in modules.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -12,7 +12,8 @@
 # folder on the phone; without it, seeded synthetic weights, labelled as such), EDGEDIFF_BIND_ADDRESS (127.0.0.1;
 # 0.0.0.0 to serve other machines on the Wi-Fi, then also set EDGEDIFF_TOKEN_FILE), EDGEDIFF_THREADS,
 # EDGEDIFF_IDLE_SECONDS (measure the idle baseline this long at exporter start; 0 = none), EDGEDIFF_MAX_MEMORY
-# (the gateway's memory budget, e.g. 1.5G; under 3G, or total RAM under 3 GiB, serves torch-int8-lowmem),
+# (the gateway's memory budget, e.g. 1.5G: its "edgediff tune --max-memory" profile when one fits, else under 3G, or
+# total RAM under 3 GiB, torch-int8-lowmem with UniPC 5 steps),
 # EDGEDIFF_BATTERY_CURRENT_SIGN / EDGEDIFF_BATTERY_CURRENT_UNIT (auto; how this phone's driver reports current_now).
 set -euo pipefail
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.constants import ENV_CACHE_DIR
-from edgediff.io import atomic_write_json
+from edgediff.io import atomic_write_json, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ ARTIFACT_FORMAT = 1
 DONE_FILE = "artifact.json"
 FILES_KEY = "files"
 """``artifact.json`` key: ``{relative path: {"size": bytes, "sha256": hex}}`` of every file of the artifact."""
-_CHUNK = 1 << 22
 _verified: dict[str, tuple[tuple[int, int, int], ...]] = {}
 """Folders verified in this process -> the (inode, size, mtime_ns) of their files then (re-hashed when changed)."""
 _verified_lock = threading.Lock()
@@ -41,13 +41,7 @@ class CorruptArtifactError(Exception):
 
 def file_record(path: Path) -> dict[str, Any]:
     """``{"size": bytes, "sha256": hex}`` of a file, read in chunks (the page cache holds the bytes, not us)."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def record_files(folder: Path) -> dict[str, dict[str, Any]]:
@@ -147,7 +141,7 @@ ABANDONED_AFTER_S = 1800.0
 
 
 def remove_abandoned_builds(folder: Path, *, idle_s: float = ABANDONED_AFTER_S) -> list[Path]:
-    """Remove the ``FOLDER.tmp-PID`` build folders of processes that no longer exist; the ones removed.
+    """Remove the ``FOLDER.tmp-PID-*`` build folders of processes that no longer exist; the ones removed.
 
     A build killed without a chance to clean up (SIGKILL, the OOM killer, a worker's fast exit on its death signal)
     leaves its temporary folder, hundreds of MB for a full-size model. A folder whose pid still runs here (or was
@@ -157,7 +151,7 @@ def remove_abandoned_builds(folder: Path, *, idle_s: float = ABANDONED_AFTER_S) 
     removed = []
     now = time.time()
     for tmp in folder.parent.glob(f"{folder.name}.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -208,9 +202,11 @@ def cached_build(
         return found
     folder = (root or cache_root()) / f"{kind}-{artifact_key(fingerprint, kind, extra)}"
     remove_abandoned_builds(folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # unique per build: two threads of this process may build the same artifact at once (the pid, first, tells
+    # remove_abandoned_builds whose it is)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from a container sharing the cache as another user
     t0 = time.perf_counter()
     try:
         report = dict(build(tmp))

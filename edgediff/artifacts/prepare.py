@@ -1,7 +1,8 @@
 """Build every artifact a variant needs, in a process of its own (``prepare_worker`` is that process).
 
-Exports need the fp32 PyTorch modules (about 1.3 GB for celebahq-256); a low-memory process must never hold them.
-Such a process runs this module as a child: the child loads the model, exports and calibrates what is missing into
+Exports need the fp32 PyTorch modules (about 1.3 GB for celebahq-256) and the int8 calibration several GB more; a
+process that runs from artifacts (the OpenVINO and low-memory variants) must never hold them. Such a process runs
+this module as a child: the child loads the model, exports and calibrates what is missing into
 the artifact cache, prints a JSON summary on stdout and exits, returning its memory; the parent then loads only the
 artifacts. Useful by hand too, to prepare a machine before timing runs::
 

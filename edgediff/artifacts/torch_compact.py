@@ -3,14 +3,16 @@
 The file holds the UNet's and the VQ decoder's tensors (``unet.<name>``, ``vqvae.<name>``; the VQ encoder is left
 out: generation never encodes) in a compact dtype:
 
-* ``fp16``: every floating tensor as float16 (half the bytes of fp32);
 * ``int8``: weight-only int8 with one fp32 scale per output channel (``<name>`` int8 and ``<name>.scale``, symmetric:
   ``w ~ q * scale``) for convolution and linear weights; biases, norms, the VQ codebook and the model's first and last
-  convolutions (``KEEP_FLOAT``) stay float16. A quarter of the fp32 bytes.
+  convolutions (``KEEP_FLOAT``) stay float16. A quarter of the fp32 bytes;
+* ``fp32``: every tensor as it is (for tests: it materialises exactly the fp32 model).
 
-The file is ordinary safetensors (``safetensors.safe_open`` reads it), written tensor by tensor, so preparing it
-never holds a second copy of the model, and laid out for ``mmap``: the data starts on a page boundary and the
-tensors are ordered by element size (fp32, fp16, int8), so every tensor is aligned for its dtype.
+The file is ordinary safetensors (``safetensors.safe_open`` reads it), written tensor by tensor from the model's
+weights files or its seeded synthetic generator (``edgediff.artifacts.weight_stream``), so preparing it never holds
+the fp32 model: a phone's first run fits in the variant's own memory. It is laid out for ``mmap``: the data starts
+on a page boundary and the tensors are ordered by element size (fp32, fp16, int8), so every tensor is aligned for its
+dtype.
 ``CompactWeights`` maps it read-only and materialises one tensor at a time as fp32; the file's pages it touched are
 then dropped from the process (``madvise(MADV_DONTNEED)``): a mapped file's resident pages count in the process's
 RSS, and the page cache (not the process) keeps them for the next step.
@@ -27,20 +29,21 @@ import mmap
 import os
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgediff.artifacts.cache import cached_build, find_cached
+from edgediff.artifacts.weight_stream import model_stream
 from edgediff.errors import EdgediffError, InvalidArgumentError
 from edgediff.models.spec import ModelSpec
 
 FILENAME = "weights.safetensors"
 COMPACT_FORMAT = 1
 """Bump when the file's layout or quantization changes."""
-DTYPES = ("fp32", "fp16", "int8")
+DTYPES = ("fp32", "int8")
 """Storage dtypes (``fp32`` is for tests: it materialises exactly the fp32 model)."""
 KEEP_FLOAT = ("unet.conv_in.", "unet.conv_out.", "vqvae.decoder.conv_in.", "vqvae.decoder.conv_out.",
               "vqvae.post_quant_conv.", "vqvae.quantize.")
@@ -106,7 +109,7 @@ def write_compact(tensors: Iterable[tuple[str, torch.Tensor]], shapes: list[tupl
         tensors: ``(name, tensor)`` pairs; produced lazily, in any order.
         shapes: ``(name, shape)`` of every tensor ``tensors`` yields (the header is written first).
         path: Destination (written whole; the caller's cache folder makes it atomic).
-        dtype: ``fp32``, ``fp16`` or ``int8``.
+        dtype: ``fp32`` or ``int8``.
         metadata: Extra string metadata for the header.
 
     Returns:
@@ -139,7 +142,7 @@ def write_compact(tensors: Iterable[tuple[str, torch.Tensor]], shapes: list[tupl
                 if meta is None or list(value.shape) != meta["shape"]:
                     raise EdgediffError(f"compact weights: tensor {entry} was not announced with this shape")
                 fh.seek(data_start + positions[entry])
-                fh.write(value.contiguous().numpy().tobytes())
+                fh.write(value.contiguous().numpy().data)  # the tensor's own buffer: no copy
                 written.add(entry)
         fh.flush()
         os.fsync(fh.fileno())
@@ -172,21 +175,12 @@ class CompactWeights:
 
     @property
     def dtype(self) -> str:
-        """The storage dtype (``fp16``, ``int8``...)."""
+        """The storage dtype (``int8`` or ``fp32``)."""
         return self.metadata.get("dtype", "")
 
     def names(self) -> list[str]:
         """Every stored model tensor (scales excluded)."""
         return [n for n in self._entries if not (n.endswith(SCALE_SUFFIX) and n[: -len(SCALE_SUFFIX)] in self._entries)]
-
-    def nbytes(self, name: str) -> int:
-        """Bytes ``name`` (and its scale) take in the file."""
-        total = 0
-        for entry in (name, name + SCALE_SUFFIX):
-            if entry in self._entries:
-                start, end = self._entries[entry]["data_offsets"]
-                total += end - start
-        return total
 
     def _raw(self, name: str) -> tuple[torch.Tensor, int, int]:
         meta = self._entries[name]
@@ -198,26 +192,42 @@ class CompactWeights:
             view = torch.frombuffer(self._buffer, dtype=dtype, count=count, offset=self._start + start)
         return view.reshape(meta["shape"]), self._start + start, self._start + end
 
-    def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` as a new fp32 tensor (dequantized when stored int8).
+    def quantized(self, name: str) -> bool:
+        """Whether ``name`` is stored int8 (a convolution or linear weight, as opposed to norms, biases, codebook)."""
+        return self._entries[name]["dtype"] == "I8"
+
+    def get(self, name: str, out: torch.Tensor | None = None, *, dequantize: bool = True) -> torch.Tensor:
+        """Tensor ``name`` as fp32 (dequantized when stored int8), or in ``out``'s dtype when given.
+
+        Args:
+            name: The tensor.
+            out: A contiguous fp32 or bf16 tensor of its shape to write into (a reused buffer: no allocation, no page
+                faults); None returns a new fp32 tensor.
+            dequantize: False gives an int8 tensor's integers as they are (exact in fp32 and bf16), for a layer
+                that applies ``scale(name)`` to its output instead (one pass over the weights, not two).
 
         Raises:
             KeyError: no such tensor.
         """
         raw, start, end = self._raw(name)
         ranges = [(start, end)]
-        if raw.dtype == torch.int8:
+        if out is None:
+            out = torch.empty(raw.shape, dtype=torch.float32)
+        out.copy_(raw)
+        if raw.dtype == torch.int8 and dequantize:
             scale, s_start, s_end = self._raw(name + SCALE_SUFFIX)
             ranges.append((s_start, s_end))
-            out = raw.to(torch.float32)
-            out.mul_(scale.reshape(-1, *([1] * (raw.dim() - 1))))
-        else:
-            out = raw.to(torch.float32)
+            out.mul_(scale.reshape(-1, *([1] * (raw.dim() - 1))).to(out.dtype))
         del raw
         if self.drop_pages:
             for begin, finish in ranges:
                 self._drop(begin, finish)
         return out
+
+    def scale(self, name: str) -> torch.Tensor:
+        """The fp32 per-output-channel scale of the int8 tensor ``name`` (a copy)."""
+        scale, _, _ = self._raw(name + SCALE_SUFFIX)
+        return scale.clone()
 
     def _drop(self, start: int, end: int) -> None:
         start, end = max(0, start - FAULT_AROUND_BYTES), end + FAULT_AROUND_BYTES  # the kernel maps neighbours too
@@ -243,32 +253,31 @@ def _extra(dtype: str) -> dict[str, Any]:
             "int8_min_elements": INT8_MIN_ELEMENTS}
 
 
-def model_tensors(model: ModelSpec) -> tuple[list[tuple[str, tuple[int, ...]]],
-                                                      Iterator[tuple[str, torch.Tensor]]]:
-    """The ``(name, shape)`` list and a lazy ``(name, tensor)`` stream of what the compact file holds."""
-    def items() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in model.unet.state_dict().items():
-            yield f"unet.{name}", tensor
-        for name, tensor in model.vqvae.state_dict().items():
-            if name.startswith(VQVAE_PREFIXES):
-                yield f"vqvae.{name}", tensor
-
-    return [(name, tuple(t.shape)) for name, t in items()], items()
+def _in_file(name: str) -> bool:
+    """Whether the model tensor ``<part>.<name>`` goes into the file (the VQ encoder does not)."""
+    return name.startswith("unet.") or name.removeprefix("vqvae.").startswith(VQVAE_PREFIXES)
 
 
-def build_compact(model: ModelSpec, dtype: str) -> tuple[Path, dict[str, Any]]:
+def build_compact(model: ModelSpec, dtype: str, *,
+                  classes: tuple[Any, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Build (or find in the cache) the compact weights of ``model``; returns ``(folder, report)``.
 
-    Loads the model's modules (once per model). The folder holds ``FILENAME`` and the model's ``spec.json``.
+    Streams the model's tensors one at a time (``edgediff.artifacts.weight_stream``) from its weights folder or its
+    synthetic generator: the fp32 model is never built (``model``'s modules are not used), so this fits in the
+    low-memory variant's own budget. The folder holds ``FILENAME`` and the model's ``spec.json``.
+
+    Args:
+        model: The model (``describe_model`` is enough).
+        dtype: ``fp32`` or ``int8``.
+        classes: ``(UNet2DModel, VQModel)`` to build the meta skeletons with (None: diffusers' own import).
     """
     check_dtype(dtype)
-    spec = model
 
     def build(folder: Path) -> dict[str, Any]:
-        shapes, stream = model_tensors(model)
-        report = write_compact(stream, shapes, folder / FILENAME, dtype,
-                               metadata={"preset": spec.preset.name, "fingerprint": spec.fingerprint()})
-        spec.save(folder)
+        stream = model_stream(model, keep=_in_file, classes=classes)
+        report = write_compact(stream.tensors(), stream.shapes, folder / FILENAME, dtype,
+                               metadata={"preset": model.preset.name, "fingerprint": model.fingerprint()})
+        model.save(folder)
         return report
 
     return cached_build(model.fingerprint(), _kind(model.preset.name, dtype), build, extra=_extra(dtype))

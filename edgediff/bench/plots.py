@@ -1,4 +1,4 @@
-"""PNG plots of a bench report (matplotlib, Agg backend): latency, energy, and the denoise/decode breakdown.
+"""PNG plots (matplotlib, Agg backend): a bench report's latency, energy, denoise/decode; tune's speed vs memory.
 
 Every plot is written atomically. Energy that is estimated or comes from a fixture is hatched and labelled so in
 the axis; when no variant has energy, the energy plot says "unavailable" with the reasons instead of bars.
@@ -130,6 +130,38 @@ def plot_breakdown(report: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.margins(y=0.2)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    return save_figure(fig, path)
+
+
+def plot_speed_memory(rows: list[dict[str, Any]], chosen: str, path: Path, *, max_memory_mb: float | None = None,
+                      title: str = "") -> Path:
+    """Seconds per image against process peak RSS, one point per gate-passing row, the chosen one marked.
+
+    Args:
+        rows: ``{"row", "total_p50_s", "peak_mb"}`` each (``edgediff tune``'s profile candidates); rows without a
+            peak are left out.
+        chosen: The chosen row's name (drawn as a star).
+        path: Where the PNG goes.
+        max_memory_mb: A memory budget, drawn as a vertical line.
+        title: The plot's title.
+    """
+    plt = pyplot()
+    points = [r for r in rows if r.get("peak_mb") is not None and r.get("total_p50_s") is not None]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in points:
+        mark = r["row"] == chosen
+        ax.scatter(r["peak_mb"], r["total_p50_s"], s=140 if mark else 40, marker="*" if mark else "o",
+                   color="#C44E52" if mark else "#4C72B0", zorder=3)
+        ax.annotate(r["row"] + (" (chosen)" if mark else ""), (r["peak_mb"], r["total_p50_s"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    if max_memory_mb is not None:
+        ax.axvline(max_memory_mb, color="#55A868", linestyle="--", label=f"--max-memory {max_memory_mb:g} MiB")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("process peak RSS, MiB (build, warm-up and timed runs)")
+    ax.set_ylabel("seconds per image (p50)")
+    ax.set_title(title or "Speed vs memory", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.margins(0.15)
     return save_figure(fig, path)
 
 

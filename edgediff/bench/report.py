@@ -13,6 +13,7 @@ from typing import Any
 from edgediff.bench import fidelity
 from edgediff.bench.runner import STATUS_OK, VariantRun
 from edgediff.bench.schema import SCHEMA_VERSION
+from edgediff.secrets import redact_command
 from edgediff.stats import check_stability, summarize
 from edgediff.telemetry.window import LABEL_MEASURED, Measurement, energy_label, energy_row
 
@@ -271,7 +272,7 @@ def build_report(
         "schema_version": SCHEMA_VERSION,
         "kind": REPORT_KIND,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command,
+        "command": redact_command(command),  # no secret reaches a report (edgediff.secrets)
         "config": config,
         "model": model,
         "weights": weights,

@@ -34,13 +34,12 @@ from edgediff.errors import (
     WeightsError,
 )
 from edgediff.io import atomic_write_bytes, atomic_write_json
-from edgediff.models import get_preset
 from edgediff.processes import ChildProcess
 from edgediff.schedulers import split_row
 from edgediff.telemetry import EnergyMonitor
 from edgediff.telemetry.base import ReaderError
 from edgediff.telemetry.memory import MemoryReader
-from edgediff.variants import BuildOptions, build_variant, get_variant
+from edgediff.variants import BuildOptions, build_variant, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +297,7 @@ def measure_variant(
     built = pipeline = None
     try:
         if components is None:  # what this variant needs: the torch modules, or only a ModelSpec (low memory)
-            components = get_variant(name).load_model(get_preset(spec.model), spec.weights, seed=spec.weights_seed)
+            components = load_model(spec.model, spec.weights, seed=spec.weights_seed, variant=name)
         run.weights = _weights_dict(components)
         t0 = time.perf_counter()
         built = build_variant(name, components, BuildOptions(threads=spec.threads, deepcache_interval=spec.deepcache))

@@ -30,11 +30,11 @@ from edgediff.bench.runner import (
     measure_variant,
 )
 from edgediff.errors import InvalidArgumentError, UnknownVariantError
-from edgediff.models import get_preset, load_components
+from edgediff.models import get_preset
 from edgediff.processes import Interrupted
 from edgediff.request import GenerationRequest
 from edgediff.schedulers import check_scheduler, split_row
-from edgediff.variants import BASELINE, get_variant
+from edgediff.variants import BASELINE, get_variant, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -252,9 +252,8 @@ def run_bench(
             elif config.isolate:
                 run = measure_isolated(spec)
             else:
-                if components is None:
-
-                    components = load_components(preset, config.weights, seed=config.weights_seed, warn=False)
+                if components is None:  # one model for every variant of this process: with its modules
+                    components = load_model(config.model, config.weights, seed=config.weights_seed)
                 run = measure_variant(spec, components=components, monitor=monitor, progress=lambda m: say(f"  {m}"))
                 gc.collect()
             runs[name] = run

@@ -13,7 +13,13 @@ Three stages, all with the bench's own machinery (so every number has a report b
    that run.
 
 The result is the machine's **profile** (JSON, written atomically under the cache directory): the chosen variant,
-scheduler, steps and threads, the measured speed and quality, and the machine's CPU model and flags. ``serve``,
+scheduler, steps and threads, the measured speed, peak memory and quality, and the machine's CPU model and flags,
+with a speed-vs-memory plot of every gate-passing row (``speed_memory.png``, the chosen one marked).
+
+``--max-memory MB`` tunes for a memory budget (a phone, a 4 GB Jetson): the low-memory variants become candidates
+too, and the choice is the fastest gate-passing row whose process peak RSS (build, warm-up and timed runs) fits the
+budget. Such a profile is saved beside the plain one, as ``<model>.max<MB>mb.json``; the local gateway given a
+``--max-memory`` uses the largest budget profile that fits its own (``budget_profile_defaults``). ``serve``,
 ``up``, ``export`` and ``make demo`` use it as their default; a profile written on another machine (other CPU model,
 flags or architecture) is refused with the reason, until ``edgediff tune`` (or ``--revalidate``) runs here.
 """
@@ -33,10 +39,11 @@ from typing import Any
 from edgediff.artifacts.cache import cache_root
 from edgediff.availability import is_cuda_available
 from edgediff.bench.environment import cpu_model, library_versions
+from edgediff.bench.plots import plot_speed_memory
 from edgediff.bench.report_writers import write_outputs
 from edgediff.bench.runner import TelemetryOptions
 from edgediff.bench.suite import BenchConfig, run_bench
-from edgediff.errors import EdgediffError, InvalidArgumentError
+from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
 from edgediff.io import atomic_write_json
 from edgediff.quality.bench_hook import make_quality_hook
 from edgediff.schedulers import DDIM, DPMPP, UNIPC, row_name, scheduler_settings, split_row
@@ -59,7 +66,10 @@ CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "avx512f", "avx512_vnni", "a
              "bf16", "i8mm", "sve")
 """CPU features that change which kernels run (and so which variant is fastest); recorded and compared."""
 SKIPPED_KINDS = ("-lowmem",)
-"""Variants made for memory, not speed (slower by design): never tuning candidates."""
+"""Variants made for memory, not speed (slower by design): tuning candidates only under a memory budget."""
+SPEED_MEMORY_PNG = "speed_memory.png"
+MB = 1024**2
+"""A profile's memory figures are MiB (the bench's ``peak_bytes`` / 2**20)."""
 
 
 class ProfileError(EdgediffError):
@@ -100,9 +110,23 @@ def mismatch(profile: dict[str, Any], here: dict[str, Any]) -> list[str]:
 
 
 # --- the profile file -------------------------------------------------------------------------------------------
-def profile_path(model: str, root: Path | None = None) -> Path:
-    """``<cache>/profiles/<model>.json`` (``$EDGEDIFF_CACHE_DIR`` or ``~/.cache/edgediff``)."""
-    return (root or cache_root()) / PROFILE_DIR / f"{model}.json"
+def profile_path(model: str, root: Path | None = None, max_memory_mb: int | None = None) -> Path:
+    """``<cache>/profiles/<model>.json``; ``<model>.max<MB>mb.json`` for a memory budget of ``max_memory_mb`` MiB.
+
+    The cache is ``$EDGEDIFF_CACHE_DIR`` or ``~/.cache/edgediff``.
+    """
+    name = model if max_memory_mb is None else f"{model}.max{int(max_memory_mb)}mb"
+    return (root or cache_root()) / PROFILE_DIR / f"{name}.json"
+
+
+def budget_profiles(model: str, root: Path | None = None) -> dict[int, Path]:
+    """``{budget MiB: path}`` of the memory-budget profiles saved for ``model``."""
+    found = {}
+    for path in ((root or cache_root()) / PROFILE_DIR).glob(f"{model}.max*mb.json"):
+        digits = path.name[len(model) + 4:-len("mb.json")]
+        if digits.isdigit():
+            found[int(digits)] = path
+    return found
 
 
 def write_profile(profile: dict[str, Any], path: Path) -> Path:
@@ -127,14 +151,15 @@ def read_profile(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_profile(model: str, *, root: Path | None = None, here: dict[str, Any] | None = None) -> dict[str, Any]:
-    """This machine's profile for ``model``.
+def load_profile(model: str, *, root: Path | None = None, here: dict[str, Any] | None = None,
+                 max_memory_mb: int | None = None) -> dict[str, Any]:
+    """This machine's profile for ``model`` (its ``max_memory_mb`` budget profile when given).
 
     Raises:
         ProfileError: none, unreadable, or written on another machine (the message says what differs and that
             ``edgediff tune --revalidate`` re-checks its choice here).
     """
-    path = profile_path(model, root)
+    path = profile_path(model, root, max_memory_mb)
     profile = read_profile(path)
     diff = mismatch(profile, here or machine_fingerprint())
     if diff:
@@ -161,24 +186,69 @@ def sampler_mismatch(profile: dict[str, Any]) -> str | None:
     return f"{scheduler}: profile {theirs if theirs is not None else 'not recorded'}, now {ours}"
 
 
-def profile_defaults(model: str, *, root: Path | None = None,
-                     warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+def profile_defaults(model: str, *, root: Path | None = None, warn: Callable[[str], None] | None = None,
+                     max_memory_mb: int | None = None) -> dict[str, Any] | None:
     """``{"variant", "scheduler", "steps", "threads"}`` from this machine's profile, or None (no valid profile).
 
     A refused profile (another machine, unreadable) gives None and one line through ``warn``; a missing one gives
     None silently. Commands use this for their defaults when the user names no variant.
+
+    Args:
+        model: The preset.
+        root: Cache root (None: the default cache).
+        warn: Where a refused profile's one line goes.
+        max_memory_mb: The budget profile of exactly this many MiB instead of the plain one.
     """
-    path = profile_path(model, root)
+    path = profile_path(model, root, max_memory_mb)
     if not path.exists():
         return None
     try:
-        profile = load_profile(model, root=root)
+        profile = load_profile(model, root=root, max_memory_mb=max_memory_mb)
     except ProfileError as exc:
         if warn is not None:
             warn(f"WARNING: {exc}; using the built-in defaults")
         return None
     choice = profile["choice"]
     return {k: choice.get(k) for k in ("variant", "scheduler", "steps", "threads")}
+
+
+def budget_profile_defaults(model: str, max_memory_bytes: int, *, root: Path | None = None,
+                            warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The defaults of the memory-budget profile with the largest budget that fits ``max_memory_bytes``, or None.
+
+    Adds ``"max_memory_mb"`` (that profile's budget) to ``profile_defaults``' keys.
+    """
+    fitting = [mb for mb in budget_profiles(model, root) if mb * MB <= max_memory_bytes]
+    for mb in sorted(fitting, reverse=True):
+        found = profile_defaults(model, root=root, warn=warn, max_memory_mb=mb)
+        if found is not None:
+            return {**found, "max_memory_mb": mb}
+    return None
+
+
+def measured_peaks(model: str, *, root: Path | None = None) -> dict[str, float]:
+    """``{variant: peak MiB}`` measured on this machine by its tune profiles of ``model`` (plain and budget ones).
+
+    A variant's figure is its smallest measured row's (profiles from another machine, and rows without a peak, are
+    left out). ``edgediff variants`` shows it.
+    """
+    peaks: dict[str, float] = {}
+    paths = [profile_path(model, root), *budget_profiles(model, root).values()]
+    here = machine_fingerprint()
+    for path in paths:
+        try:
+            profile = read_profile(path)
+        except ProfileError:
+            continue
+        if mismatch(profile, here):
+            continue
+        rows = [*(profile.get("candidates") or []),
+                {"row": BASELINE, "peak_mb": (profile.get("speed") or {}).get("baseline_peak_mb")}]
+        for row in rows:
+            variant, peak = split_row(row.get("row", ""))[0], row.get("peak_mb")
+            if peak is not None:
+                peaks[variant] = min(peak, peaks.get(variant, peak))
+    return peaks
 
 
 # --- tuning -----------------------------------------------------------------------------------------------------
@@ -196,6 +266,8 @@ class TuneConfig:
         out: Folder for the stage reports.
         profile_root: Cache root holding ``profiles/`` (None: the default cache).
         revalidate: Re-check the existing profile's choice here instead of trying every candidate.
+        max_memory_mb: Memory budget in MiB: low-memory variants become candidates, the choice must fit it, and the
+            profile is the budget's own (``profile_path``); None: no budget, the plain profile.
     """
 
     model: str = "celebahq-256"
@@ -209,22 +281,25 @@ class TuneConfig:
     out: Path = Path("reports/tune")
     profile_root: Path | None = None
     revalidate: bool = False
+    max_memory_mb: int | None = None
     command: str = "edgediff tune"
     notes: list[str] = field(default_factory=list)
 
 
-def candidate_variants(names: Sequence[str] | None = None) -> tuple[list[str], dict[str, str]]:
+def candidate_variants(names: Sequence[str] | None = None, *,
+                       low_memory: bool = False) -> tuple[list[str], dict[str, str]]:
     """``(candidates, {name: why not})``: the variants to try here, from the registry and its availability probes.
 
     Args:
         names: Restrict to these (each must exist); None means every registered variant.
+        low_memory: Keep the low-memory variants too (tuning for a memory budget).
     """
     pool = [get_variant(n) for n in names] if names else all_variants()
     keep, skipped = [], {}
     for variant in pool:
         if variant.name == BASELINE:
             continue
-        if names is None and any(kind in variant.name for kind in SKIPPED_KINDS):
+        if names is None and not low_memory and any(kind in variant.name for kind in SKIPPED_KINDS):
             skipped[variant.name] = "made for low memory, not speed"
             continue
         avail = variant.availability()
@@ -259,6 +334,28 @@ def _digits_fd(entry: dict[str, Any]) -> float:
     return float(value) if value is not None else float("inf")
 
 
+def peak_mb(entry: dict[str, Any]) -> float | None:
+    """A speed row's process peak RSS in MiB: the larger of build + warm-up and the timed runs (None: unmeasured)."""
+    memory = entry.get("memory") or {}
+    peaks = [v for v in (memory.get("peak_bytes"), memory.get("setup_peak_rss_bytes")) if v is not None]
+    return round(max(peaks) / MB, 1) if peaks else None
+
+
+def fastest_within(measured: list[dict[str, Any]], max_memory_mb: float | None) -> dict[str, Any]:
+    """The fastest (total p50) of ``measured`` speed rows whose ``peak_mb`` fits ``max_memory_mb`` (None: any).
+
+    Raises:
+        ProfileError: no row fits the budget (the message names the smallest one).
+    """
+    fits = [e for e in measured if max_memory_mb is None or ((peak := peak_mb(e)) is not None
+                                                               and peak <= max_memory_mb)]
+    if not fits:
+        known = [(peak_mb(e), e["name"]) for e in measured if peak_mb(e) is not None]
+        smallest = f"; the smallest was {min(known)[1]} at {min(known)[0]:.0f} MiB" if known else ""
+        raise ProfileError(f"no gate-passing row fits in --max-memory {max_memory_mb:.0f} MiB{smallest}")
+    return min(fits, key=lambda e: e["latency"]["total"]["p50_s"])
+
+
 def _evaluations(row: str) -> int:
     """Network evaluations of a row, for ordering (fewer steps first; DeepCache counts as cheaper)."""
     _, _, steps = split_row(row)
@@ -274,8 +371,10 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
     """
     if config.runs < 1 or config.warmup < 0:
         raise InvalidArgumentError(f"--runs must be >= 1 and --warmup >= 0, got {config.runs} and {config.warmup}")
+    if config.max_memory_mb is not None and config.max_memory_mb <= 0:
+        raise InvalidArgumentError(f"--max-memory must be a positive number of MiB, got {config.max_memory_mb}")
     here = machine_fingerprint()
-    path = profile_path(config.model, config.profile_root)
+    path = profile_path(config.model, config.profile_root, config.max_memory_mb)
     samplers = list(config.samplers)
     if config.revalidate:
         old = read_profile(path)
@@ -285,7 +384,7 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
         say(f"re-validating {row_name(choice['variant'], choice['scheduler'], choice['steps'])} from {path} here")
         skipped: dict[str, str] = {}
     else:
-        candidates, skipped = candidate_variants(config.variants)
+        candidates, skipped = candidate_variants(config.variants, low_memory=config.max_memory_mb is not None)
     for name, why in skipped.items():
         say(f"not a candidate here: {name}: {why}")
     if not candidates:
@@ -337,9 +436,17 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
         raise ProfileError(f"no passing candidate could be measured on {config.model} (see "
                            f"{config.out / 'speed' / 'report.md'})")
     measured.sort(key=lambda e: e["latency"]["total"]["p50_s"])
-    best = measured[0]
+    best = fastest_within(measured, config.max_memory_mb)
     variant, scheduler, steps = split_row(best["name"])
     baseline = next(e for e in sreport["variants"] if e["role"] == "baseline")
+    try:
+        plot: Path | None = plot_speed_memory(
+            [_candidate(e, config.max_memory_mb) for e in [baseline, *measured]], best["name"],
+            config.out / SPEED_MEMORY_PNG, max_memory_mb=config.max_memory_mb,
+            title=f"{config.model}, gate-passing rows ({(sreport.get('weights') or {}).get('label')})")
+    except BackendMissingError as exc:  # a phone tuning itself may lack matplotlib: the profile matters, not the plot
+        say(f"  no speed-vs-memory plot: {exc}")
+        plot = None
     qentry = quality[best["name"]]
     threads = (best.get("info") or {}).get("threads") or config.threads
     profile = {
@@ -354,17 +461,28 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
         "speed": {"total_p50_s": best["latency"]["total"]["p50_s"],
                   "baseline": f"{BASELINE} {DDIM} {REFERENCE_STEPS}",
                   "baseline_total_p50_s": (baseline.get("latency") or {}).get("total", {}).get("p50_s"),
-                  "speedup": best.get("speedup_vs_baseline"), "runs": config.runs,
+                  "baseline_peak_mb": peak_mb(baseline),
+                  "speedup": best.get("speedup_vs_baseline"), "runs": config.runs, "peak_mb": peak_mb(best),
                   "weights": (sreport.get("weights") or {}).get("label")},
         "quality": {"model": QUALITY_MODEL, "scores": qentry["quality"].get("scores"),
                     "baseline_scores": qentry["quality"].get("baseline_scores"),
                     "gate": qentry["quality"]["gate"]},
-        "candidates": [{"row": e["name"], "total_p50_s": e["latency"]["total"]["p50_s"],
-                        "speedup": e.get("speedup_vs_baseline")} for e in measured],
+        "max_memory_mb": config.max_memory_mb,
+        "candidates": [_candidate(e, config.max_memory_mb) for e in measured],
         "not_candidates": skipped,
-        "reports": {stage: str(config.out / stage / "report.json") for stage in ("samplers", "quality", "speed")},
+        "reports": {**{stage: str(config.out / stage / "report.json") for stage in ("samplers", "quality", "speed")},
+                    "speed_memory_png": str(plot) if plot else None},
     }
     write_profile(profile, path)
     say(f"profile: {path}: {best['name']} ({best.get('speedup_vs_baseline') or 0:.2f}x over {BASELINE} "
-        f"DDIM-{REFERENCE_STEPS}, {qentry['quality']['gate']['status']} on {QUALITY_MODEL})")
+        f"DDIM-{REFERENCE_STEPS}, peak {peak_mb(best)} MiB, {qentry['quality']['gate']['status']} on "
+        f"{QUALITY_MODEL}); speed vs memory: {plot}")
     return profile
+
+
+def _candidate(entry: dict[str, Any], max_memory_mb: float | None) -> dict[str, Any]:
+    """A measured speed row as the profile lists it."""
+    peak = peak_mb(entry)
+    return {"row": entry["name"], "total_p50_s": entry["latency"]["total"]["p50_s"],
+            "speedup": entry.get("speedup_vs_baseline"), "peak_mb": peak,
+            "fits": None if max_memory_mb is None or peak is None else peak <= max_memory_mb}

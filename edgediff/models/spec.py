@@ -6,7 +6,8 @@ UNet and VQ model (about 1.3 GB for celebahq-256) are loaded only when something
 ``unet``, ``vqvae``), once. A variant that runs from exported artifacts alone (the low-memory ones) therefore never
 builds them: it gets a spec read from the artifact cache (``ModelSpec.load``), found by the model's fingerprint.
 
-``load_components`` loads a model eagerly (modules included), the usual way in.
+``load_components`` loads a model eagerly (modules included), the usual way in; ``describe_model`` describes it
+from its configs without building any module; ``save_components`` writes one as a weights folder.
 """
 
 from __future__ import annotations
@@ -126,6 +127,22 @@ class ModelSpec:
                    scheduler_config=data["scheduler_config"], scaling_factor=float(data["scaling_factor"]))
 
 
+def describe_model(
+    preset: ModelPreset, weights: str | os.PathLike[str] | None = None, *, seed: int = 0
+) -> ModelSpec:
+    """The model ``preset`` without its modules: what a variant that runs from exported artifacts needs.
+
+    Hashes the weight files and reads the JSON configs; builds no module. The modules load on first use, as from
+    any ``ModelSpec``. Same arguments as ``load_components``, whose spec this equals in everything but the modules.
+
+    Raises:
+        WeightsError: the folder lacks a weight file or a config.
+    """
+    origin = model_weights.weights_origin(preset, weights, seed=seed)
+    scheduler_config, scaling_factor = model_weights.read_configs(preset, Path(origin.path) if origin.path else None)
+    return ModelSpec(preset, origin, scheduler_config, scaling_factor)
+
+
 def load_components(
     preset: ModelPreset,
     weights: str | os.PathLike[str] | None = None,
@@ -147,3 +164,21 @@ def load_components(
     """
     modules, scheduler_config, origin = model_weights.load_modules(preset, weights, seed=seed, warn=warn)
     return ModelSpec(preset, origin, scheduler_config, float(modules.vqvae.config.scaling_factor), modules=modules)
+
+
+def save_components(components: ModelSpec, folder: str | os.PathLike[str]) -> Path:
+    """Write the model's modules and scheduler config as a weights folder (diffusers layout, safetensors).
+
+    ``load_components(preset, folder)`` reads it back (tests make weights folders this way).
+
+    Args:
+        components: What to save (its modules load first if they are not in memory).
+        folder: Destination; created if missing.
+    """
+    out = Path(folder)
+    components.unet.save_pretrained(out / "unet", safe_serialization=True)
+    components.vqvae.save_pretrained(out / "vqvae", safe_serialization=True)
+    (out / "scheduler").mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "DDIMScheduler", **components.scheduler_config}
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return out

@@ -18,16 +18,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from edgediff.constants import ENV_WEIGHTS
 from edgediff.errors import WeightsError
+from edgediff.io import file_sha256
 from edgediff.models.presets import ModelPreset, normalize_scheduler_config
-
-if TYPE_CHECKING:  # the model type is built on this module
-    from edgediff.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -99,26 +97,55 @@ def model_fingerprint(preset: ModelPreset, weights: WeightsOrigin) -> str:
 def weights_origin(
     preset: ModelPreset, weights: str | os.PathLike[str] | None = None, *, seed: int = 0
 ) -> WeightsOrigin:
-    """The ``WeightsOrigin`` that ``load_modules`` would report, without building or loading any module.
+    """Where the weights come from and their digest, without building or loading any module.
 
-    Hashes the weight files of a folder (read in chunks: the page cache, not this process, holds their bytes). The
-    folder's configs and tensors are not validated here: ``load_modules`` does that when the model is loaded.
+    The one place a model's weights are identified: ``load_modules`` reports what this returns. Hashes the weight
+    files of a folder (read in chunks: the page cache, not this process, holds their bytes). The folder's configs and
+    tensors are not validated here: ``load_modules`` does that when the model is loaded.
 
     Raises:
-        WeightsError: the folder lacks a weight file.
+        WeightsError: the folder is not a directory or lacks a weight file.
     """
     folder = resolve_weights_dir(weights, preset)
     if folder is None:
         digest = hashlib.sha256(f"{preset.name}:synthetic:{seed}".encode()).hexdigest()
         return WeightsOrigin(kind="synthetic", path=None, sha256=digest, seed=seed)
+    if not folder.is_dir():
+        raise WeightsError(f"--weights: {folder} is not a directory")
     hashes = []
     for sub in ("unet", "vqvae"):
         weight_file = next((folder / sub / name for name in WEIGHT_FILES if (folder / sub / name).is_file()), None)
         if weight_file is None:
             raise WeightsError(f"--weights: missing {folder / sub}/{WEIGHT_FILES[0]} (or .bin)")
-        hashes.append(_file_sha256(weight_file))
+        hashes.append(file_sha256(weight_file))
     kind = "bundled" if preset.bundled_weights is not None and folder == preset.bundled_weights else "directory"
     return WeightsOrigin(kind=kind, path=str(folder), sha256=hashlib.sha256("".join(hashes).encode()).hexdigest())
+
+
+VQMODEL_SCALING_FACTOR = 0.18215
+"""``diffusers.VQModel``'s default ``scaling_factor``: what a VQ config that omits it gets (checked by the tests)."""
+
+
+def read_configs(preset: ModelPreset, folder: Path | None) -> tuple[dict[str, Any], float]:
+    """The scheduler config and latent scaling factor that ``load_modules`` reports, from the JSON configs alone.
+
+    Builds no module (the fp32 celebahq-256 model is about 1.3 GB; importing ``diffusers.VQModel`` alone about 80 MB).
+
+    Args:
+        preset: The architecture.
+        folder: The weights folder, or None for synthetic weights (the preset's configs).
+
+    Raises:
+        WeightsError: the folder's scheduler or VQ config is missing or unreadable.
+    """
+    if folder is None:
+        return dict(preset.scheduler_config), float(preset.vqvae_config.get("scaling_factor", VQMODEL_SCALING_FACTOR))
+    path = folder / "vqvae" / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"--weights: cannot read {path}: {exc}") from exc
+    return _load_scheduler_config(folder, preset), float(config.get("scaling_factor", VQMODEL_SCALING_FACTOR))
 
 
 def resolve_weights_dir(weights: str | os.PathLike[str] | None, preset: ModelPreset) -> Path | None:
@@ -155,24 +182,20 @@ def load_modules(
     """
     from diffusers import UNet2DModel, VQModel
 
-    folder = resolve_weights_dir(weights, preset)
-    if folder is None:
+    origin = weights_origin(preset, weights, seed=seed)
+    if origin.path is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             unet = UNet2DModel(**preset.unet_config)
             vqvae = VQModel(**preset.vqvae_config)
-        digest = hashlib.sha256(f"{preset.name}:synthetic:{seed}".encode()).hexdigest()
-        origin = WeightsOrigin(kind="synthetic", path=None, sha256=digest, seed=seed)
         if warn:
             logger.warning(SYNTHETIC_WARNING.format(preset=preset.name))
         scheduler_config = dict(preset.scheduler_config)
     else:
-        unet, unet_hash = load_module(UNet2DModel, folder, "unet", preset.unet_config)
-        vqvae, vq_hash = load_module(VQModel, folder, "vqvae", preset.vqvae_config)
+        folder = Path(origin.path)
+        unet = load_module(UNet2DModel, folder, "unet", preset.unet_config)
+        vqvae = load_module(VQModel, folder, "vqvae", preset.vqvae_config)
         scheduler_config = _load_scheduler_config(folder, preset)
-        kind = "bundled" if preset.bundled_weights is not None and folder == preset.bundled_weights else "directory"
-        digest = hashlib.sha256((unet_hash + vq_hash).encode()).hexdigest()
-        origin = WeightsOrigin(kind=kind, path=str(folder), sha256=digest)
     unet.eval().requires_grad_(False)
     vqvae.eval().requires_grad_(False)
     return LDMModules(unet=unet, vqvae=vqvae), scheduler_config, origin
@@ -190,11 +213,10 @@ def load_submodel(preset: ModelPreset, folder: Path, sub: str) -> Any:
     if sub not in classes:
         raise ValueError(f"sub must be unet or vqvae, got {sub!r}")
     cls, config = classes[sub]
-    module, _ = load_module(cls, Path(folder), sub, config)
-    return module.eval().requires_grad_(False)
+    return load_module(cls, Path(folder), sub, config).eval().requires_grad_(False)
 
 
-def load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> tuple[Any, str]:
+def load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> Any:
     """Load ``folder/sub`` with ``cls.from_pretrained`` (local files only) after checking files and config."""
     sub_dir = folder / sub
     if not folder.is_dir():
@@ -224,7 +246,7 @@ def load_module(cls: Any, folder: Path, sub: str, expected: dict[str, Any]) -> t
     # in the last bits from a model built in memory. Own, aligned copies make loading exact and pages anonymous.
     for tensor in (*module.parameters(), *module.buffers()):
         tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
-    return module, _file_sha256(weight_file)
+    return module
 
 
 def _check_tensors(cls: Any, config: dict[str, Any], weight_file: Path) -> None:
@@ -272,28 +294,3 @@ def _load_scheduler_config(folder: Path, preset: ModelPreset) -> dict[str, Any]:
 
 def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def save_components(components: ModelSpec, folder: str | os.PathLike[str]) -> Path:
-    """Write the components in the diffusers layout (safetensors), e.g. to make a weights folder for tests.
-
-    Args:
-        components: What to save.
-        folder: Destination; created if missing.
-    """
-    out = Path(folder)
-    components.unet.save_pretrained(out / "unet", safe_serialization=True)
-    components.vqvae.save_pretrained(out / "vqvae", safe_serialization=True)
-    (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "DDIMScheduler", **components.scheduler_config}
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return out
-

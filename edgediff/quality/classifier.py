@@ -24,7 +24,6 @@ from edgediff.quality.dataset import IMAGE_SIZE, NUM_CLASSES, DigitsSplit, minib
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 CLASSIFIER_FILE = ASSETS_DIR / "digits_classifier.safetensors"
-CLASSIFIER_CONFIG_FILE = ASSETS_DIR / "digits_classifier.json"
 
 
 @dataclass(frozen=True)

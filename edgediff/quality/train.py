@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 
 from edgediff.errors import InvalidArgumentError
-from edgediff.io import atomic_write_bytes, atomic_write_json
+from edgediff.io import atomic_write_bytes, atomic_write_json, file_sha256
 from edgediff.models import load_components
 from edgediff.models.presets import BUNDLED_WEIGHTS_ROOT, ModelPreset, _read_config, normalize_scheduler_config
 from edgediff.quality.classifier import CLASSIFIER_FILE, accuracy, save_classifier, train_classifier
@@ -413,7 +412,7 @@ def _train_into(config: TrainConfig, folder: Path, log: Callable[[str], None], c
         wall["evaluation_s"] = time.perf_counter() - t0
     wall["total_s"] = time.perf_counter() - t_start
     record["wall_s"] = {k: round(v, 2) for k, v in wall.items()}
-    record["files"] = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    record["files"] = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     atomic_write_json(folder / "training.json", record)
     return record
 
@@ -439,10 +438,6 @@ def _evaluate(config: TrainConfig, folder: Path, classifier: Any, log: Callable[
     log(f"evaluation: {config.eval_samples} samples, {config.eval_steps} DDIM steps: confident share "
         f"{scores.confident_share:.3f}, digits-FD {scores.digits_fd:.3f}")
     return {"samples": config.eval_samples, "steps": config.eval_steps, "scores": scores.to_dict()}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -167,11 +167,6 @@ class AndroidBatteryReader(Reader):
                 logger.debug("%s: %s", self.name, exc)
         return online
 
-    def invalid_reason(self, status: str) -> str | None:
-        """Return why a reading taken in ``status`` must not be used, or ``None`` when it can be."""
-        found = self._invalid(status)
-        return found[1] if found else None
-
     def _invalid(self, status: str) -> tuple[str, str] | None:
         """``(flag, reason)`` when a reading taken in ``status`` must not be used, else ``None``."""
         if status == "Charging":

@@ -28,9 +28,10 @@ boundaries are exact for polled readers; a streamed reader's last sample is held
 once ``measure_idle`` ran, and the peak of each memory kind seen during the window.
 
 The same odometers feed the exporter's ``edgediff_energy_joules_total``: one window API for bench, exporter and
-load-test reports. A load test reads the odometers from outside, as two scrapes of that counter (or Prometheus'
-``increase()`` of it): ``odometer_window`` and ``energy_from_increase`` turn those into the same ``DomainEnergy``
-that ``end_window`` returns, and ``energy_row`` gives every report the same per-image numbers and labels.
+load-test reports. The load test and the fleet router read the odometers from outside, as two scrapes of that
+counter (or Prometheus' ``increase()`` of it): ``edgediff.telemetry.counters`` turns those into the same
+``DomainEnergy`` that ``end_window`` returns, and ``energy_row`` gives every report the same per-image numbers and
+labels.
 """
 
 from __future__ import annotations
@@ -45,16 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.telemetry.base import (
-    FLAG_CHARGING,
-    FLAG_COUNTER_RESET,
-    FLAG_EXTERNAL_POWER,
-    FLAG_GAUGE_RESET,
     FLAG_INVALID,
     FLAG_LATE_START,
     FLAG_NO_SAMPLES,
     FLAG_SAMPLE_GAP,
     FLAG_SENSOR_DOWN,
-    FLAG_STATUS_UNKNOWN,
     FLAG_SUSPEND,
     SOURCE_FIXTURE,
     EnergySample,
@@ -71,8 +67,6 @@ logger = logging.getLogger(__name__)
 
 METHOD_COUNTER = "counter"
 METHOD_TRAPEZOID = "trapezoid"
-METHOD_ODOMETER = "odometer"
-"""Energy read from outside the monitor: the increase of the exporter's counter (fed by either method above)."""
 LABEL_MEASURED = "measured"
 LABEL_ESTIMATED = "estimated"
 LABEL_FIXTURE = "fixture"
@@ -83,16 +77,6 @@ DEFAULT_MAX_GAP_INTERVALS = 20
 MIN_MAX_GAP_S = 2.0
 SUSPEND_MIN_S = 0.1
 """``CLOCK_BOOTTIME - CLOCK_MONOTONIC`` growing by more than this between two polls is a suspend."""
-FLAG_TEXT = {
-    FLAG_CHARGING: "charging or on a charger",
-    FLAG_EXTERNAL_POWER: "on external power",
-    FLAG_STATUS_UNKNOWN: "battery status unknown",
-    FLAG_GAUGE_RESET: "fuel gauge restarting",
-    FLAG_SAMPLE_GAP: "no samples (sampler stalled)",
-    FLAG_SUSPEND: "device suspended",
-    FLAG_INVALID: "invalid samples",
-}
-"""A few words per unmeasured cause, for reasons built from the exporter's counter (which carries only the code)."""
 
 
 def boottime_clock() -> Callable[[], float] | None:
@@ -281,104 +265,6 @@ def energy_row(energy: DomainEnergy, duration_s: float, images: int) -> dict[str
         "power_w": _per(energy.gross_j, duration_s),
         "net_power_w": _per(energy.net_j, duration_s),
     }
-
-
-DomainKey = tuple[str, str]
-"""``(domain, source)``: how an energy series is labelled outside the monitor (the exporter's counter)."""
-
-
-UnmeasuredKey = tuple[str, str, str]
-"""``(domain, source, flag)``: how the exporter labels ``edgediff_energy_unmeasured_seconds_total``."""
-
-
-def unmeasured_reason(unmeasured_s: Mapping[str, float]) -> str | None:
-    """The reason a window is not valid when its odometer skipped ``unmeasured_s`` seconds per cause; else ``None``."""
-    parts = [f"{seconds:.1f} s of the window not measured ({flag}: {FLAG_TEXT.get(flag, flag)})"
-             for flag, seconds in sorted(unmeasured_s.items()) if seconds > 0]
-    return "; ".join(parts) or None
-
-
-def unmeasured_increase(
-    start_s: Mapping[UnmeasuredKey, float], end_s: Mapping[UnmeasuredKey, float]
-) -> dict[DomainKey, dict[str, float]]:
-    """Per ``(domain, source)``, the unmeasured seconds per cause that grew between two readings of the counter.
-
-    A series absent at the start counts from 0 (the exporter exports every cause from 0, so one that appeared
-    mid-window started with the exporter or with its domain).
-    """
-    out: dict[DomainKey, dict[str, float]] = {}
-    for (domain, source, flag), seconds in end_s.items():
-        grew = seconds - start_s.get((domain, source, flag), 0.0)
-        if grew > 0:
-            out.setdefault((domain, source), {})[flag] = grew
-    return out
-
-
-def energy_from_increase(
-    increase_j: Mapping[DomainKey, float],
-    duration_s: float,
-    idle_power_w: Mapping[DomainKey, float],
-    unmeasured_s: Mapping[DomainKey, Mapping[str, float]] | None = None,
-) -> list[DomainEnergy]:
-    """The ``DomainEnergy`` of each series whose odometer increased by ``increase_j`` over the window.
-
-    Args:
-        increase_j: Joules per ``(domain, source)`` over the window (e.g. Prometheus' ``increase()``).
-        duration_s: The window's length, seconds.
-        idle_power_w: Idle baseline per ``(domain, source)``, watts (missing: no net energy for that series).
-        unmeasured_s: Per ``(domain, source)``, the seconds per cause the odometer skipped during the window
-            (``unmeasured_increase``); a series with any is not valid: its increase misses that stretch.
-    """
-    unmeasured_s = unmeasured_s or {}
-    out = []
-    for (domain, source), gross_j in sorted(increase_j.items()):
-        skipped = {f: v for f, v in unmeasured_s.get((domain, source), {}).items() if v > 0}
-        out.append(DomainEnergy.over(domain=domain, source=source, method=METHOD_ODOMETER, gross_j=gross_j,
-                                     duration_s=duration_s, idle_power_w=idle_power_w.get((domain, source)),
-                                     estimated=is_estimated_source(source), reason=unmeasured_reason(skipped),
-                                     flags=sorted(skipped)))
-    return out
-
-
-def odometer_window(
-    start_j: Mapping[DomainKey, float],
-    end_j: Mapping[DomainKey, float],
-    duration_s: float,
-    idle_power_w: Mapping[DomainKey, float],
-    start_unmeasured_s: Mapping[UnmeasuredKey, float] | None = None,
-    end_unmeasured_s: Mapping[UnmeasuredKey, float] | None = None,
-) -> list[DomainEnergy]:
-    """The window between two readings of the odometers (two scrapes of the exporter's counter).
-
-    A series that appeared after the first reading, whose counter went backwards (the exporter restarted), or whose
-    unmeasured seconds grew (a charger, a sampling gap, a suspend during the window) is not valid for the window
-    and says why.
-
-    Args:
-        start_j: Odometer per ``(domain, source)`` at the window's start, joules.
-        end_j: The same at its end.
-        duration_s: The window's length, seconds.
-        idle_power_w: Idle baseline per ``(domain, source)``, watts.
-        start_unmeasured_s: ``edgediff_energy_unmeasured_seconds_total`` per ``(domain, source, flag)`` at the start.
-        end_unmeasured_s: The same at the end.
-    """
-    increase_j: dict[DomainKey, float] = {}
-    invalid: list[DomainEnergy] = []
-    for key, value_j in sorted(end_j.items()):
-        reason, flag = None, None
-        if key not in start_j:
-            reason, flag = "appeared during the window", FLAG_LATE_START
-        elif value_j < start_j[key]:
-            reason, flag = f"went backwards ({value_j - start_j[key]:.3f} J; restarted?)", FLAG_COUNTER_RESET
-        if reason is None:
-            increase_j[key] = value_j - start_j[key]
-            continue
-        invalid.append(DomainEnergy.over(domain=key[0], source=key[1], method=METHOD_ODOMETER, gross_j=None,
-                                         duration_s=duration_s, idle_power_w=idle_power_w.get(key),
-                                         estimated=is_estimated_source(key[1]), reason=reason, flags=[flag]))
-    skipped = unmeasured_increase(start_unmeasured_s or {}, end_unmeasured_s or {})
-    measured = energy_from_increase(increase_j, duration_s, idle_power_w, skipped)
-    return sorted(measured + invalid, key=lambda e: (e.domain, e.source))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 The int8 IR is NNCF post-training quantization calibrated on the pipeline's own DDIM trajectories
 (``edgediff.artifacts.openvino_int8``).
+
+A process that runs these variants holds no torch module: ``load_model`` describes the model from its configs, and
+``build`` compiles the cached IRs; what the cache lacks is exported by a child process
+(``edgediff.artifacts.prepare_worker``), whose fp32 model and calibration memory go with it when it exits.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact
+from edgediff.artifacts import prepare
+from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact, find_artifact
 from edgediff.artifacts.openvino_ir import FILENAME
 from edgediff.availability import (
     cpu_supports_bf16,
@@ -24,9 +29,11 @@ from edgediff.availability import (
 )
 from edgediff.errors import EdgediffError
 from edgediff.models.presets import ModelPreset
-from edgediff.models.spec import ModelSpec
+from edgediff.models.spec import ModelSpec, describe_model
 from edgediff.variants.base import Availability, BuildOptions, BuiltVariant, PartFn, Variant
 from edgediff.variants.deepcache import check_interval, unet_runner
+from edgediff.variants.mapped_weights import releasing_mapped_pages
+from edgediff.variants.openvino_lowmem import import_diffusers_without_dynamo
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
 INT8_TOLERANCE = 2e-1
@@ -56,7 +63,9 @@ def static_batch_shapes(model: Any, batch: int) -> dict[Any, list[int]] | None:
 def compile_ir(path: Path, *, precision: str, threads: int, batch: int | None = None) -> Any:
     """Compile an IR for the CPU with an explicit inference precision.
 
-    OpenVINO picks bf16 by default on CPUs that have it, so fp32 must be asked for.
+    OpenVINO picks bf16 by default on CPUs that have it, so fp32 must be asked for. The weights file is mapped, and
+    the pages the compile reads are given back as it goes (``mapped_weights``): the compiled model holds its own
+    packed copy, so the process holds the weights once, not twice.
 
     Args:
         path: The ``model.xml``.
@@ -72,10 +81,11 @@ def compile_ir(path: Path, *, precision: str, threads: int, batch: int | None = 
         "PERFORMANCE_HINT": "LATENCY",
     }
     core = ov.Core()
-    model = core.read_model(str(path))
-    if batch is not None and (shapes := static_batch_shapes(model, batch)) is not None:
-        model.reshape(shapes)
-    return core.compile_model(model, "CPU", config)
+    with releasing_mapped_pages(Path(path).with_suffix(".bin")):  # the plugin packs its own copy of the weights
+        model = core.read_model(str(path))
+        if batch is not None and (shapes := static_batch_shapes(model, batch)) is not None:
+            model.reshape(shapes)
+        return core.compile_model(model, "CPU", config)
 
 
 def compiled_fn(compiled: Any) -> Callable[..., torch.Tensor]:
@@ -173,15 +183,61 @@ class OpenVinoVariant(Variant):
             return "bf16" if cpu_supports_bf16() else "fp32"
         return self.precision
 
-    def _artifact(self, model: ModelSpec, part: str) -> dict[str, Any]:
-        fmt = "openvino-int8" if self.part_precision(part) == "int8" else "openvino"
-        folder, report = build_artifact(model, part, fmt)
-        return {"path": str(folder / FILENAME), **report}
+    def _format(self, part: str) -> str:
+        return "openvino-int8" if self.part_precision(part) == "int8" else "openvino"
+
+    @staticmethod
+    def _parts(options: BuildOptions) -> list[str]:
+        unet_parts = ["unet"] if check_interval(options.deepcache_interval) == 1 else [UNET_FULL, UNET_SHALLOW]
+        return [*unet_parts, "vqdec"]
 
     def prepare(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:
         """Export (or find) the IR of each part the options need, without compiling them."""
-        unet_parts = ["unet"] if check_interval(options.deepcache_interval) == 1 else [UNET_FULL, UNET_SHALLOW]
-        return {part: self._artifact(model, part) for part in [*unet_parts, "vqdec"]}
+        reports = {}
+        for part in self._parts(options):
+            folder, report = build_artifact(model, part, self._format(part))
+            reports[part] = {"path": str(folder / FILENAME), **report}
+        return reports
+
+    def find(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any] | None:
+        """The cached IR of each part the options need (same form as ``prepare``), or None when one is missing."""
+        reports = {}
+        for part in self._parts(options):
+            found = find_artifact(model, part, self._format(part))
+            if found is None:
+                return None
+            reports[part] = {"path": str(found[0] / FILENAME), **found[1]}
+        return reports
+
+    def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:
+        """The model described from its configs, no module built (``build`` needs only the cached IRs).
+
+        Diffusers (the samplers) is imported without ``torch._dynamo`` (about 65 MB), which nothing here needs.
+        """
+        import_diffusers_without_dynamo()
+        return describe_model(preset, weights, seed=seed)
+
+    def artifacts(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:
+        """The IRs ``build`` compiles: from the cache, else exported.
+
+        The export runs here when ``model`` has its modules in memory already, else in a child process, so a
+        process that described its model (``load_model``) never builds the fp32 model nor keeps calibration memory.
+
+        Raises:
+            EdgediffError: the export failed, or left the cache without an artifact.
+        """
+        found = self.find(model, options)
+        if found is not None:
+            return found
+        if model.has_modules:
+            return self.prepare(model, options)
+        prepare.prepare_in_subprocess(model=model.preset.name, weights=model.weights.path,
+                                      weights_seed=model.weights.seed or 0, variant=self.name,
+                                      deepcache=options.deepcache_interval)
+        found = self.find(model, options)
+        if found is None:
+            raise EdgediffError(f"{self.name}: artifacts still missing from the cache after exporting them")
+        return found
 
     def load_part(
         self, part: str, artifact: Path, options: BuildOptions, *, preset: ModelPreset, device: str = "cpu"
@@ -194,10 +250,10 @@ class OpenVinoVariant(Variant):
     def build(self, model: ModelSpec, options: BuildOptions) -> BuiltVariant:  # noqa: D102
         info: dict[str, Any] = {"device": "cpu", "precision": self.precision,
                                 "compile_precision": self.compile_precision(), "threads": options.resolved_threads(),
-                                "artifacts": {}, "deepcache_interval": options.deepcache_interval}
+                                "artifacts": self.artifacts(model, options),
+                                "deepcache_interval": options.deepcache_interval}
 
         def part_fn(part: str) -> PartFn:
-            info["artifacts"][part] = self._artifact(model, part)
             return self.load_part(part, Path(info["artifacts"][part]["path"]), options, preset=model.preset)
 
         return BuiltVariant(self.name, unet_runner(part_fn, options.deepcache_interval), part_fn("vqdec"), info)

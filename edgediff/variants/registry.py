@@ -55,7 +55,6 @@ for _variant in (
     DeepCacheVariant(_OPENVINO_BF16_INT8DEC, 3),
     _LOWMEM,
     DeepCacheVariant(_LOWMEM, 3),
-    TorchLowMemoryVariant("fp16"),
     _TORCH_INT8_LOWMEM,
     DeepCacheVariant(_TORCH_INT8_LOWMEM, 3),
     TensorRTVariant(),

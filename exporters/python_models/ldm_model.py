@@ -8,6 +8,16 @@ part's ``max_batch_size``), and decoding is one call to ``vqdec_<variant>``. Eve
 never swallowed. Constants (scheduler config, latent shape, scaling factor, inner model names) come from
 ``config.pbtxt`` ``parameters``.
 
+Concurrency: the model has several ``KIND_CPU`` instances (``instance_group`` count, the target's
+``pipeline_instances``); each is its own Python-backend process whose ``execute`` runs one generation with blocking
+BLS calls, so that many generations of one variant progress at once. Their UNet and decoder requests meet in the part
+models' dynamic batcher, which runs the requests queued together (same step or not: the timestep is per item) as one
+batched execution. ``async def execute`` would not give this: Triton's Python backend (24.04+) runs the coroutines of
+one instance concurrently only for decoupled models, and a decoupled ``ldm_<variant>`` would force every client onto
+the streaming API. Each instance builds its own ``LDMPipeline``; a generation's scheduler is its own
+(``LDMPipeline.make_scheduler``), and a DeepCache image's state is keyed by its own random correlation ID, so
+concurrent generations share nothing but the part models.
+
 A DeepCache variant (``deepcache_interval`` > 1 in the parameters) has a stateful ``unet_<variant>`` under Triton's
 sequence batcher, which keeps each image's deep feature (and runs the core's ``DeepCacheUNet`` there): every image of
 a generation is one sequence with its own correlation ID, its first step carries the START flag, and when the
@@ -31,9 +41,9 @@ import triton_python_backend_utils as pb_utils
 
 from edgediff import constants as c
 from edgediff.errors import InvalidArgumentError
-from edgediff.pipeline import GenerationCancelled, LDMPipeline
+from edgediff.pipeline import GenerationCancelled, LDMPipeline, initial_latents
 from edgediff.request import GenerationRequest
-from edgediff.schedulers import check_scheduler
+from edgediff.schedulers import SCHEDULERS, check_scheduler
 
 
 class InnerModelError(Exception):
@@ -229,7 +239,18 @@ class TritonPythonModel:
                       "weights_sha256": params["weights_sha256"]},
             scheduler=params.get("scheduler", "ddim"),  # requests without SCHEDULER use the export's --scheduler
         )
+        self._warm_up()
         pb_utils.Logger.log_info(f"{args['model_name']}: DDIM over {unet_label} + {params['vqdec_model']}")
+
+    def _warm_up(self) -> None:
+        """Import the samplers' and the noise's code now (diffusers: seconds), not in this instance's first request.
+
+        Each of the model's instances is its own process: without this, the first generation that lands on each one
+        would pay the imports (and a short deadline would cancel it before its first step).
+        """
+        for name in SCHEDULERS:
+            self.pipeline.make_scheduler(name).set_timesteps(2)
+        initial_latents(torch.Generator("cpu").manual_seed(0), 1, self.pipeline.latent_shape)
 
     def _generate(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
 

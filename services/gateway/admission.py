@@ -1,5 +1,9 @@
 """Admission control: at most N generations at once, a bounded FIFO queue behind them, refusals at once beyond it.
 
+N is fixed (``--max-concurrency``) or, by default, the backend's capacity (``Backend.capacity``: Triton's
+``ldm_<variant>`` instances, so its part models' batchers see that many generations at once; one for the local
+backend), read again at every admission so a Triton that comes up later (or with another repository) resizes it.
+
 The queue can also be gated on the backend's health: while the backend is down (Triton restarting), accepted requests
 stay queued instead of failing, each up to its own deadline and at most ``max_ready_wait_s`` of backend downtime,
 and take a slot once the backend is healthy again.
@@ -20,6 +24,8 @@ from services.gateway.backends.base import BackendUnavailableError
 
 POLL_S = 0.05
 """How often a queued request re-checks its ``should_stop`` (client gone, deadline passed)."""
+AUTO_MAX_CONCURRENCY = 64
+"""The most generations at once a capacity-sized admission allows (the gateway sizes its worker pool for it)."""
 
 
 class QueueFullError(EdgediffError):
@@ -55,20 +61,38 @@ class Admission:
     """Concurrency slots plus a bounded FIFO queue.
 
     Args:
-        max_concurrency: Generations running at once (>= 1).
+        max_concurrency: Generations running at once (>= 1), or None: as many as ``capacity`` says.
         max_queue: Requests allowed to wait for a slot (>= 0); one more is refused at once.
+        capacity: With ``max_concurrency`` None, the backend's capacity (generations it runs at once with gain;
+            None while it cannot tell), called at each admission, so it must be cheap; clamped to
+            1..``AUTO_MAX_CONCURRENCY``, and 1 while unknown.
     """
 
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
-        if max_concurrency < 1:
+    def __init__(self, max_concurrency: int | None, max_queue: int, *,
+                 capacity: Callable[[], int | None] | None = None) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
             raise InvalidArgumentError(f"--max-concurrency must be >= 1, got {max_concurrency}")
         if max_queue < 0:
             raise InvalidArgumentError(f"--max-queue must be >= 0, got {max_queue}")
-        self.max_concurrency = max_concurrency
+        self._fixed = max_concurrency
+        self._capacity = capacity
         self.max_queue = max_queue
         self._running = 0
         self._waiting: deque[object] = deque()
         self._cond = threading.Condition()
+
+    @property
+    def max_concurrency(self) -> int:
+        """Generations allowed at once now (the fixed setting, or the backend's capacity)."""
+        if self._fixed is not None:
+            return self._fixed
+        capacity = self._capacity() if self._capacity is not None else None
+        return min(max(1, capacity or 1), AUTO_MAX_CONCURRENCY)
+
+    @property
+    def max_concurrency_bound(self) -> int:
+        """The most ``max_concurrency`` can ever be (to size the server's worker pool)."""
+        return self._fixed if self._fixed is not None else AUTO_MAX_CONCURRENCY
 
     @property
     def running(self) -> int:
@@ -109,13 +133,14 @@ class Admission:
         """
         t0 = time.perf_counter()
         with self._cond:
-            if self._running < self.max_concurrency and not self._waiting and (ready is None or ready()):
+            limit = self.max_concurrency
+            if self._running < limit and not self._waiting and (ready is None or ready()):
                 self._running += 1
                 return Admitted(0.0, 0.0)
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(
                     f"server busy: {self._running} generating, {len(self._waiting)} queued "
-                    f"(max concurrency {self.max_concurrency}, max queue {self.max_queue}); retry later"
+                    f"(max concurrency {limit}, max queue {self.max_queue}); retry later"
                 )
             ticket = object()
             if front:

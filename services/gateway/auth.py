@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,23 @@ def read_token_file(path: str | Path) -> str:
     if any(c.isspace() for c in token):
         raise InvalidArgumentError(f"--token-file: the token in {path} contains whitespace")
     return token
+
+
+def resolve_token(token_file: str | Path | None, env_name: str) -> str | None:
+    """The token in ``token_file`` when given, else in the environment variable ``env_name``, else None.
+
+    Tokens never come from the command line, where every user of the machine can read them (``ps``).
+
+    Raises:
+        InvalidArgumentError: the file cannot be read or holds no token (``read_token_file``), or the variable
+            holds whitespace.
+    """
+    if token_file:
+        return read_token_file(token_file)
+    token = os.environ.get(env_name, "").strip()
+    if any(c.isspace() for c in token):
+        raise InvalidArgumentError(f"${env_name} contains whitespace")
+    return token or None
 
 
 def _digest(value: str) -> bytes:

@@ -31,16 +31,18 @@ MEMORY_NOT_MEASURED = ("not measured: through the gateway the serving process ru
 MS_PER_S = 1000.0
 
 
-def connect(target: str, *, token: str | None = None, tls_ca: str | None = None) -> GeneratorClient:
-    """A ``GeneratorClient`` for ``target``."""
-    return GeneratorClient(target, token=token, tls_ca=tls_ca)
+def connect(target: str, *, token: str | None = None, tls_ca: str | None = None,
+            tls_server_name: str | None = None) -> GeneratorClient:
+    """A ``GeneratorClient`` for ``target`` (TLS when ``tls_ca`` is given)."""
+    return GeneratorClient(target, token=token, tls_ca=tls_ca, tls_server_name=tls_server_name)
 
 
 class GatewayTarget:
     """The bench's ``RemoteTarget`` over one gateway: its variant list and ``Generate`` calls."""
 
-    def __init__(self, target: str, *, token: str | None = None, tls_ca: str | None = None) -> None:
-        self.client = connect(target, token=token, tls_ca=tls_ca)
+    def __init__(self, target: str, *, token: str | None = None, tls_ca: str | None = None,
+                 tls_server_name: str | None = None) -> None:
+        self.client = connect(target, token=token, tls_ca=tls_ca, tls_server_name=tls_server_name)
         self.target = target
 
     def variants(self, model: str) -> dict[str, tuple[bool, str]]:

@@ -31,6 +31,9 @@ class GeneratorClient:
             None means plaintext.
         tls_server_name: Override the name checked against the certificate (when ``target`` is an IP that the
             certificate does not list).
+        tls_cert: PEM bytes or a path to a client certificate chain, for servers that require one (with ``tls_key``
+            and ``tls_ca``).
+        tls_key: PEM bytes or a path to the client certificate's private key.
         timeout_s: Default deadline of every call (None: no deadline).
         channel_options: More gRPC channel arguments (e.g. a service config with a retry policy).
     """
@@ -42,6 +45,8 @@ class GeneratorClient:
         token: str | None = None,
         tls_ca: bytes | str | Path | None = None,
         tls_server_name: str | None = None,
+        tls_cert: bytes | str | Path | None = None,
+        tls_key: bytes | str | Path | None = None,
         timeout_s: float | None = None,
         channel_options: list[tuple[str, Any]] | None = None,
     ) -> None:
@@ -50,9 +55,12 @@ class GeneratorClient:
                                           *(channel_options or [])]
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if (tls_cert is None) != (tls_key is None) or (tls_cert is not None and tls_ca is None):
+            raise ValueError("a client certificate needs tls_cert, tls_key and tls_ca")
         if tls_ca is not None:
-            ca = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options)
+            creds = grpc.ssl_channel_credentials(root_certificates=_pem(tls_ca), private_key=_pem(tls_key),
+                                                 certificate_chain=_pem(tls_cert))
+            self._channel = grpc.secure_channel(target, creds, options)
         else:
             self._channel = grpc.insecure_channel(target, options)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -91,6 +99,17 @@ class GeneratorClient:
         request = generator_pb2.GenerateRequest(seed=seed, steps=steps, eta=eta, variant=variant,
                                                 batch_size=batch_size, format=format, scheduler=scheduler)
         return self._stub.Generate(request, timeout=self._timeout(timeout_s), metadata=self._metadata)
+
+    def generate_future(self, *, timeout_s: float | None = None, **fields: Any) -> grpc.Future:
+        """Start ``Generate`` without waiting: a ``grpc.Future`` whose ``cancel()`` cancels the call on the server.
+
+        Args:
+            timeout_s: Deadline of this call (default: the client's).
+            **fields: ``GenerateRequest`` fields (``seed``, ``steps``, ``eta``, ``variant``, ``batch_size``,
+                ``format``, ``scheduler``).
+        """
+        request = generator_pb2.GenerateRequest(**fields)
+        return self._stub.Generate.future(request, timeout=self._timeout(timeout_s), metadata=self._metadata)
 
     def list_variants(self, timeout_s: float | None = None) -> Any:
         """Call ``ListVariants``; returns the ``ListVariantsResponse``."""
@@ -135,3 +154,10 @@ class GeneratorClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    """PEM bytes given as bytes or a file path (None stays None)."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()

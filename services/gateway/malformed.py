@@ -4,6 +4,11 @@ gRPC Python answers ``INTERNAL: Exception deserializing request!`` when a reques
 (innermost, so the metrics and auth interceptors see its handler) gives every unary-request method a deserializer that
 never raises: a message that does not parse becomes a ``MalformedRequest`` and the call ends with INVALID_ARGUMENT
 naming the expected message type.
+
+A server-streaming handler marked ``experimental_non_blocking`` (grpc-health's ``Watch``) stays non-blocking: it
+sends through gRPC's callback and holds no worker thread while its stream is open. Wrapping it in a plain generator
+would pin one thread per idle stream, and a few dozen idle Watch streams (open without a token) would starve
+every other call.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=_safe(handler.request_deserializer),
                                                        response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None and getattr(handler.unary_stream, "experimental_non_blocking", False):
+            return _non_blocking(handler, refuse)
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
@@ -74,3 +81,18 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
                 stream, request_deserializer=_safe(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         return handler
+
+
+def _non_blocking(handler: Any, refuse: Callable[[MalformedRequest, grpc.ServicerContext], None]) -> Any:
+    """``handler`` (a non-blocking server-streaming one) with the safe deserializer, still non-blocking."""
+    inner = handler.unary_stream
+
+    def stream(request: Any, context: grpc.ServicerContext, send_response_callback: Any = None) -> Any:
+        if isinstance(request, MalformedRequest):
+            refuse(request, context)
+        return inner(request, context, send_response_callback)
+
+    stream.experimental_non_blocking = True  # type: ignore[attr-defined]
+    stream.experimental_thread_pool = getattr(inner, "experimental_thread_pool", None)  # type: ignore[attr-defined]
+    return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=_safe(handler.request_deserializer),
+                                                response_serializer=handler.response_serializer)

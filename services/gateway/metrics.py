@@ -1,8 +1,9 @@
 """The gateway's Prometheus metrics, on their own registry and port.
 
-Requests by method and status code, request latency, per-stage latency, images, in-flight generations and queue
-depth. Label values are bounded: methods of this server (others are ``other``), gRPC code names, registry variant
-names (only validated ones) and the stage names below; never request ids or seeds.
+Requests by method and status code, request latency, per-stage latency, images, in-flight generations, queue
+depth and capacity (the in-flight limit: in-flight + queued over it is the saturation the autoscaler follows).
+Label values are bounded: methods of this server (others are ``other``), gRPC code names, registry variant names
+(only validated ones) and the stage names below; never request ids or seeds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edgediff.constants import (
     METRIC_GATEWAY_BACKEND_WAIT_SECONDS,
+    METRIC_GATEWAY_CAPACITY,
     METRIC_GATEWAY_IMAGES_TOTAL,
     METRIC_GATEWAY_IN_FLIGHT,
     METRIC_GATEWAY_QUEUE_DEPTH,
@@ -63,11 +65,17 @@ class GatewayMetrics:
                                registry=self.registry)
         self.queue_depth = Gauge(METRIC_GATEWAY_QUEUE_DEPTH, "Generate requests waiting for a slot",
                                  registry=self.registry)
+        self.capacity = Gauge(METRIC_GATEWAY_CAPACITY, "Generate requests allowed to hold a slot at once (the "
+                              "in-flight limit: --max-concurrency, by default the backend's capacity)",
+                              registry=self.registry)
 
-    def track_admission(self, running: Callable[[], float], waiting: Callable[[], float]) -> None:
-        """Read the in-flight and queue gauges from the admission controller at scrape time."""
+    def track_admission(self, running: Callable[[], float], waiting: Callable[[], float],
+                        capacity: Callable[[], float] | None = None) -> None:
+        """Read the in-flight, queue and capacity gauges from the admission controller at scrape time."""
         self.in_flight.set_function(running)
         self.queue_depth.set_function(waiting)
+        if capacity is not None:
+            self.capacity.set_function(capacity)
 
     def observe_generation(self, variant: str, images: int, stages_s: dict[str, float]) -> None:
         """Record one successful generation: images and each stage's seconds (keys from ``STAGES``)."""

@@ -18,18 +18,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgediff.constants import DEFAULT_HOST, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, TRITON_GRPC_PORT
+from edgediff.constants import (
+    DEFAULT_HOST,
+    GATEWAY_GRPC_PORT,
+    GATEWAY_METRICS_PORT,
+    SERVE_MAX_BATCH,
+    TRITON_GRPC_PORT,
+)
 from edgediff.errors import InvalidArgumentError
 from services.gateway.admission import Admission
 from services.gateway.auth import BearerTokenInterceptor
 from services.gateway.backends.base import Backend
+from services.gateway.health import DEFAULT_MAX_WATCH_STREAMS, DEFAULT_MAX_WATCHED_SERVICES, BoundedHealthServicer
 from services.gateway.malformed import MalformedRequestInterceptor
 from services.gateway.metrics import GatewayMetrics, MetricsInterceptor
 from services.gateway.servicer import GeneratorServicer
-from services.gateway.validation import check_max_batch
+from services.gateway.validation import DEFAULT_MAX_STEPS, check_max_batch, check_max_steps
 from services.proto.edgediff.v1 import generator_pb2, generator_pb2_grpc
 
 if TYPE_CHECKING:
@@ -47,6 +54,10 @@ DEFAULT_MAX_BACKEND_WAIT_S = 120.0
 MAX_BACKEND_WAIT_LIMIT_S = 3600.0
 SPARE_WORKERS = 8
 """Server threads beyond concurrency + queue, so refusals, health checks and ListVariants answer at once."""
+DEFAULT_DEADLINE_S = 600.0
+"""Default ``--default-deadline``: a Generate whose client set no deadline is cancelled after this many seconds
+(a celebahq-256 image at 20 steps takes seconds on a GPU, about a minute on a phone)."""
+MAX_DEADLINE_S = 24 * 3600.0
 
 
 @dataclass
@@ -63,7 +74,7 @@ class GatewayConfig:
         port: gRPC port (0: any free port; see ``GatewayServer.port``).
         metrics_port: Prometheus port; 0 disables the metrics endpoint.
         triton_url: Triton's gRPC ``host:port``.
-        max_concurrency: Generations at once.
+        max_concurrency: Generations at once; None: the backend's capacity (``Backend.capacity``).
         max_queue: Requests that may wait for a slot; beyond it RESOURCE_EXHAUSTED.
         max_batch: Largest ``batch_size``.
         tls_cert: PEM certificate chain; with ``tls_key`` the server speaks TLS only.
@@ -82,10 +93,21 @@ class GatewayConfig:
         fleet_refresh_s: Fleet backend: seconds between health checks and metric scrapes of the upstreams.
         latency_target_s: Fleet backend: edge-first's latency target for requests without a deadline.
         upstream_token: Fleet backend: bearer token the upstreams require. Never logged.
-        upstream_tls_ca: Fleet backend: CA certificate of upstreams that speak TLS.
+        upstream_tls_ca: Fleet backend: CA certificate of upstreams that speak TLS (with it the router speaks TLS).
+        upstream_tls_cert: Fleet backend: client certificate chain for upstreams that require one.
+        upstream_tls_key: Fleet backend: private key of ``upstream_tls_cert``.
+        upstream_tls_server_name: Fleet backend: name checked against the upstreams' certificates.
         upstream_specs: Fleet backend: ``upstreams`` as ``check()`` parsed them (the backend is built from these).
         scheduler: Sampler of requests that name none (``ddim``, ``dpmpp``, ``unipc``; a tune profile's).
         steps: Steps of requests that send 0.
+        max_steps: Largest ``steps`` a request may ask for (``--max-steps``; at most ``edgediff.request.MAX_STEPS``).
+        default_deadline_s: Seconds a Generate whose client set no deadline may take before it is cancelled
+            (DEADLINE_EXCEEDED).
+        allowed_variants: Local backend: the variants requests may name, so built and kept in memory (None: the
+            default variant only; ``["all"]``: every installed one).
+        max_pipelines: Local backend: built pipelines kept in memory (least recently used ones are dropped).
+        max_watch_streams: Health Watch streams open at once (open without a token, so bounded).
+        max_watched_services: Distinct service names health Watch streams may watch at once.
     """
 
     backend: str
@@ -97,9 +119,9 @@ class GatewayConfig:
     port: int = GATEWAY_GRPC_PORT
     metrics_port: int = GATEWAY_METRICS_PORT
     triton_url: str = f"{DEFAULT_HOST}:{TRITON_GRPC_PORT}"
-    max_concurrency: int = 1
+    max_concurrency: int | None = None
     max_queue: int = 8
-    max_batch: int = 4
+    max_batch: int = SERVE_MAX_BATCH
     tls_cert: str | None = None
     tls_key: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -115,8 +137,17 @@ class GatewayConfig:
     latency_target_s: float = 30.0
     upstream_token: str | None = field(default=None, repr=False)
     upstream_tls_ca: str | None = None
+    upstream_tls_cert: str | None = None
+    upstream_tls_key: str | None = None
+    upstream_tls_server_name: str | None = None
     scheduler: str = "ddim"
     steps: int = 20
+    max_steps: int = DEFAULT_MAX_STEPS
+    default_deadline_s: float = DEFAULT_DEADLINE_S
+    allowed_variants: list[str] | None = None
+    max_pipelines: int = 2  # backends.local.DEFAULT_MAX_PIPELINES (not imported here: it imports torch)
+    max_watch_streams: int = DEFAULT_MAX_WATCH_STREAMS
+    max_watched_services: int = DEFAULT_MAX_WATCHED_SERVICES
     upstream_specs: list[UpstreamSpec] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def check(self) -> None:
@@ -129,6 +160,14 @@ class GatewayConfig:
                 raise InvalidArgumentError(f"--{name} must be in 0..65535, got {port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgumentError("--tls-cert and --tls-key must be given together")
+        if (self.upstream_tls_cert is None) != (self.upstream_tls_key is None):
+            raise InvalidArgumentError("--upstream-tls-cert and --upstream-tls-key must be given together")
+        if self.upstream_tls_ca is None and (self.upstream_tls_cert or self.upstream_tls_server_name):
+            raise InvalidArgumentError("--upstream-tls-cert and --upstream-tls-server-name need --upstream-tls-ca")
+        for flag, path in (("upstream-tls-ca", self.upstream_tls_ca), ("upstream-tls-cert", self.upstream_tls_cert),
+                           ("upstream-tls-key", self.upstream_tls_key)):
+            if path is not None:
+                _read_pem(flag, path)
         if self.shutdown_grace_s < 0:
             raise InvalidArgumentError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace_s}")
         if self.health_interval_s <= 0:
@@ -140,6 +179,18 @@ class GatewayConfig:
                                                  self.latency_target_s)
         elif self.upstreams:
             raise InvalidArgumentError(f"--upstream is for --backend fleet, not {self.backend}")
+        check_max_steps(self.max_steps)
+        if not 1 <= self.steps <= self.max_steps:
+            raise InvalidArgumentError(f"--steps must be in 1..{self.max_steps} (--max-steps), got {self.steps}")
+        if not 0 < self.default_deadline_s <= MAX_DEADLINE_S:
+            raise InvalidArgumentError(f"--default-deadline must be in (0, {MAX_DEADLINE_S:g}] seconds, "
+                                       f"got {self.default_deadline_s}")
+        if self.max_pipelines < 1:
+            raise InvalidArgumentError(f"--max-pipelines must be >= 1, got {self.max_pipelines}")
+        if self.allowed_variants is not None and self.backend != "local":
+            raise InvalidArgumentError(f"--allow-variants is for --backend local, not {self.backend}")
+        if self.max_watch_streams < 1 or self.max_watched_services < 2:
+            raise InvalidArgumentError("the health Watch limits must allow at least 1 stream and 2 service names")
         if not 0 <= self.max_backend_wait_s <= MAX_BACKEND_WAIT_LIMIT_S:
             raise InvalidArgumentError(f"--max-backend-wait must be in 0..{MAX_BACKEND_WAIT_LIMIT_S:g} seconds, "
                                        f"got {self.max_backend_wait_s}")
@@ -167,11 +218,15 @@ def _make_backend(config: GatewayConfig) -> Backend:
     if config.backend == "fleet":
         return module.FleetBackend(config.upstream_specs, policy=config.policy,
                                    refresh_s=config.fleet_refresh_s, latency_target_s=config.latency_target_s,
-                                   token=config.upstream_token, tls_ca=config.upstream_tls_ca)
+                                   token=config.upstream_token, tls_ca=config.upstream_tls_ca,
+                                   tls_cert=config.upstream_tls_cert, tls_key=config.upstream_tls_key,
+                                   tls_server_name=config.upstream_tls_server_name,
+                                   default_deadline_s=config.default_deadline_s)
     if config.backend == "local":
         return module.LocalBackend(config.model, weights=config.weights, weights_seed=config.weights_seed,
                                    default_variant=config.variant, threads=config.threads, preload=config.preload,
-                                   max_memory=config.max_memory)
+                                   max_memory=config.max_memory, allowed_variants=config.allowed_variants,
+                                   max_pipelines=config.max_pipelines)
     return module.TritonBackend(config.triton_url, default_variant=config.variant,
                                 health_interval_s=config.health_interval_s)
 
@@ -211,9 +266,10 @@ class GatewayServer:
         self.backend = backend if backend is not None else make_backend(config)
         self.metrics = GatewayMetrics()
         self.backend.register_metrics(self.metrics.registry)
-        self.admission = Admission(config.max_concurrency, config.max_queue)
-        self.metrics.track_admission(lambda: self.admission.running, lambda: self.admission.waiting)
-        self.health = health.HealthServicer()
+        self.admission = Admission(config.max_concurrency, config.max_queue, capacity=self.backend.capacity)
+        self.metrics.track_admission(lambda: self.admission.running, lambda: self.admission.waiting,
+                                     lambda: self.admission.max_concurrency)
+        self.health = BoundedHealthServicer(config.max_watch_streams, config.max_watched_services)
         self._server: grpc.Server | None = None
         self._metrics_http: Any = None
         self.port: int | None = None
@@ -247,16 +303,20 @@ class GatewayServer:
         if config.token is not None:
             interceptors.append(BearerTokenInterceptor(config.token))
         interceptors.append(MalformedRequestInterceptor())  # innermost: the handlers above copy its deserializer
-        workers = config.max_concurrency + config.max_queue + SPARE_WORKERS
+        workers = self.admission.max_concurrency_bound + config.max_queue + SPARE_WORKERS
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway"),
             interceptors=interceptors,
+            # beyond this many calls at once gRPC answers RESOURCE_EXHAUSTED instead of queueing without bound;
+            # Watch streams hold no thread (non-blocking), so they get their own share
+            maximum_concurrent_rpcs=workers + config.max_watch_streams,
             options=[("grpc.so_reuseport", 0), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
         generator_pb2_grpc.add_GeneratorServicer_to_server(
             GeneratorServicer(self.backend, self.admission, self.metrics, max_batch=config.max_batch,
-                              max_backend_wait_s=config.max_backend_wait_s), server)
+                              max_backend_wait_s=config.max_backend_wait_s, max_steps=config.max_steps,
+                              default_deadline_s=config.default_deadline_s), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (GENERATOR_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -14,12 +14,17 @@ from typing import Any
 import numpy as np
 
 from edgediff.errors import InvalidArgumentError, VariantUnavailableError
-from edgediff.request import MAX_BATCH, GenerationRequest
+from edgediff.request import MAX_BATCH, MAX_STEPS, GenerationRequest
 from edgediff.schedulers import DDIM, check_scheduler
 from services.gateway.backends.base import Backend, GenerateArgs
 
 DEFAULT_STEPS = 20
 """Steps used when a request sends 0 (the study's setting)."""
+DEFAULT_MAX_STEPS = 250
+"""Default ``--max-steps``: a request's cost grows with its steps; the study uses 20, DDIM's quality stops improving
+long before 250, and 1000 steps of celebahq-256 would hold a phone's only slot for half an hour."""
+MAX_FIELD_CHARS = 64
+"""Longest text field (variant, scheduler, format) worth reading: every valid value is far shorter."""
 DEFAULT_BATCH = 1
 FORMAT_PNG = "png"
 FORMATS = (FORMAT_PNG,)
@@ -51,13 +56,24 @@ def _names(names: Sequence[str]) -> str:
     return f"{', '.join(names[:NAMES_IN_MESSAGES])}, ... ({len(names)} in all: ListVariants lists them)"
 
 
-def validate_generate(request: Any, backend: Backend, *, max_batch: int) -> GenerateArgs:
+def _text_field(request: Any, name: str) -> str:
+    """``request.name`` stripped; INVALID_ARGUMENT (with the value shortened) when longer than any valid value."""
+    value = getattr(request, name, "").strip()
+    if len(value) > MAX_FIELD_CHARS:
+        raise InvalidArgumentError(f"{name} must be at most {MAX_FIELD_CHARS} characters, got {len(value)}: "
+                                   f"{_short(value)}")
+    return value
+
+
+def validate_generate(request: Any, backend: Backend, *, max_batch: int, max_steps: int = MAX_STEPS
+                      ) -> GenerateArgs:
     """Check a ``GenerateRequest`` and apply the defaults (steps 0 -> 20, batch 0 -> 1, variant "" -> the server's).
 
     Args:
         request: An ``edgediff.v1.GenerateRequest``.
         backend: Answers which variants exist and which can run.
         max_batch: The server's largest ``batch_size``.
+        max_steps: The server's largest ``steps`` (``--max-steps``).
 
     Raises:
         InvalidArgumentError: a field is out of range, the format is not png, or the variant is unknown.
@@ -73,14 +89,17 @@ def validate_generate(request: Any, backend: Backend, *, max_batch: int) -> Gene
         max_batch=max_batch,
         names=FIELD_NAMES,
     )
-    scheduler = check_scheduler(getattr(request, "scheduler", "").strip() or default_scheduler, eta=checked.eta,
+    if checked.steps > max_steps:
+        raise InvalidArgumentError(f"steps must be in 1..{max_steps} on this server (0 means {default_steps}), "
+                                   f"got {checked.steps}")
+    scheduler = check_scheduler(_text_field(request, "scheduler") or default_scheduler, eta=checked.eta,
                                 field="scheduler")
-    fmt = request.format.strip().lower() or FORMAT_PNG
+    fmt = _text_field(request, "format").lower() or FORMAT_PNG
     if fmt not in FORMATS:
         raise InvalidArgumentError(
             f"format must be one of {', '.join(FORMATS)} (empty means png), got {_short(request.format)}"
         )
-    variant = request.variant.strip() or backend.default_variant()
+    variant = _text_field(request, "variant") or backend.default_variant()
     if variant:  # "" stays "": a fleet router lets each upstream use its own default
         known = backend.known_variants()
         if variant not in known:
@@ -97,3 +116,9 @@ def check_max_batch(max_batch: int) -> None:
     """The server's ``--max-batch`` must be in 1..``MAX_BATCH``."""
     if not 1 <= max_batch <= MAX_BATCH:
         raise InvalidArgumentError(f"--max-batch must be in 1..{MAX_BATCH}, got {max_batch}")
+
+
+def check_max_steps(max_steps: int) -> None:
+    """The server's ``--max-steps`` must be in 1..``MAX_STEPS``."""
+    if not 1 <= max_steps <= MAX_STEPS:
+        raise InvalidArgumentError(f"--max-steps must be in 1..{MAX_STEPS}, got {max_steps}")

@@ -13,11 +13,12 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgediff.bench.tune import profile_defaults
 from edgediff.constants import (
     DEFAULT_HOST,
     EXPORTER_PORT,
@@ -35,7 +36,7 @@ from edgediff.models.weights import weights_origin
 from exporters.manifest import exporter_sha256, read_manifest, repository_problems, unfinished_export
 from exporters.repository import export_repository
 from services.stack.health import HealthCheck
-from services.stack.supervisor import ServiceSpec
+from services.stack.supervisor import ServiceSpec, Supervisor
 from services.triton.launcher import TritonServer, is_bundled, server_environment
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ DEFAULT_PORTS = {
     "triton-metrics": TRITON_METRICS_PORT,
     "prometheus": PROMETHEUS_PORT,
 }
+DEFAULT_VARIANTS = {"cpu": "onnx-fp32", "rtx": "trt-fp16", "jetson": "trt-fp16"}
 # Prometheus job name -> the port key whose target it scrapes.
 _JOB_PORTS = {"gateway": "gateway-metrics", "exporter": "exporter", "triton": "triton-metrics",
               "prometheus": "prometheus"}
@@ -255,6 +257,49 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def service_names(specs: Sequence[ServiceSpec]) -> list[str]:
-    """Names, in start order."""
-    return [s.name for s in specs]
+def default_variants(profile: str, model: str, echo: Callable[[str], None] = print) -> list[str]:
+    """The variant ``up`` serves when none is asked for: on cpu this machine's tune profile (``edgediff tune``) when
+    there is a valid one, else ``DEFAULT_VARIANTS``.
+    """  # noqa: D205
+    if profile == "cpu":
+        tuned = profile_defaults(model, warn=lambda line: print(line, file=sys.stderr))
+        if tuned is not None:
+            echo(f"variant from this machine's tune profile: {tuned['variant']} (the gateway serves it with "
+                 f"{tuned['scheduler']} {tuned['steps']} steps by default)")
+            return [str(tuned["variant"])]
+    return [DEFAULT_VARIANTS[profile]]
+
+
+def run_local(config: LocalStackConfig, *, detached: bool) -> int:
+    """Export the repository if needed, start the stack, supervise it until a stop signal, stop it; exit status 0.
+
+    Args:
+        config: What to run.
+        detached: The services outlive this process (``up --detach`` started it); else they die with it.
+    """
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    print(ensure_repository(config), flush=True)
+    meta = {"profile": config.profile, "model": config.model, "variants": config.variants, "repo": str(config.repo),
+            "shm_prefix": shm_prefix(config.state_dir), "ports": config.ports}
+    supervisor = Supervisor(build_specs(config), config.state_dir, meta=meta, services_outlive_me=detached)
+    print(f"starting the {config.profile} stack (local processes; state in {config.state_dir})", flush=True)
+    try:  # a stop signal raises Interrupted (cli.main's stop_on_signals), here or in run(): everything is stopped
+        supervisor.start_all()
+    except KeyboardInterrupt:
+        print("stack start interrupted; every service stopped", flush=True)
+        return 0
+    ports = config.ports
+    prometheus = any(s.spec.name == "prometheus" for s in supervisor.services)
+    print(f"stack is up: gateway 127.0.0.1:{ports['gateway']} (gRPC edgediff.v1.Generator), metrics "
+          f":{ports['gateway-metrics']} and :{ports['exporter']}, Triton :{ports['triton-grpc']}"
+          + (f", Prometheus http://127.0.0.1:{ports['prometheus']}" if prometheus else "")
+          + "; Ctrl-C or 'edgediff down' stops it", flush=True)
+    try:
+        supervisor.run()
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the stack's normal end
+        pass
+    finally:
+        print("stopping the stack ...", flush=True)
+        supervisor.stop_all()
+        print("stack stopped", flush=True)
+    return 0

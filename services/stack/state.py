@@ -19,22 +19,6 @@ def default_state_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edgediff" / "stack"
 
 
-def add_state_dir_argument(parser: Any) -> None:
-    """``--state-dir``, shared by ``edgediff up``, ``status`` and ``down``."""
-    parser.add_argument("--state-dir", default=None,
-                        help=f"state file, logs, Prometheus data "
-                             f"(default: ${ENV_STACK_DIR} or ~/.cache/edgediff/stack)")
-
-
-def state_from_args(args: Any) -> tuple[Path, dict[str, Any] | None]:
-    """The state folder the arguments name (or the default) and the stack recorded there; prints when none is."""
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    state = read_state(state_dir)
-    if state is None:
-        print(f"no stack is running (no state in {state_dir})")
-    return state_dir, state
-
-
 def state_path(state_dir: Path) -> Path:
     """The state file inside ``state_dir``."""
     return state_dir / STATE_FILE

@@ -10,10 +10,9 @@ are the one exception to that rule: they keep serving if the supervisor dies, ``
 
 from __future__ import annotations
 
-import contextlib
+import graphlib
 import logging
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgediff.errors import EdgediffError
-from edgediff.processes import ChildProcess
+from edgediff.processes import ChildProcess, process_identity
 from services.stack.health import HealthCheck
 from services.stack.state import remove_state, write_state
 
@@ -64,6 +63,7 @@ class _Running:
     spec: ServiceSpec
     process: ChildProcess | None = None
     restarts: int = 0
+    recent_restarts: list[float] = field(default_factory=list)
     status: str = "starting"
     next_restart_at: float | None = None
     last_exit: int | None = None
@@ -76,25 +76,15 @@ def dependency_order(specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
         StackError: on an unknown dependency or a cycle.
     """
     by_name = {s.name: s for s in specs}
-    ordered: list[ServiceSpec] = []
-    visiting: set[str] = set()
-
-    def visit(spec: ServiceSpec) -> None:
-        if spec in ordered:
-            return
-        if spec.name in visiting:
-            raise StackError(f"dependency cycle through {spec.name}")
-        visiting.add(spec.name)
+    for spec in specs:
         for dep in spec.depends_on:
             if dep not in by_name:
                 raise StackError(f"{spec.name} depends on unknown service {dep}")
-            visit(by_name[dep])
-        visiting.discard(spec.name)
-        ordered.append(spec)
-
-    for spec in specs:
-        visit(spec)
-    return ordered
+    try:
+        order = graphlib.TopologicalSorter({s.name: s.depends_on for s in specs}).static_order()
+        return [by_name[name] for name in order]
+    except graphlib.CycleError as exc:
+        raise StackError(f"dependency cycle through {exc.args[1][0]}") from None
 
 
 class Supervisor:
@@ -103,8 +93,10 @@ class Supervisor:
     Args:
         specs: The services.
         state_dir: Where the state file and the logs go.
-        max_restarts: Restarts per service before giving up on it (it is then reported ``failed``).
-        backoff_s: Seconds before the n-th restart (the last value repeats).
+        max_restarts: Restarts of one service within ``restart_window_s`` before giving up on it (it is then
+            reported ``failed``); restarts older than the window no longer count.
+        restart_window_s: Seconds over which ``max_restarts`` is counted.
+        backoff_s: Seconds before the n-th restart within the window (the last value repeats).
         meta: Extra fields for the state file (profile, model, variants...).
         services_outlive_me: The services keep running when this process dies (a detached stack); False: they get
             SIGTERM from the kernel when it dies (a foreground stack, like any worker child).
@@ -116,6 +108,7 @@ class Supervisor:
         state_dir: Path,
         *,
         max_restarts: int = 5,
+        restart_window_s: float = 600.0,
         backoff_s: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0),
         meta: dict[str, Any] | None = None,
         services_outlive_me: bool = False,
@@ -123,10 +116,12 @@ class Supervisor:
         self.services = [_Running(spec) for spec in dependency_order(specs)]
         self.state_dir = Path(state_dir)
         self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
         self.backoff_s = tuple(backoff_s)
         self.meta = dict(meta or {})
         self.services_outlive_me = services_outlive_me
-        self._stop = threading.Event()
+        self._identity = process_identity(os.getpid())
+        self._stop_requested = False
         self._lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
@@ -147,14 +142,15 @@ class Supervisor:
 
     def run(self, poll_s: float = 0.5) -> None:
         """Watch the services until ``request_stop()``; restart the ones that die, with bounded back-off."""
-        while not self._stop.wait(poll_s):
+        while not self._stop_requested:
             for running in self.services:
                 self._watch(running)
             self._write_state()
+            time.sleep(poll_s)
 
     def request_stop(self) -> None:
-        """Ask ``run()`` to return (signal-handler safe)."""
-        self._stop.set()
+        """Ask ``run()`` to return within one poll: sets a flag, takes no lock (safe in a signal handler)."""
+        self._stop_requested = True
 
     def stop_all(self, timeout_s: float = 30.0) -> None:
         """Stop every service in reverse order (SIGTERM to its process group, then SIGKILL) and remove the state."""
@@ -216,17 +212,19 @@ class Supervisor:
             running.process.kill()  # whatever it left in its process group (orphaned stubs); reaped
             if spec.cleanup is not None:
                 spec.cleanup()
-            if running.restarts >= self.max_restarts:
+            running.recent_restarts = [t for t in running.recent_restarts if now - t < self.restart_window_s]
+            if len(running.recent_restarts) >= self.max_restarts:
                 running.status = "failed"
-                logger.error("%s died (exit %s) and used its %d restarts; giving up", spec.name, code,
-                             self.max_restarts)
+                logger.error("%s died (exit %s) after %d restarts within %.0f s; giving up", spec.name, code,
+                             self.max_restarts, self.restart_window_s)
                 return
-            delay = self.backoff_s[min(running.restarts, len(self.backoff_s) - 1)]
+            delay = self.backoff_s[min(len(running.recent_restarts), len(self.backoff_s) - 1)]
             running.next_restart_at = now + delay
             running.status = "died"
             logger.warning("%s died (exit %s); restarting in %.0f s", spec.name, code, delay)
         elif now >= running.next_restart_at:
             running.restarts += 1
+            running.recent_restarts.append(now)
             self._start(running)
             running.status = "restarting"
 
@@ -251,8 +249,10 @@ class Supervisor:
         services = {}
         for running in self.services:
             spec = running.spec
+            pid = running.process.pid if running.process else None
             services[spec.name] = {
-                "pid": running.process.pid if running.process else None,
+                "pid": pid,
+                "identity": process_identity(pid, spec.argv),
                 "port": spec.port,
                 "status": running.status,
                 "restarts": running.restarts,
@@ -260,14 +260,9 @@ class Supervisor:
                 "health": spec.health.to_dict(),
                 "log": str(self._log_path(spec)),
             }
-        return {"supervisor_pid": os.getpid(), "runtime": "local", **self.meta, "services": services}
+        return {"supervisor_pid": os.getpid(), "supervisor_identity": self._identity, "runtime": "local", **self.meta,
+                "services": services}
 
     def _write_state(self) -> None:
         with self._lock:
             write_state(self.state_dir, self.snapshot())
-
-
-def signal_group(pid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to the process group led by ``pid`` (gone or foreign groups are ignored)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)

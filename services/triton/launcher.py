@@ -158,6 +158,8 @@ class TritonServer:
         grpc_port: gRPC port.
         metrics_port: Prometheus metrics port.
         host: Address all three bind (loopback by default).
+        metrics_host: Address the metrics port binds instead of ``host`` (a pod's Triton serves inference on
+            loopback, to its gateway alone, and metrics to Prometheus).
         model_control: ``none`` (load everything at start), ``explicit`` (load/unload through the API; models in
             ``load_models`` at start) or ``poll``.
         load_models: Models to load at start in ``explicit`` mode.
@@ -174,6 +176,7 @@ class TritonServer:
         grpc_port: int = TRITON_GRPC_PORT,
         metrics_port: int = TRITON_METRICS_PORT,
         host: str = DEFAULT_HOST,
+        metrics_host: str | None = None,
         model_control: str = "none",
         load_models: Sequence[str] = (),
         startup_timeout_s: float = 120.0,
@@ -190,6 +193,7 @@ class TritonServer:
         self.grpc_port = int(grpc_port)
         self.metrics_port = int(metrics_port)
         self.host = host
+        self.metrics_host = metrics_host or host
         self.model_control = model_control
         self.load_models = list(load_models)
         self.startup_timeout_s = float(startup_timeout_s)
@@ -213,7 +217,7 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         """``http://host:port/metrics``."""
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return f"http://{self.metrics_host}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
@@ -229,7 +233,7 @@ class TritonServer:
             f"--model-repository={self.repo}",
             f"--http-address={self.host}", f"--http-port={self.http_port}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            f"--metrics-address={self.metrics_host}", f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
             f"--model-control-mode={self.model_control}",
             "--exit-on-error=true",

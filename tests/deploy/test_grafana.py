@@ -55,24 +55,30 @@ def test_dashboard_provider_reads_the_folder_compose_mounts(compose: dict[str, A
     assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{dashboards_path}/{DASHBOARD_FILE.name}"
 
 
-def test_every_panel_queries_the_provisioned_datasource(dashboard: dict[str, Any]) -> None:
-    uid = _datasource()["uid"]
+def test_every_panel_queries_the_datasource_variable(dashboard: dict[str, Any]) -> None:
+    """No datasource uid in the dashboard: ${DS_PROMETHEUS} picks the default Prometheus (the provisioned one here)."""
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    assert _datasource()["isDefault"] is True
+    assert _datasource()["uid"] not in DASHBOARD_FILE.read_text(), "the dashboard hard-codes the datasource uid"
+    expected = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
     assert dashboard["uid"] and dashboard["title"]
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len(panels) >= 10
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
-        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["datasource"] == expected, panel["title"]
         assert panel["targets"], f"panel {panel['title']!r} has no query"
         ref_ids = [t["refId"] for t in panel["targets"]]
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid, panel["title"]
+            assert target["datasource"] == expected, panel["title"]
             assert target["expr"].strip(), panel["title"]
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
     for variable in dashboard["templating"]["list"]:
-        assert variable["datasource"]["uid"] == uid
+        if variable["type"] == "query":
+            assert variable["datasource"] == expected, variable["name"]
 
 
 def test_dashboard_shows_what_the_issue_asks_for(dashboard: dict[str, Any]) -> None:

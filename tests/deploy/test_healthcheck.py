@@ -105,3 +105,65 @@ def test_module_entry_point(http_port: int) -> None:
     bad = subprocess.run([sys.executable, "-m", "services.healthcheck", "http", f"http://127.0.0.1:{http_port}/x"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "unhealthy" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    from tests.gateway.test_security import make_self_signed
+
+    cert, key = make_self_signed(tmp_path_factory.mktemp("tls"))
+    return str(cert), str(key)
+
+
+def _tls_health_server(cert: str, key: str, *, client_auth: bool) -> tuple[grpc.Server, int]:
+    with open(cert, "rb") as c, open(key, "rb") as k:
+        cert_pem, key_pem = c.read(), k.read()
+    creds = grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=cert_pem if client_auth else None,
+                                        require_client_auth=client_auth)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    return server, port
+
+
+def test_grpc_over_tls(tls_pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cert, key = tls_pair
+    server, port = _tls_health_server(cert, key, client_auth=False)
+    try:
+        target = f"127.0.0.1:{port}"
+        assert main(["--timeout", "2", "grpc", target]) == 1  # plaintext against a TLS server
+        assert main(["grpc", target, "--tls-ca", cert]) == 0
+        assert main(["grpc", target, "--tls-ca", cert, "--tls-server-name", "localhost"]) == 0
+        assert main(["--timeout", "2", "grpc", target, "--tls-ca", cert, "--tls-server-name", "other.example"]) == 1
+        capsys.readouterr()
+        assert main(["grpc", target, "--tls-ca", "/no/such/ca.pem"]) == 2
+        assert "--tls-ca" in capsys.readouterr().err
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+def test_grpc_over_mutual_tls_and_from_the_environment(tls_pair: tuple[str, str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = tls_pair
+    server, port = _tls_health_server(cert, key, client_auth=True)
+    try:
+        target = f"127.0.0.1:{port}"
+        assert main(["--timeout", "2", "grpc", target, "--tls-ca", cert]) == 1  # no client certificate
+        assert main(["grpc", target, "--tls-ca", cert, "--tls-cert", cert, "--tls-key", key]) == 0
+        monkeypatch.setenv("EDGEDIFF_HEALTHCHECK_TLS_CA", cert)  # what a container sets once for every probe
+        monkeypatch.setenv("EDGEDIFF_HEALTHCHECK_TLS_CERT", cert)
+        monkeypatch.setenv("EDGEDIFF_HEALTHCHECK_TLS_KEY", key)
+        assert main(["grpc", target]) == 0
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+def test_liveness_wants_an_answer_not_serving(health_server: tuple[int, health.HealthServicer]) -> None:
+    port, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # the backend is down: a restart would not help
+    assert main(["grpc", f"127.0.0.1:{port}"]) == 1
+    assert main(["grpc", "--liveness", f"127.0.0.1:{port}"]) == 0
+    assert main(["--timeout", "1", "grpc", "--liveness", f"127.0.0.1:{_closed_port()}"]) == 1

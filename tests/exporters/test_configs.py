@@ -6,9 +6,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from edgediff.constants import LDM_OUTPUT_IMAGE, LDM_OUTPUT_TIMINGS, UNET_INPUT_TIMESTEP
+from edgediff.constants import LDM_OUTPUT_IMAGE, LDM_OUTPUT_TIMINGS, SERVE_MAX_BATCH, UNET_INPUT_TIMESTEP
 from edgediff.errors import InvalidArgumentError, UnknownVariantError
-from exporters.configs import Enum, render_config
+from exporters.configs import Enum, instance_count, ldm_config, render_config
 from exporters.repository import export_repository, model_names
 from exporters.targets import TARGETS, get_target
 
@@ -58,6 +58,7 @@ def test_gpu_repositories_use_native_backends_on_gpu_instances(tmp_path, target)
             assert config.platform == platform and not config.backend
             assert config.max_batch_size == max_batch
             assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+            assert config.dynamic_batching.max_queue_delay_microseconds == TARGETS[target].queue_delay_us > 0
             assert config.default_model_filename == TARGETS[target].placements[variant].filename
             entry = manifest["variants"][variant]["parts"][part]
             assert entry["artifact"] is None and "configs only" in entry["skipped"]
@@ -66,6 +67,9 @@ def test_gpu_repositories_use_native_backends_on_gpu_instances(tmp_path, target)
         ldm = parse(repo / names["ldm"] / "config.pbtxt")
         assert ldm.backend == "python" and ldm.max_batch_size == 0
         assert [g.kind for g in ldm.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+        # several generations at once, enough batch-1 ones to fill one merged part execution
+        assert [g.count for g in ldm.instance_group] == [TARGETS[target].pipeline_instances] == [max_batch]
+        assert ldm.parameters["max_batch"].string_value == str(SERVE_MAX_BATCH)  # what the gateway accepts
         assert ldm.parameters["unet_model"].string_value == names["unet"]
         assert ldm.parameters["vqdec_model"].string_value == names["vqdec"]
         outputs = {o.name: o for o in ldm.output}
@@ -91,6 +95,18 @@ def test_cpu_configs_are_python_models_on_cpu_instances(tmp_path):
         assert unet.parameters["part"].string_value == placement.unet_part  # "unet", or "unet-deepcache"
         first = "1/" if placement.deepcache_interval == 1 else "1/unet-full/"  # DeepCache: full and shallow inside
         assert unet.parameters["artifact"].string_value == f"{first}{placement.filename}"
+        if placement.deepcache_interval > 1:  # every image of every generation in progress is one open sequence
+            oldest = unet.sequence_batching.oldest
+            assert oldest.max_candidate_sequences == SERVE_MAX_BATCH * TARGETS["cpu"].pipeline_instances
+
+
+def test_instance_count_reads_config_dicts_and_tritons_json():
+    config = ldm_config(name="ldm_x", image_size=8, parameters={}, instances=3)
+    assert instance_count(config) == 3
+    assert instance_count({"instance_group": [{"kind": "KIND_CPU", "count": 2}, {"count": 1}]}) == 3
+    assert instance_count({}) == 1  # Triton's default: one instance
+    with pytest.raises(ValueError, match="instances must be >= 1"):
+        ldm_config(name="ldm_x", image_size=8, parameters={}, instances=0)
 
 
 def test_target_and_variant_errors_name_the_flag():

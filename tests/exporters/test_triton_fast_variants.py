@@ -22,11 +22,11 @@ from edgediff.constants import (
     LDM_OUTPUT_IMAGE,
     METRIC_DEEPCACHE_EVALUATIONS_TOTAL,
     METRIC_DEEPCACHE_OPEN_SEQUENCES,
+    SERVE_MAX_BATCH,
     UNET_INPUT_SAMPLE,
     UNET_INPUT_TIMESTEP,
     UNET_OUTPUT,
 )
-from edgediff.pipeline import MAX_BATCH
 from edgediff.variants import get_variant
 from exporters.repository import export_repository, model_names
 from exporters.targets import DEEPCACHE_PART, TARGETS
@@ -75,7 +75,8 @@ def test_deepcache_configs_and_manifest(tmp_path):
         # stateful: Triton's sequence batcher (one sequence per image), never the dynamic batcher
         assert unet.WhichOneof("scheduling_choice") == "sequence_batching"
         assert unet.sequence_batching.WhichOneof("strategy_choice") == "oldest"
-        assert unet.sequence_batching.oldest.max_candidate_sequences == MAX_BATCH  # a whole batch stays open
+        open_images = SERVE_MAX_BATCH * TARGETS["cpu"].pipeline_instances  # every image of every generation at once
+        assert unet.sequence_batching.oldest.max_candidate_sequences == open_images
         assert unet.sequence_batching.max_sequence_idle_microseconds == DEEPCACHE_SEQUENCE_IDLE_S * 1_000_000
         # the feature stays inside: the same tensors as a plain UNet model
         assert [i.name for i in unet.input] == [UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP]
@@ -149,11 +150,11 @@ def test_deepcache_through_triton_equals_in_process_and_keeps_the_feature_inside
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_deepcache_batch_larger_than_the_part_batch(client, server, tiny_components):
-    # batch 5 > max_batch_size 4: five images, five sequences open at once, all closed at the end
+def test_deepcache_largest_served_batch(client, server, tiny_components):
+    # four images, four sequences open at once, all closed at the end
     names = model_names(DEEPCACHE)
-    result = client.infer(names["ldm"], ldm_inputs(seed=8, steps=4, eta=0.5, batch=5))
-    expected = in_process(tiny_components, DEEPCACHE, seed=8, steps=4, eta=0.5, batch=5)
+    result = client.infer(names["ldm"], ldm_inputs(seed=8, steps=4, eta=0.5, batch=SERVE_MAX_BATCH))
+    expected = in_process(tiny_components, DEEPCACHE, seed=8, steps=4, eta=0.5, batch=SERVE_MAX_BATCH)
     assert_same_images(result.as_numpy(LDM_OUTPUT_IMAGE), expected.images)
     assert deepcache_state(server, names["unet"])[METRIC_DEEPCACHE_OPEN_SEQUENCES] == 0
 

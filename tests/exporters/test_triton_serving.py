@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from edgediff.constants import LDM_OUTPUT_IMAGE, LDM_OUTPUT_TIMINGS, LDM_TIMINGS_FIELDS
+from edgediff.constants import LDM_OUTPUT_IMAGE, LDM_OUTPUT_TIMINGS, LDM_TIMINGS_FIELDS, SERVE_MAX_BATCH
 from exporters.repository import model_names
 from tests.exporters.helpers import assert_same_images, grpc_client, in_process, ldm_inputs, serve_tiny
 
@@ -42,10 +42,10 @@ def test_generation_through_triton_equals_in_process(client, tiny_components, va
     assert 0 < denoise_s <= total_s and 0 < decode_s <= total_s
 
 
-def test_eta_and_batch_larger_than_the_part_batch(client, tiny_components):
-    # batch 5 > the part models' max_batch_size 4: the pipeline model splits the BLS calls
-    result = client.infer(model_names("onnx-fp32")["ldm"], ldm_inputs(seed=3, steps=3, eta=0.5, batch=5))
-    expected = in_process(tiny_components, "onnx-fp32", seed=3, steps=3, eta=0.5, batch=5)
+def test_eta_and_the_largest_served_batch(client, tiny_components):
+    batch = SERVE_MAX_BATCH  # what the gateway accepts, and the ldm model too
+    result = client.infer(model_names("onnx-fp32")["ldm"], ldm_inputs(seed=3, steps=3, eta=0.5, batch=batch))
+    expected = in_process(tiny_components, "onnx-fp32", seed=3, steps=3, eta=0.5, batch=batch)
     assert_same_images(result.as_numpy(LDM_OUTPUT_IMAGE), expected.images)
 
 
@@ -72,8 +72,8 @@ def test_bad_arguments_are_invalid_argument_errors(client):
         client.infer(model_names("onnx-fp32")["ldm"], ldm_inputs(seed=1, steps=0))
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "steps must be an integer in 1..1000, got 0" in info.value.message()
-    with pytest.raises(InferenceServerException, match=r"batch must be an integer in 1\.\.64"):
-        client.infer(model_names("onnx-fp32")["ldm"], ldm_inputs(seed=1, steps=2, batch=65))
+    with pytest.raises(InferenceServerException, match=rf"batch must be an integer in 1\.\.{SERVE_MAX_BATCH}\b"):
+        client.infer(model_names("onnx-fp32")["ldm"], ldm_inputs(seed=1, steps=2, batch=SERVE_MAX_BATCH + 1))
 
 
 def test_an_inner_model_error_is_returned_not_swallowed(client):

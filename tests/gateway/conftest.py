@@ -37,11 +37,13 @@ def gateway_cache(_isolated_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def local_gateway(gateway_cache: Path) -> Iterator[object]:
-    """One local-backend gateway for the session: tiny preset, concurrency 1, queue 1, max batch 4, metrics on."""
+    """One local-backend gateway for the session: tiny preset, concurrency 1, queue 1, max batch 4, max steps 1000,
+    metrics on."""
     from services.gateway.server import GatewayConfig, GatewayServer
 
     config = GatewayConfig(backend="local", model="tiny", port=0, metrics_port=free_port(), max_concurrency=1,
-                           max_queue=1, max_batch=MAX_BATCH, shutdown_grace_s=5.0)
+                           max_queue=1, max_batch=MAX_BATCH, shutdown_grace_s=5.0,
+                           max_steps=1000)  # the core's largest: test_deadline_cancels_the_work needs slow work
     server = GatewayServer(config).start()
     try:
         yield server

@@ -9,7 +9,7 @@ import pytest
 
 from edgediff.errors import InvalidArgumentError
 from edgediff.pipeline import GenerationCancelled
-from services.gateway.admission import Admission, QueueFullError
+from services.gateway.admission import AUTO_MAX_CONCURRENCY, Admission, QueueFullError
 
 
 def test_refuses_at_once_beyond_the_queue() -> None:
@@ -101,3 +101,28 @@ def test_zero_queue_and_bad_settings() -> None:
         Admission(1, -1)
     with pytest.raises(RuntimeError):
         Admission(1, 0).release()
+
+
+def test_capacity_sized_admission_follows_the_backend() -> None:
+    capacity: dict[str, int | None] = {"now": None}
+    admission = Admission(None, max_queue=1, capacity=lambda: capacity["now"])
+    assert admission.max_concurrency == 1  # the backend cannot tell yet: one at a time
+    assert admission.max_concurrency_bound == AUTO_MAX_CONCURRENCY  # what the server sizes its workers for
+    capacity["now"] = 2
+    assert admission.acquire() == 0.0 and admission.acquire() == 0.0
+    got: list[float] = []
+    thread = threading.Thread(target=lambda: got.append(admission.acquire()))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while admission.waiting != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    with pytest.raises(QueueFullError, match="max concurrency 2, max queue 1"):
+        admission.acquire()  # capacity and queue full: refused at once
+    assert time.perf_counter() - t0 < 0.1
+    capacity["now"] = 3  # the backend grew: the queued request gets a slot with no release
+    thread.join(5)
+    assert got and admission.running == 3
+    capacity["now"] = 10_000
+    assert admission.max_concurrency == AUTO_MAX_CONCURRENCY
+    assert Admission(2, 0, capacity=lambda: 10).max_concurrency == 2  # --max-concurrency wins over the backend

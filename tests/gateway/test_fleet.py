@@ -297,16 +297,40 @@ def fake_upstream() -> Iterator[_FakeUpstream]:
 def test_energy_per_image_comes_from_the_upstreams_counters(fake_upstream: _FakeUpstream) -> None:
     def pages(joules_board: float, joules_rail: float, images: float) -> None:
         fake_upstream.pages(
-            f'edgediff_energy_joules_total{{domain="board",source="tegrastats"}} {joules_board}\n'
+            f'edgediff_energy_joules_total{{domain="soc-total",source="tegrastats"}} {joules_board}\n'
             f'edgediff_energy_joules_total{{domain="gpu",source="tegrastats"}} {joules_rail}\n',
             f'edgediff_gateway_images_total{{variant="torch-fp32"}} {images}\n')
 
     pages(1000.0, 400.0, 10)
     assert fake_upstream.learn() is None  # one reading is no rate
     pages(1100.0, 450.0, 14)
-    assert fake_upstream.learn() == pytest.approx(25.0)  # 100 J of the board total over 4 images
+    # 100 J of the Jetson's input rail over 4 images: its GPU rail is a part of it, never added (the bench's rule)
+    assert fake_upstream.learn() == pytest.approx(25.0)
     fake_upstream.pages("", 'edgediff_gateway_images_total{variant="torch-fp32"} 14\n')  # the sensor went away
     assert fake_upstream.learn() == pytest.approx(25.0)  # kept, never invented
+
+
+def test_energy_sums_the_whole_domains_net_of_idle(fake_upstream: _FakeUpstream) -> None:
+    # A desktop: RAPL package (its core zone is a part of it), DRAM and an NVML GPU are three wholes; the fleet used
+    # to take the largest one only. With an idle baseline on every whole, the net energy is learned.
+    def pages(package: float, core: float, dram: float, gpu: float, images: float, idle_w: float | None) -> None:
+        idle = "".join(f'edgediff_idle_power_watts{{domain="{d}",source="{s}"}} {idle_w}\n'
+                       for d, s in (("cpu-package", "rapl"), ("dram", "rapl"), ("gpu", "nvml"))) if idle_w else ""
+        fake_upstream.pages(
+            f'edgediff_energy_joules_total{{domain="cpu-package",source="rapl"}} {package}\n'
+            f'edgediff_energy_joules_total{{domain="cpu-core",source="rapl"}} {core}\n'
+            f'edgediff_energy_joules_total{{domain="dram",source="rapl"}} {dram}\n'
+            f'edgediff_energy_joules_total{{domain="gpu",source="nvml"}} {gpu}\n' + idle,
+            f'edgediff_gateway_images_total{{variant="v"}} {images}\n')
+
+    pages(0.0, 0.0, 0.0, 0.0, 0, None)
+    fake_upstream.learn()
+    pages(60.0, 50.0, 10.0, 130.0, 10, None)
+    assert fake_upstream.learn() == pytest.approx(20.0)  # (60 + 10 + 130) J / 10 images; the core zone not added
+    fake_upstream.upstream.energy_per_image_j = None
+    pages(120.0, 100.0, 20.0, 260.0, 20, 1e6)  # an absurd idle power: the net is far below the gross
+    net = fake_upstream.learn()
+    assert net is not None and net < 20.0
 
 
 def test_energy_is_not_learned_over_an_interval_the_exporter_did_not_measure(fake_upstream: _FakeUpstream) -> None:

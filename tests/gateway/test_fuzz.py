@@ -20,6 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from services.gateway.client import GeneratorClient  # noqa: E402
 from services.gateway.server import GatewayConfig, GatewayServer  # noqa: E402
+from services.gateway.validation import DEFAULT_MAX_STEPS  # noqa: E402
 from services.proto.edgediff.v1 import generator_pb2  # noqa: E402
 from tests.gateway.fakes import VARIANT, FlakyBackend  # noqa: E402
 
@@ -76,7 +77,7 @@ def _expected_valid(request: generator_pb2.GenerateRequest) -> bool:
     """Whether the gateway must accept ``request`` (mirrors the documented ranges, not the code)."""
     eta = float(request.eta)
     fmt_ok = request.format.strip().lower() in ("", "png")
-    return (request.seed <= 2**63 - 1 and request.steps <= 1000 and math.isfinite(eta) and 0 <= eta <= 1
+    return (request.seed <= 2**63 - 1 and request.steps <= DEFAULT_MAX_STEPS and math.isfinite(eta) and 0 <= eta <= 1
             and request.batch_size <= MAX_BATCH and fmt_ok and request.variant.strip() in ("", VARIANT))
 
 

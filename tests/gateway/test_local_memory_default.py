@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from cli.serve import parse_memory_size
+from cli.args import parse_memory_size
 from edgediff.models.spec import ModelSpec
 from edgediff.variants import BASELINE
 from services.gateway.backends.base import GenerateArgs
@@ -42,7 +42,7 @@ def test_local_backend_serves_the_phone_variant_from_a_spec(tmp_path):
     assert isinstance(backend.components, ModelSpec)  # the fp32 modules were never built
     status = {name: backend.variant_status(name) for name in backend.known_variants()}
     assert status[PHONE_VARIANT].available and "memory is short" in status[PHONE_VARIANT].reason
-    assert status[BASELINE].reason == ""
+    assert not status[BASELINE].available and "--allow-variants" in status[BASELINE].reason  # only the default
     result = backend.generate(GenerateArgs(seed=1, steps=2, eta=0.0, variant=PHONE_VARIANT, batch=1),
                               should_stop=lambda: False)
     assert len(result.images) == 1 and result.images[0][:8] == b"\x89PNG\r\n\x1a\n"

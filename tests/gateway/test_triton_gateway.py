@@ -98,7 +98,7 @@ def triton_gateway(triton: dict[str, Any]) -> Iterator[GatewayServer]:
     server = triton["server"]
     config = GatewayConfig(backend="triton", triton_url=server.grpc_url, port=0, metrics_port=free_port(),
                            max_concurrency=2, max_queue=2, health_interval_s=0.25, shutdown_grace_s=2.0,
-                           max_backend_wait_s=HELD_DEADLINE_S)
+                           max_backend_wait_s=HELD_DEADLINE_S, max_steps=1000)  # long work: 1000 steps
     gateway = GatewayServer(config).start()
     try:
         yield gateway

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.loadtest.conftest import FIXTURE_POWER_W, _start, _stop, run_loadtest, wait_http
+from tests.loadtest.conftest import FIXTURE_POWER_W, REPO_ROOT, _env, _start, _stop, run_loadtest, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +147,41 @@ def test_energy_from_a_real_prometheus(gateway, exporter, tmp_path):
     assert fixture["energy_per_image_j"] == pytest.approx(expected, rel=REL_TOLERANCE)
     assert fixture["idle_power_w"] == pytest.approx(FIXTURE_POWER_W)
 
+
+
+def test_open_loop_sends_poisson_arrivals_at_the_rate(gateway, exporter, tmp_path):
+    # 4 arrivals/s of 2-step tiny requests: well below the gateway's capacity, so none is missed or fails; the
+    # server picks the steps (none sent), and the energy comes from the same counter module as a closed loop's
+    run = run_loadtest(tmp_path / "open", "--target", gateway.target, "--rate", "4", "--duration", DURATION,
+                       "--exporter", f"127.0.0.1:{exporter.port}")
+    assert run.returncode == 0, run.stderr + run.stdout
+    report = run.report
+    load, req = report["load"], report["requests"]
+    arrivals = load["arrivals"]
+    assert load["mode"] == "open" and arrivals["rate_per_s"] == 4.0 and arrivals["missed"] == 0
+    assert 20 <= arrivals["sent"] <= 64  # Poisson: 40 expected in 10 s
+    assert req["failed"] == 0 and req["requests"] + req["cancelled_at_stop"] == arrivals["sent"]
+    assert report["config"]["mix"]["steps"] == {"default": 1.0}
+    records = [r for f in (run.out / "records").glob("requests-*.json") for r in json.loads(f.read_text())["requests"]]
+    assert records and all(r["steps"] > 0 for r in records)  # the steps the server applied, from its response
+    assert report["energy"]["available"]
+    assert "arrivals at 4/s:" in run.stdout and "0 missed" in run.stdout
+
+
+def test_sweep_reports_each_level_and_the_knee(gateway, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "cli.main", "loadtest", "--out", str(tmp_path / "sweep"),
+                          "--target", gateway.target, "--sweep", "users=1,2", "--duration", "4s", "--steps", "2"],
+                         capture_output=True, text=True, timeout=150, cwd=REPO_ROOT, env=_env())
+    assert run.returncode == 0, run.stderr + run.stdout
+    sweep = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [row["label"] for row in sweep["levels"]] == ["users-1", "users-2"]
+    for row in sweep["levels"]:
+        assert row["reached"] and row["failed"] == 0 and row["images_per_s"] > 0
+        assert 0 < row["p50_s"] <= row["p90_s"] <= row["p99_s"]
+        assert (tmp_path / "sweep" / row["label"] / "loadtest.json").is_file()
+    knee = sweep["knee"]
+    assert knee["saturation_images_per_s"] == max(row["images_per_s"] for row in sweep["levels"])
+    assert knee["knee_label"] in ("users-1", "users-2")
+    assert (tmp_path / "sweep" / "sweep_throughput_latency.png").stat().st_size > 1000
+    assert "saturation throughput:" in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "users-1:" in run.stdout and "saturation" in run.stdout

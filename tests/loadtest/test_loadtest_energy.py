@@ -12,15 +12,9 @@ from typing import ClassVar
 
 import pytest
 
-from edgediff.telemetry.window import energy_from_increase, energy_row, is_estimated_source
-from loadtest.energy import (
-    Scrape,
-    energy_from_prometheus,
-    energy_from_scrapes,
-    increase_query,
-    parse_exporter,
-    sum_counter,
-)
+from edgediff.telemetry.counters import Scrape, energy_from_increase, parse_exporter, sum_counter
+from edgediff.telemetry.window import energy_row, is_estimated_source
+from loadtest.energy import energy_from_prometheus, energy_from_scrapes, increase_query
 
 FIXTURES = Path(__file__).parent / "fixtures"
 START_FIXTURE_J = 135.47633665000376

@@ -14,7 +14,7 @@ from cli.loadtest import check_target, metrics_url, parse_duration_s
 from edgediff.errors import InvalidArgumentError
 from edgediff.request import MAX_BATCH, MAX_STEPS, SEED_MAX, GenerationRequest
 from edgediff.stats import summarize as summarize_latency
-from edgediff.telemetry.window import energy_from_increase
+from edgediff.telemetry.counters import energy_from_increase
 from loadtest.energy import EnergyResult
 from loadtest.mix import RequestMix, parse_seeds, parse_weighted
 from loadtest.records import RecordBook, RequestRecord, WindowMarks, read_records
@@ -49,6 +49,15 @@ def test_bad_weighted_specs_name_the_option(text, message):
     with pytest.raises(InvalidArgumentError, match=message) as info:
         parse_weighted(text, "--variant")
     assert "--variant" in str(info.value)
+
+
+def test_default_steps_are_the_servers():
+    # no steps sent (0): the server applies its own default steps and sampler (its tune profile's)
+    mix = RequestMix.parse()
+    assert mix.next_request(random.Random(0)).steps == 0
+    assert mix.to_dict()["steps"] == {"default": 1.0}
+    assert {r.steps for r in (RequestMix.parse(steps="default:1,4:1").next_request(random.Random(i))
+                              for i in range(40))} == {0, 4}
 
 
 def test_integer_specs_must_be_positive():
@@ -118,7 +127,8 @@ def test_loadtest_help_lists_the_flags():
                           timeout=60)
     assert done.returncode == 0
     for flag in ("--target", "--users", "--spawn-rate", "--duration", "--variant", "--steps", "--exporter",
-                 "--prometheus", "--workers", "--out", "--smoke", "--gateway-metrics", "--token-file"):
+                 "--prometheus", "--workers", "--out", "--smoke", "--gateway-metrics", "--token-file", "--rate",
+                 "--sweep"):
         assert flag in done.stdout
 
 
@@ -134,7 +144,7 @@ def test_smoke_profile_and_explicit_flags():
     explicit = parser.parse_args(["--target", "h:1", "--smoke", "--users", "3"])
     assert _resolved(explicit, "users") == 3
     default = parser.parse_args(["--target", "h:1"])
-    assert [_resolved(default, k) for k in ("users", "duration", "steps")] == [4, "60s", "20"]
+    assert [_resolved(default, k) for k in ("users", "duration", "steps")] == [4, "60s", "default"]
 
 
 def test_cli_bad_arguments_exit_2_with_one_line(capsys):
@@ -143,12 +153,28 @@ def test_cli_bad_arguments_exit_2_with_one_line(capsys):
     assert main(["loadtest", "--target", "nohost"]) == 2
     assert main(["loadtest", "--target", "127.0.0.1:1", "--steps", "0"]) == 2
     assert main(["loadtest", "--target", "127.0.0.1:1", "--users", "0"]) == 2
+    assert main(["loadtest", "--target", "127.0.0.1:1", "--rate", "0"]) == 2
+    assert main(["loadtest", "--target", "127.0.0.1:1", "--sweep", "users=4,2"]) == 2
+    assert main(["loadtest", "--target", "127.0.0.1:1", "--sweep", "threads=1,2"]) == 2
+    assert main(["loadtest", "--target", "127.0.0.1:1", "--sweep", "users=1,2", "--users", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "edgediff loadtest: error: --target: expected HOST:PORT (e.g. 127.0.0.1:50051), got 'nohost'",
         "edgediff loadtest: error: --steps: values must be >= 1, got 0",
         "edgediff loadtest: error: --users must be >= 1, got 0",
+        "edgediff loadtest: error: --rate must be > 0 per second, got 0.0",
+        "edgediff loadtest: error: --sweep: levels must increase, got '4,2'",
+        "edgediff loadtest: error: --sweep: expected users=N,N,... or rate=R,R,... (e.g. users=1,2,4,8), got "
+        "'threads=1,2'",
+        "edgediff loadtest: error: --users conflicts with --sweep users=...: the sweep sets the users of each level",
     ]
+
+
+def test_rate_and_sweep_are_exclusive_with_one_line_and_exit_2():
+    done = subprocess.run([sys.executable, "-m", "cli.main", "loadtest", "--target", "h:1", "--rate", "1",
+                           "--sweep", "users=1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("argument --sweep: not allowed with argument --rate")
 
 
 # --- summary --------------------------------------------------------------------------------------------------------
@@ -196,15 +222,34 @@ def test_summarize_counts_failures_by_status_and_the_window():
     assert by_name["Generate b"].latency is None
 
 
-def test_timeline_bins_by_completion_time():
+def test_timeline_is_a_rolling_rate_by_completion_time():
     records = [_record(0.0, 0.5), _record(0.2, 0.6), _record(1.1, 0.2, "UNAVAILABLE"), _record(2.5, 0.1, images=4),
-               _record(3.0, 0.4), _record(3.6, 0.5)]  # ends 3.4 (in the 2..3.5 bin), 4.1 (after the window)
-    bins = timeline(records, 0.0, 3.5)
-    assert [(b.t_s, b.width_s) for b in bins] == [(0.0, 1.0), (1.0, 1.0), (2.0, 1.5)]  # the last takes the 0.5 s tail
-    assert [b.requests_per_s for b in bins] == [2.0, 1.0, pytest.approx(2 / 1.5)]
-    assert [b.images_per_s for b in bins] == [2.0, 0.0, pytest.approx(5 / 1.5)]
-    assert [b.failures_per_s for b in bins] == [0.0, 1.0, 0.0]
-    assert bins[0].p50_s == pytest.approx(0.55) and bins[1].p50_s is None
+               _record(3.0, 0.4), _record(3.6, 0.5)]  # ends 0.5, 0.8, 1.3, 2.6, 3.4 and 4.1 (after the window)
+    bins = timeline(records, 0.0, 3.5, width_s=2.0)
+    assert [b.t_s for b in bins] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]  # every width / 4
+    assert [b.width_s for b in bins] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0]  # clipped at the window's start
+    by_t = {b.t_s: b for b in bins}
+    assert by_t[1.0].requests_per_s == pytest.approx(2 / 1.0) and by_t[1.0].p50_s == pytest.approx(0.55)
+    assert by_t[2.0].requests_per_s == pytest.approx(3 / 2.0) and by_t[2.0].failures_per_s == pytest.approx(0.5)
+    assert by_t[3.5].images_per_s == pytest.approx(5 / 2.0) and by_t[3.5].p50_s is not None  # (1.5, 3.5]
+
+
+def test_rolling_width_spans_about_ten_completions():
+    from loadtest.summary import MIN_ROLLING_S, rolling_width_s
+
+    assert rolling_width_s(completions=1000, window_s=60.0) == MIN_ROLLING_S  # fast server: 5 s
+    assert rolling_width_s(completions=20, window_s=60.0) == pytest.approx(30.0)  # one image every 3 s: 30 s
+    assert rolling_width_s(completions=2, window_s=60.0) == 60.0  # never wider than the window
+    slow = [_record(3.0 * i, 2.7) for i in range(20)]  # one image every 3 s: no 0/1 square wave
+    rates = [b.images_per_s for b in timeline(slow, 0.0, 60.0) if b.t_s >= 30.0]
+    assert min(rates) > 0.25 and max(rates) < 0.45
+
+
+def test_max_in_flight():
+    from loadtest.summary import max_in_flight
+
+    assert max_in_flight([_record(0.0, 1.0), _record(0.5, 1.0), _record(1.0, 1.0), _record(3.0, 0.1)]) == 2
+    assert max_in_flight([]) == 0
 
 
 # --- records round trip ---------------------------------------------------------------------------------------------

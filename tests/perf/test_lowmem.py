@@ -192,7 +192,7 @@ def test_prepare_child_process_reports_cached_artifacts(lowmem_built):
 
 
 def test_weights_origin_matches_load_components(tiny_components, tmp_path):
-    from edgediff.models.weights import save_components
+    from edgediff.models import save_components
 
     assert weights_origin(tiny_components.preset) == tiny_components.weights
     folder = save_components(tiny_components, tmp_path / "w")

@@ -75,6 +75,55 @@ def test_start_restart_and_stop(tmp_path):
     assert not any(pid_alive(p) for p in pids)
 
 
+def _kill_and_wait_restart(sup: Supervisor, state_dir, restarts: int) -> dict:
+    import os
+    import signal
+
+    os.kill(read_state(state_dir)["services"]["web"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for running in sup.services:
+            sup._watch(running)
+        sup._write_state()
+        service = read_state(state_dir)["services"]["web"]
+        if service["status"] == "failed" or (service["restarts"] == restarts and service["status"] == "healthy"):
+            return service
+        time.sleep(0.1)
+    return service
+
+
+def test_the_restart_budget_is_counted_over_a_time_window(tmp_path):
+    port = free_port()
+    sup = Supervisor([http_service("web", port)], tmp_path, max_restarts=1, restart_window_s=1.0, backoff_s=(0.1,))
+    sup.start_all()
+    try:
+        assert _kill_and_wait_restart(sup, tmp_path, 1)["status"] == "healthy"
+        time.sleep(1.2)  # the first restart left the window: the budget is whole again (before: failed for life)
+        assert _kill_and_wait_restart(sup, tmp_path, 2)["status"] == "healthy"
+        service = _kill_and_wait_restart(sup, tmp_path, 3)  # a second death within the window: given up
+        assert service["status"] == "failed" and service["restarts"] == 2
+    finally:
+        sup.stop_all()
+
+
+def test_the_state_records_each_process_identity(tmp_path):
+    from edgediff.processes import is_same_process
+
+    sup = Supervisor([http_service("web", free_port())], tmp_path)
+    sup.start_all()
+    try:
+        state = read_state(tmp_path)
+        web = state["services"]["web"]
+        assert web["identity"]["cmdline"] == list(sup.services[0].spec.argv)
+        assert is_same_process(web["pid"], web["identity"])
+        assert is_same_process(state["supervisor_pid"], state["supervisor_identity"])
+        assert not is_same_process(web["pid"], {**web["identity"], "start_ticks": web["identity"]["start_ticks"] + 1})
+        assert not is_same_process(web["pid"], {**web["identity"], "cmdline": ["another-program"]})
+        assert not is_same_process(web["pid"], None)
+    finally:
+        sup.stop_all()
+
+
 def test_a_service_that_never_gets_healthy_stops_everything(tmp_path):
     port = free_port()
     broken = ServiceSpec("broken", [sys.executable, "-c", "import time; time.sleep(60)"],

@@ -23,7 +23,8 @@ from edgediff.constants import METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL
 from edgediff.telemetry import EnergyMonitor, Measurement
 from edgediff.telemetry.android_battery import AndroidBatteryReader
 from edgediff.telemetry.base import UNMEASURED_FLAGS
-from loadtest.energy import Scrape, energy_from_scrapes
+from edgediff.telemetry.counters import Scrape
+from loadtest.energy import energy_from_scrapes
 from services.telemetry_exporter.collector import TelemetryCollector
 
 TRACES = Path(__file__).parent / "fixtures" / "android" / "traces"

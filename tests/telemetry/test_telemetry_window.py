@@ -7,13 +7,8 @@ import pytest
 
 from edgediff.telemetry import ConstantPowerReader, EnergyMonitor, PowerSample, Reader, ReaderError
 from edgediff.telemetry.base import MemorySample
-from edgediff.telemetry.window import (
-    METHOD_ODOMETER,
-    DomainEnergy,
-    Measurement,
-    energy_row,
-    odometer_window,
-)
+from edgediff.telemetry.counters import METHOD_ODOMETER, odometer_window
+from edgediff.telemetry.window import DomainEnergy, Measurement, energy_row
 
 
 class ScriptedReader(Reader):

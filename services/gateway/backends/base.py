@@ -206,9 +206,22 @@ class Backend(abc.ABC):
     def healthy(self) -> bool:
         """Whether the backend can serve now."""
 
+    def capacity(self) -> int | None:
+        """Generations this backend runs at once with gain: the gateway's default ``--max-concurrency``.
+
+        Called at every admission: return a cached value, never block. None while the backend cannot tell (the
+        gateway then admits one at a time). The default, 1, suits a backend that gives one generation every core
+        (the local one: a second generation would only take cores from the first).
+        """
+        return 1
+
     def unavailable_reason(self) -> str:
         """Why the backend is not serving (empty when it is, or when it cannot say)."""
         return ""
+
+    def internal_addresses(self) -> list[str]:
+        """Addresses behind the gateway (Triton's, the upstreams'): messages to clients never show them."""
+        return []
 
     def add_health_listener(self, listener: HealthListener) -> None:
         """Call ``listener(healthy)`` whenever the backend's health changes (from the backend's threads)."""

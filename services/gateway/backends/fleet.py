@@ -9,9 +9,11 @@ policy over what each upstream costs, learned live from what edgediff already ex
   ``edgediff_gateway_stage_duration_seconds{stage="total"}`` mean), times the work ahead of a new request there (the
   router's requests in flight to it, or the upstream's ``in_flight`` + ``queue_depth`` gauges, whichever is larger);
 - **energy per image**: the increase of the upstream's telemetry exporter counter ``edgediff_energy_joules_total``
-  (its largest domain: the board or package total) over the increase of its ``edgediff_gateway_images_total``, when
-  the upstream has a power sensor; unknown otherwise (never guessed). An interval in which the exporter's
-  ``edgediff_energy_unmeasured_seconds_total`` grew (a phone on its charger, a sampling gap) is not learned from;
+  between two refreshes over the increase of its ``edgediff_gateway_images_total``, with the bench's rules
+  (``edgediff.telemetry.counters``): the sum of its whole domains (never a part added to its whole), net of the
+  exporter's idle baseline when every whole has one, when the upstream has a power sensor; unknown otherwise (never
+  guessed). An interval in which a whole domain's ``edgediff_energy_unmeasured_seconds_total`` grew (a phone on its
+  charger, a sampling gap) is not learned from;
 - **health**: the standard gRPC health check of each upstream, every ``refresh_s``.
 
 Policies: ``fastest`` (least predicted latency), ``lowest-energy`` (least measured energy per image; upstreams
@@ -20,10 +22,12 @@ else the order given -- whose predicted latency meets the request's deadline, or
 client set none; when none does, the fastest).
 
 Failover: a generation has no side effects (the same seed makes the same image), so a request refused by an upstream
-with UNAVAILABLE (down, or its backend down) or RESOURCE_EXHAUSTED (its queue full) is sent to the next upstream in
+with UNAVAILABLE (down, or its backend down), RESOURCE_EXHAUSTED (its queue full) or CANCELLED while the router's
+client still waits (the upstream's server ended the call: it is shutting down) is sent to the next upstream in
 the policy's order; only when every upstream refused does the router answer UNAVAILABLE (the gateway in front then
 holds the request while no upstream serves, as it does for Triton restarts) or RESOURCE_EXHAUSTED. Each channel also
 carries gRPC's own retry policy (service config ``retryPolicy`` on UNAVAILABLE) for connection blips to one upstream.
+An address that leaves DNS takes no new calls; its channel is closed once the calls it is finishing are done.
 
 Upstreams are ``HOST:PORT`` or ``dns:NAME:PORT`` (every address the name resolves to is one upstream, re-resolved on
 each refresh: a Kubernetes headless service); options after ``;``: ``metrics=URL`` (the upstream gateway's
@@ -38,19 +42,15 @@ import logging
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.parser import text_string_to_metric_families
 
 from edgediff.constants import (
     EXPORTER_PORT,
     GATEWAY_METRICS_PORT,
-    METRIC_ENERGY_JOULES_TOTAL,
-    METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL,
     METRIC_FLEET_REQUESTS_TOTAL,
     METRIC_FLEET_UPSTREAM_ENERGY_PER_IMAGE_JOULES,
     METRIC_FLEET_UPSTREAM_LATENCY_SECONDS,
@@ -62,6 +62,14 @@ from edgediff.constants import (
 )
 from edgediff.errors import InvalidArgumentError, VariantUnavailableError
 from edgediff.pipeline import GenerationCancelled
+from edgediff.telemetry.counters import (
+    ExporterState,
+    counter_window,
+    parse_exporter,
+    samples_by_name,
+    scrape,
+    whole_energy,
+)
 from services.gateway.admission import QueueFullError
 from services.gateway.backends.base import (
     Backend,
@@ -81,6 +89,10 @@ DEFAULT_LATENCY_TARGET_S = 30.0
 EWMA_ALPHA = 0.3
 """Weight of the newest observation in the moving averages of latency and energy per image."""
 SCRAPE_TIMEOUT_S = 2.0
+DEFAULT_UPSTREAM_DEADLINE_S = 600.0
+"""Deadline of an upstream call whose client set none (the gateway's ``--default-deadline`` replaces it)."""
+CANCEL_POLL_S = 0.1
+"""How often a waiting upstream call checks whether its client went away (then the call is cancelled upstream)."""
 FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 RETRY_SERVICE_CONFIG = json.dumps({
     "methodConfig": [{
@@ -193,14 +205,16 @@ def _with_host(url: str | None, host: str, replacement: str) -> str | None:
 
 
 def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """``{sample name: [(labels, value)]}`` of a Prometheus text endpoint."""
-    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
-        text = response.read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
-    return samples
+    """``{sample name: [(labels, value)]}`` of a Prometheus text endpoint.
+
+    Raises:
+        OSError: The endpoint did not answer.
+        ValueError: Its text is not Prometheus exposition format.
+    """
+    scraped = scrape(url, SCRAPE_TIMEOUT_S)
+    if scraped.text is None:
+        raise OSError(scraped.error)
+    return samples_by_name(scraped.text)
 
 
 def _ewma(old: float | None, new: float) -> float:
@@ -238,7 +252,8 @@ class Upstream:
     remote_load: float = 0.0
     outstanding: int = 0
     energy_per_image_j: float | None = None
-    _last_energy: tuple[float, float, float] | None = None  # (joules, images, unmeasured s) at the previous scrape
+    closed: bool = False  # left DNS and its channel closed: a call that chose it before goes to the next
+    _last_energy: tuple[ExporterState, float, float] | None = None  # (exporter, images, unix s) at the last scrape
 
     @property
     def name(self) -> str:
@@ -324,22 +339,31 @@ class FleetBackend(Backend):
         latency_target_s: edge-first's latency target for requests without a deadline.
         token: Bearer token the upstreams require (None: none).
         tls_ca: CA of upstreams that speak TLS (None: plaintext).
+        tls_cert: Client certificate chain for upstreams that require one (with ``tls_key``; needs ``tls_ca``).
+        tls_key: Private key of ``tls_cert``.
+        tls_server_name: Name checked against the upstreams' certificates instead of their addresses.
+        default_deadline_s: Deadline of an upstream call when the client set none, seconds. A call is also
+            cancelled upstream as soon as its client goes away.
     """
 
     name = "fleet"
 
     def __init__(self, upstreams: list[UpstreamSpec], *, policy: str = DEFAULT_POLICY,
                  refresh_s: float = DEFAULT_REFRESH_S, latency_target_s: float = DEFAULT_LATENCY_TARGET_S,
-                 token: str | None = None, tls_ca: str | None = None) -> None:
+                 token: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_server_name: str | None = None,
+                 default_deadline_s: float = DEFAULT_UPSTREAM_DEADLINE_S) -> None:
         super().__init__()
         self.specs = upstreams
         self.policy = policy
         self.refresh_s = refresh_s
         self.latency_target_s = latency_target_s
         self._token = token
-        self._tls_ca = tls_ca
+        self._tls = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key, "tls_server_name": tls_server_name}
+        self.default_deadline_s = default_deadline_s
         self._lock = threading.Lock()
         self._upstreams: dict[str, Upstream] = {}
+        self._retired: list[Upstream] = []  # gone from DNS with calls still in flight: closed once those end
         self._metrics: FleetMetrics | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -363,7 +387,8 @@ class FleetBackend(Backend):
         if self._thread is not None:
             self._thread.join(timeout=self.refresh_s + SCRAPE_TIMEOUT_S * 3)
         with self._lock:
-            upstreams, self._upstreams = list(self._upstreams.values()), {}
+            upstreams, self._upstreams = [*self._upstreams.values(), *self._retired], {}
+            self._retired = []
         for upstream in upstreams:
             upstream.client.close()
 
@@ -385,14 +410,22 @@ class FleetBackend(Backend):
         for spec in self.specs:
             wanted.extend(resolve(spec))
         with self._lock:
-            for address in set(self._upstreams) - {s.address for s in wanted}:
-                self._upstreams.pop(address).client.close()
+            # An address that left DNS (a Swarm task stopping, a pod deleted) takes no new calls, but closing its
+            # channel would cancel the calls it is still finishing: it is closed once they are done.
+            self._retired.extend(self._upstreams.pop(address)
+                                 for address in set(self._upstreams) - {s.address for s in wanted})
+            done = [u for u in self._retired if u.outstanding == 0]
+            self._retired = [u for u in self._retired if u.outstanding > 0]
+            for upstream in done:
+                upstream.closed = True
             for order, spec in enumerate(wanted):
                 if spec.address not in self._upstreams:
-                    client = GeneratorClient(spec.address, token=self._token, tls_ca=self._tls_ca,
-                                             channel_options=CHANNEL_OPTIONS)
+                    client = GeneratorClient(spec.address, token=self._token, channel_options=CHANNEL_OPTIONS,
+                                             **self._tls)
                     self._upstreams[spec.address] = Upstream(spec=spec, client=client, order=order)
                 self._upstreams[spec.address].order = order
+        for upstream in done:
+            upstream.client.close()
         for upstream in self.upstreams():
             self._refresh_one(upstream)
         healthy = self.healthy()
@@ -446,28 +479,28 @@ class FleetBackend(Backend):
         if not upstream.spec.exporter_url:
             return
         images = sum(value for _labels, value in samples.get(METRIC_GATEWAY_IMAGES_TOTAL, []))
+        scraped = scrape(upstream.spec.exporter_url, SCRAPE_TIMEOUT_S)
         try:
-            exported = _scrape(upstream.spec.exporter_url)
+            if scraped.text is None:
+                raise OSError(scraped.error)
+            state = parse_exporter(scraped.text)
         except (OSError, ValueError) as exc:
             logger.debug("upstream %s energy: %s", upstream.name, exc)
             return
-        energy = exported.get(METRIC_ENERGY_JOULES_TOTAL, [])
-        if not energy:
+        if not state.energy_j:
             return  # no power sensor there: its energy stays unknown, never guessed
-        joules = max(value for _labels, value in energy)  # the total domain (board, package) accumulates the most
-        # seconds the counter did not integrate (a phone on its charger, a sampling gap, a suspend): an interval
-        # where it grew has a counter increase too small to be the energy of its images, so it teaches nothing
-        unmeasured = sum(value for _labels, value in exported.get(METRIC_ENERGY_UNMEASURED_SECONDS_TOTAL, []))
-        previous, upstream._last_energy = upstream._last_energy, (joules, images, unmeasured)
-        if previous is None:
+        previous, upstream._last_energy = upstream._last_energy, (state, images, scraped.t_unix_s)
+        if previous is None or not scraped.t_unix_s > previous[2]:
             return
-        d_joules, d_images = joules - previous[0], images - previous[1]
-        if unmeasured > previous[2]:
-            logger.debug("upstream %s energy: %.1f s not measured since the last scrape; not learned", upstream.name,
-                         unmeasured - previous[2])
-            return
-        if d_images > 0 and d_joules >= 0:
-            upstream.energy_per_image_j = _ewma(upstream.energy_per_image_j, d_joules / d_images)
+        # the bench's rules: the whole domains' sum, net of idle; none when a whole skipped time (a phone on its
+        # charger, a sampling gap, a suspend): its increase is too small to be the energy of those images
+        whole = whole_energy(counter_window(previous[0], state, scraped.t_unix_s - previous[2]))
+        per_image_j = whole.per_image_j(images - previous[1]) if whole is not None else None
+        if whole is None:
+            logger.debug("upstream %s energy: a whole domain was not measured since the last scrape; not learned",
+                         upstream.name)
+        if per_image_j is not None:
+            upstream.energy_per_image_j = _ewma(upstream.energy_per_image_j, per_image_j)
             if self._metrics is not None:
                 self._metrics.energy.labels(upstream=upstream.name).set(upstream.energy_per_image_j)
 
@@ -528,7 +561,7 @@ class FleetBackend(Backend):
         for upstream in candidates:
             if should_stop():
                 raise GenerationCancelled("the client is gone")
-            result = self._try(upstream, args, timeout_s, refusals)
+            result = self._try(upstream, args, timeout_s, refusals, should_stop)
             if result is not None:
                 return result
         codes = {code for _u, code, _m in refusals}
@@ -538,20 +571,28 @@ class FleetBackend(Backend):
         raise BackendUnavailableError(f"every upstream refused ({detail})", started=False)
 
     def _try(self, upstream: Upstream, args: GenerateArgs, timeout_s: float | None,
-             refusals: list[tuple[Upstream, grpc.StatusCode, str]]) -> BackendResult | None:
+             refusals: list[tuple[Upstream, grpc.StatusCode, str]], should_stop: Callable[[], bool]
+             ) -> BackendResult | None:
         with self._lock:
+            if upstream.closed:  # it left DNS (and its channel closed) after this call chose it
+                refusals.append((upstream, grpc.StatusCode.UNAVAILABLE, "gone from service discovery"))
+                return None
             upstream.outstanding += 1
         t0 = time.perf_counter()
         try:
-            response = upstream.client.generate(seed=args.seed, steps=args.steps, eta=args.eta, variant=args.variant,
-                                                batch_size=args.batch, format=args.format, timeout_s=timeout_s,
-                                                scheduler=args.scheduler)
+            call = upstream.client.generate_future(
+                seed=args.seed, steps=args.steps, eta=args.eta, variant=args.variant, batch_size=args.batch,
+                format=args.format, scheduler=args.scheduler,
+                timeout_s=timeout_s if timeout_s is not None else self.default_deadline_s)
+            response = _result(call, should_stop, upstream.name)
         except grpc.RpcError as exc:
             code, message = exc.code(), exc.details() or ""
-            if code in FAILOVER_CODES:
+            # CANCELLED while this router's client still waits: the upstream ended the call (its server shutting
+            # down, a Swarm task being replaced); the generation has no side effects, so the next upstream runs it
+            if code in FAILOVER_CODES or (code == grpc.StatusCode.CANCELLED and not should_stop()):
                 refusals.append((upstream, code, message))
                 self._count(upstream, "failed_over")
-                if code == grpc.StatusCode.UNAVAILABLE:
+                if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self._set_health(upstream, False)  # until its next health check says otherwise
                 logger.info("upstream %s refused (%s); trying the next", upstream.name, code.name)
                 return None
@@ -581,6 +622,10 @@ class FleetBackend(Backend):
                              weights_origin=response.weights_origin, model=response.model, upstream=upstream.name,
                              variant=variant)
 
+    def internal_addresses(self) -> list[str]:
+        """The upstreams' addresses (never shown to clients)."""
+        return sorted({spec.address for spec in self.specs} | {u.spec.address for u in self.upstreams()})
+
     def _set_health(self, upstream: Upstream, serving: bool) -> None:
         if serving != upstream.healthy:
             logger.info("upstream %s is %s", upstream.name, "serving" if serving else "down")
@@ -592,3 +637,20 @@ class FleetBackend(Backend):
         if self._metrics is not None:
             self._metrics.requests.labels(upstream=upstream.name, outcome=outcome).inc()
 
+
+
+def _result(call: grpc.Future, should_stop: Callable[[], bool], name: str) -> object:
+    """The response of an upstream ``call``, cancelling it upstream as soon as ``should_stop()`` (client gone).
+
+    Raises:
+        grpc.RpcError: the call failed.
+        GenerationCancelled: ``should_stop()`` became true (the upstream call was cancelled).
+    """
+    while True:
+        try:
+            return call.result(timeout=CANCEL_POLL_S)
+        except grpc.FutureTimeoutError:
+            if should_stop():
+                call.cancel()
+                raise GenerationCancelled(f"upstream {name}: cancelled (the client went away or its deadline passed)"
+                                          ) from None

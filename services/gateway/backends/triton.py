@@ -5,6 +5,10 @@ gateway's health between SERVING and NOT_SERVING; when Triton comes back the sam
 reconnect backoff), so the gateway recovers without a restart. A request whose client disconnects or whose deadline
 passes cancels its Triton call; a connection failure answers UNAVAILABLE. Triton's ``IMAGE`` output is encoded as
 PNG here with the same metadata (from the model's config ``parameters``) as the in-process pipeline writes.
+
+Capacity (the gateway's default concurrency): the instance count of the default variant's ``ldm_<variant>`` model,
+read from its config once it is READY. Each instance runs one generation, so that many generations reach the part
+models' dynamic batchers together; more would only wait inside Triton, where the gateway cannot see or bound them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from edgediff.constants import (
 from edgediff.errors import InvalidArgumentError, VariantUnavailableError
 from edgediff.pipeline import GenerationCancelled, encode_png, run_metadata
 from edgediff.variants import get_variant, variant_names
+from exporters.configs import instance_count
 from services.gateway.backends.base import (
     Backend,
     BackendResult,
@@ -77,13 +82,15 @@ def never_connected(message: str) -> bool:
 
 
 class _ModelInfo:
-    """What the gateway needs of one ``ldm_<variant>`` model: its input dtypes/shapes and config parameters."""
+    """What the gateway needs of one ``ldm_<variant>`` model: input dtypes/shapes, config parameters, instances."""
 
     def __init__(self, metadata: dict[str, Any], config: dict[str, Any]) -> None:
         self.inputs = {t["name"]: (t["datatype"], [1 if int(d) < 0 else int(d) for d in t["shape"]])
                        for t in metadata.get("inputs", [])}
-        params = config.get("config", config).get("parameters", {})
+        config = config.get("config", config)
+        params = config.get("parameters", {})
         self.parameters = {k: v.get("string_value", "") for k, v in params.items()}
+        self.instances = instance_count(config)
 
     def png_base(self) -> dict[str, str]:
         return {key: self.parameters.get(key, "") for key in PNG_BASE_KEYS}
@@ -125,6 +132,7 @@ class TritonBackend(Backend):
         self._models: dict[str, tuple[str, str]] = {}
         self._info: dict[str, _ModelInfo] = {}
         self._preset = ""
+        self._capacity: int | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -177,6 +185,7 @@ class TritonBackend(Backend):
             self._info = {k: v for k, v in self._info.items() if models.get(k, ("",))[0] == READY}
         if any_ready:
             self._set_state(reachable=True, healthy=True, reason="")
+            self._refresh_capacity()
         else:
             self._set_state(reachable=True, healthy=False,
                             reason=f"no {prefix}* model is READY in Triton at {self.url}")
@@ -210,8 +219,27 @@ class TritonBackend(Backend):
     def healthy(self) -> bool:  # noqa: D102
         return self._healthy
 
+    def capacity(self) -> int | None:
+        """The default variant's ``ldm_<variant>`` instances (None until Triton served its config once)."""
+        return self._capacity
+
+    def _refresh_capacity(self) -> None:
+        try:
+            variant = self.default_variant()
+            info = self._fetch_info(triton_model_name(PIPELINE_MODEL_PREFIX, variant))
+        except Exception as exc:  # keep the last known capacity; the next probe tries again
+            logger.debug("cannot read the capacity of Triton's pipeline model: %s", exc)
+            return
+        if info.instances != self._capacity:
+            logger.info("Triton runs %d generations of %s at once: the gateway's capacity", info.instances, variant)
+        self._capacity = info.instances
+
     def unavailable_reason(self) -> str:  # noqa: D102
         return "" if self._healthy else self._last_error
+
+    def internal_addresses(self) -> list[str]:
+        """Triton's address (``triton:8001`` names no IP, so only this says it is an address)."""
+        return [self.url]
 
     def _require_up(self) -> None:
         if not self._reachable:
@@ -255,16 +283,20 @@ class TritonBackend(Backend):
                                       "export one with 'edgediff export' and restart Triton")
 
     def _model_info(self, model: str) -> _ModelInfo:
+        try:
+            return self._fetch_info(model)
+        except self._errors as exc:
+            raise self._translate(exc, model) from None
+
+    def _fetch_info(self, model: str) -> _ModelInfo:
+        """``model``'s info, cached while it stays READY; raises tritonclient's errors as they are."""
         with self._lock:
             info = self._info.get(model)
         if info is not None:
             return info
         timeout_s = self._probe_timeout_s
-        try:
-            info = _ModelInfo(self._client.get_model_metadata(model, as_json=True, client_timeout=timeout_s),
-                              self._client.get_model_config(model, as_json=True, client_timeout=timeout_s))
-        except self._errors as exc:
-            raise self._translate(exc, model) from None
+        info = _ModelInfo(self._client.get_model_metadata(model, as_json=True, client_timeout=timeout_s),
+                          self._client.get_model_config(model, as_json=True, client_timeout=timeout_s))
         with self._lock:
             self._info[model] = info
             self._preset = info.parameters.get("preset", self._preset)
