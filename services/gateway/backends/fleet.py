@@ -23,10 +23,11 @@ client set none; when none does, the fastest).
 
 Failover: a generation has no side effects (the same seed makes the same image), so a request refused by an upstream
 with UNAVAILABLE (down, or its backend down), RESOURCE_EXHAUSTED (its queue full) or CANCELLED while the router's
-client still waits (the upstream's server ended the call: it is shutting down) is sent to the next upstream in
-the policy's order; only when every upstream refused does the router answer UNAVAILABLE (the gateway in front then
-holds the request while no upstream serves, as it does for Triton restarts) or RESOURCE_EXHAUSTED. Each channel also
-carries gRPC's own retry policy (service config ``retryPolicy`` on UNAVAILABLE) for connection blips to one upstream.
+client still waits, or DEADLINE_EXCEEDED before the client's deadline (the upstream's server ended the call: it
+is shutting down) is sent to the next upstream in the policy's order; only when every upstream refused does the
+router answer UNAVAILABLE (the gateway in front then holds the request while no upstream serves, as it does for
+Triton restarts) or RESOURCE_EXHAUSTED. Each channel also carries gRPC's own retry policy (service config
+``retryPolicy`` on UNAVAILABLE) for connection blips to one upstream.
 An address that leaves DNS takes no new calls; its channel is closed once the calls it is finishing are done.
 
 Upstreams are ``HOST:PORT`` or ``dns:NAME:PORT`` (every address the name resolves to is one upstream, re-resolved on
@@ -94,6 +95,8 @@ DEFAULT_UPSTREAM_DEADLINE_S = 600.0
 CANCEL_POLL_S = 0.1
 """How often a waiting upstream call checks whether its client went away (then the call is cancelled upstream)."""
 FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+ENDED_BY_UPSTREAM_CODES = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""Codes of a call the upstream's server ended itself (failed over while the router's client still waits)."""
 RETRY_SERVICE_CONFIG = json.dumps({
     "methodConfig": [{
         "name": [{"service": "edgediff.v1.Generator"}],
@@ -587,9 +590,9 @@ class FleetBackend(Backend):
             response = _result(call, should_stop, upstream.name)
         except grpc.RpcError as exc:
             code, message = exc.code(), exc.details() or ""
-            # CANCELLED while this router's client still waits: the upstream ended the call (its server shutting
-            # down, a Swarm task being replaced); the generation has no side effects, so the next upstream runs it
-            if code in FAILOVER_CODES or (code == grpc.StatusCode.CANCELLED and not should_stop()):
+            # CANCELLED or DEADLINE_EXCEEDED while this router's client still waits: the upstream ended the call (its
+            # server shutting down, a Swarm task being replaced); no side effects, so the next upstream runs it
+            if code in FAILOVER_CODES or (code in ENDED_BY_UPSTREAM_CODES and not should_stop()):
                 refusals.append((upstream, code, message))
                 self._count(upstream, "failed_over")
                 if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
