@@ -187,6 +187,20 @@ _IDENTIFIER = re.compile(r"(?<![\w:.$])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?")
 _MODEL_MATCHER = re.compile(r'\bmodel\s*(?:=~|=)\s*"([^"$]*)"')
 
 
+@functools.cache
+def tritonserver_flags() -> set[str]:
+    """The flags this machine's ``tritonserver --help`` lists; skips the test when no tritonserver is found."""
+    from edgediff.errors import BackendMissingError
+    from services.triton.launcher import find_tritonserver
+
+    try:
+        binary = find_tritonserver()
+    except BackendMissingError as exc:
+        pytest.skip(f"no tritonserver to ask for its flags: {exc}")
+    help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+    return set(re.findall(r"^\s+(--[a-z0-9-]+)", help_text.stdout + help_text.stderr, re.MULTILINE))
+
+
 def promql_metric_names(expr: str) -> set[str]:
     """Metric names an expression selects: identifiers that are not functions, keywords, labels or variables.
 
