@@ -16,13 +16,15 @@ import time
 from edgediff.processes import pid_alive
 
 
-def bench_gone(parent: int, *, settle_s: float = 0.2) -> bool:
+def bench_gone(parent: int, *, settle_s: float = 2.0) -> bool:
     """True when the process that started this worker has died or is dying.
 
     The death signal comes when the *thread* that started the worker exits: a SIGKILLed bench's other threads may
     still be exiting then, and this worker is parented to one of them for a moment (``getppid()`` still names the
-    bench). So a bench whose main thread is already a zombie counts as gone; ``settle_s`` covers the microseconds
-    between the death signal and that state.
+    bench). So a bench whose main thread is already a zombie counts as gone; ``settle_s`` covers the time between
+    the death signal and that state: microseconds on an idle machine, but over 0.2 s on a loaded one (the full suite
+    on 2 cores left a SIGKILLed bench's folder behind at 0.2 s), while tearing down a large process's memory. A live
+    bench's own stop request waits this long at most, well inside the bench's grace for its worker.
     """
     deadline = time.monotonic() + settle_s
     while os.getppid() == parent and pid_alive(parent):
