@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgediff.bench.worker import BENCH_GONE_SIGNAL
 from edgediff.errors import (
     BackendMissingError,
     EdgediffError,
@@ -370,7 +371,7 @@ def measure_isolated(spec: RunSpec, *, timeout_s: float | None = None) -> Varian
 
     The worker's stdout and stderr go to this process's stderr (progress and warnings). It is a ``ChildProcess``:
     a stop signal to the bench stops it (and removes its temporary folder), and on Linux it dies with the bench
-    even when the bench is SIGKILLed (it then removes the temporary folder itself: ``worker.exit_on_sigterm``).
+    even when the bench is SIGKILLed (it then removes the temporary folder itself: ``worker.exit_on_signals``).
 
     Raises:
         EdgediffError: The worker hit an error that would fail every variant (bad weights, bad argument).
@@ -382,7 +383,8 @@ def measure_isolated(spec: RunSpec, *, timeout_s: float | None = None) -> Varian
         atomic_write_json(spec_path, spec.to_dict())
         command = [sys.executable, "-m", "edgediff.bench.worker", str(spec_path), str(folder)]
         with ChildProcess(command, name=f"bench worker ({spec.variant})", stdout=sys.stderr, stderr=sys.stderr,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, grace_s=WORKER_GRACE_S) as worker:
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, grace_s=WORKER_GRACE_S,
+                          die_signal=BENCH_GONE_SIGNAL) as worker:
             code = worker.wait(timeout_s)
             if code is None:
                 worker.stop()
