@@ -99,6 +99,11 @@ def live_children() -> list[ChildProcess]:
         return [child for child in _children if child.returncode is None]
 
 
+PARENT_GONE_SIGNAL = signal.SIGUSR1
+"""A parent-death signal (``ChildProcess(die_signal=...)``) for a worker that must tell its parent's death from a
+stop request (SIGTERM): on it, the worker cleans up what its dead parent would have (the bench worker's folder)."""
+
+
 def pid_alive(pid: int | None) -> bool:
     """True when a process with ``pid`` exists (and is not a zombie)."""
     if not pid:

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from edgediff.bench.worker import BENCH_GONE_SIGNAL
 from edgediff.errors import (
     BackendMissingError,
     EdgediffError,
@@ -35,7 +34,7 @@ from edgediff.errors import (
     WeightsError,
 )
 from edgediff.io import atomic_write_bytes, atomic_write_json
-from edgediff.processes import ChildProcess
+from edgediff.processes import PARENT_GONE_SIGNAL, ChildProcess
 from edgediff.schedulers import split_row
 from edgediff.telemetry import EnergyMonitor
 from edgediff.telemetry.base import ReaderError
@@ -384,7 +383,7 @@ def measure_isolated(spec: RunSpec, *, timeout_s: float | None = None) -> Varian
         command = [sys.executable, "-m", "edgediff.bench.worker", str(spec_path), str(folder)]
         with ChildProcess(command, name=f"bench worker ({spec.variant})", stdout=sys.stderr, stderr=sys.stderr,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, grace_s=WORKER_GRACE_S,
-                          die_signal=BENCH_GONE_SIGNAL) as worker:
+                          die_signal=PARENT_GONE_SIGNAL) as worker:
             code = worker.wait(timeout_s)
             if code is None:
                 worker.stop()

@@ -3,8 +3,8 @@
 Two signals end a worker, and the handlers go in first, before any heavy import:
 
 - SIGTERM is the bench's stop request: the worker exits at once and the bench removes its temporary folder.
-- ``BENCH_GONE_SIGNAL`` (SIGUSR1) is the parent-death signal the bench asks the kernel for (``PR_SET_PDEATHSIG``,
-  ``edgediff.processes``): the bench died, even by SIGKILL, so no one else will remove the folder (``OUT_DIR``) and
+- ``PARENT_GONE_SIGNAL`` (SIGUSR1, ``edgediff.processes``) is the parent-death signal the bench asks the kernel
+  for (``PR_SET_PDEATHSIG``): the bench died, even by SIGKILL, so no one else will remove the folder (``OUT_DIR``) and
   the worker removes it before it exits. A signal of its own says which case this is without guessing from the
   timing of the bench's death (an earlier version did, and lost under load).
 """
@@ -16,11 +16,11 @@ import shutil
 import signal
 import sys
 
-BENCH_GONE_SIGNAL = signal.SIGUSR1
+from edgediff.processes import PARENT_GONE_SIGNAL
 
 
 def exit_on_signals(out_folder: str) -> None:
-    """Exit at once (128 + signal) on SIGTERM; on ``BENCH_GONE_SIGNAL`` remove ``out_folder`` first."""
+    """Exit at once (128 + signal) on SIGTERM; on ``PARENT_GONE_SIGNAL`` remove ``out_folder`` first."""
 
     def on_stop(signum: int, _frame: object) -> None:
         os._exit(128 + signum)
@@ -30,7 +30,7 @@ def exit_on_signals(out_folder: str) -> None:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(BENCH_GONE_SIGNAL, on_bench_gone)
+    signal.signal(PARENT_GONE_SIGNAL, on_bench_gone)
 
 
 if __name__ == "__main__":

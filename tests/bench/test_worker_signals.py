@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgediff.bench.worker import BENCH_GONE_SIGNAL
+from edgediff.processes import PARENT_GONE_SIGNAL
 
 _WAITING_WORKER = """\
 import sys, time
@@ -30,7 +30,7 @@ def _start(folder: Path) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize(("sig", "folder_removed"), [(signal.SIGTERM, False), (BENCH_GONE_SIGNAL, True)])
+@pytest.mark.parametrize(("sig", "folder_removed"), [(signal.SIGTERM, False), (PARENT_GONE_SIGNAL, True)])
 def test_only_the_bench_gone_signal_makes_the_worker_remove_the_folder(tmp_path: Path, sig: int,
                                                                         folder_removed: bool) -> None:
     folder = tmp_path / "edgediff-bench-x"
