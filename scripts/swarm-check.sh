@@ -12,6 +12,10 @@
 # exec-root and cgroup parent), wired by veth pairs to a bridge in a fourth namespace (edsw-lan, 10.213.7.0/24). The
 # host's own network namespace, its Docker engine and its iptables are not touched; no traffic leaves the
 # namespaces. Images come from the host engine (docker save | docker load into each node): no registry.
+# The manager is class cpu-a (its gateway through Triton, which the stack places on class A: so on the manager) and
+# runs the router; w1 and w2 are class cpu-b (local backend). w2 is the node killed: it has a gateway task (class B
+# has another node to move it to) and not Triton, so what the check measures is the gateways' tasks moving, with
+# class A's Triton serving throughout.
 # Needs root, dockerd/containerd/runc, iproute2 and util-linux (nsenter, unshare), and about 12 GB of disk.
 set -euo pipefail
 
@@ -143,12 +147,12 @@ load_images() {
 }
 
 deploy() {
-    log "docker stack deploy (model tiny, router policy fastest)"
+    log "docker stack deploy (model tiny, router policy fastest; class A through Triton, onnx-fp32)"
     # fastest: like devices share the load, so the node that dies has calls in flight
     (cd "$REPO" && EDGEDIFF_MODEL=tiny EDGEDIFF_THREADS=1 EDGEDIFF_FLEET_POLICY=fastest \
         EDGEDIFF_PROMETHEUS_IMAGE="$PROMETHEUS_IMAGE" \
         EDGEDIFF_GATEWAY_A_IMAGE="$IMAGE" EDGEDIFF_GATEWAY_B_IMAGE="$IMAGE" EDGEDIFF_ROUTER_IMAGE="$IMAGE" \
-        EDGEDIFF_EXPORTER_IMAGE="$IMAGE" \
+        EDGEDIFF_EXPORTER_IMAGE="$IMAGE" EDGEDIFF_TRITON_IMAGE="$IMAGE" EDGEDIFF_VARIANTS=onnx-fp32 \
         docker -H "unix://$RUN/mgr.sock" stack deploy --resolve-image never -c deploy/swarm/stack.yaml "$STACK")
 }
 

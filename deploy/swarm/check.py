@@ -2,9 +2,10 @@
 
 Bounded load through the fleet router while (a) one worker node dies (its engine is killed with ``kill -9``, then
 everything else of it) and (b) both gateway services roll to a new image tag; every request is counted, none is
-retried by the client (failing over is the router's job). Writes ``reports/swarm/swarm.json`` and exits 0 when the
-targets are met: no accepted request lost, none failed during the rolling update, the lost node's tasks running
-elsewhere, the update completed (not rolled back).
+retried by the client (failing over is the router's job). Class A's gateway generates through Triton (on the
+manager, which is not the node killed), class B's in-process. Writes ``reports/swarm/swarm.json`` and exits 0 when
+the targets are met: no accepted request lost, none failed during the rolling update, the lost node's tasks running
+elsewhere, the update completed (not rolled back), both device classes served requests through the router.
 
     python deploy/swarm/check.py --docker-host unix:///run/edsw/mgr.sock --router 10.213.7.1:50051 ...
 """
@@ -19,18 +20,25 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from the repository: services/ is importable
 
 from services.gateway.client import GeneratorClient  # noqa: E402
 
+STACK_FILE = REPO / "deploy" / "swarm" / "stack.yaml"
+SERVICES = tuple(yaml.safe_load(STACK_FILE.read_text())["services"])
 GATEWAYS = ("gateway-a", "gateway-b")
+TRITON = "triton"
+TRITON_SUCCESS_METRIC = "nv_inference_request_success"
+"""Triton's per-model counter of successful requests (one of edgediff.constants.TRITON_METRICS)."""
 REQUEST_TIMEOUT_S = 120.0
 """Deadline of one request: a request without an answer by then is lost."""
 POLL_S = 0.5
@@ -240,6 +248,12 @@ def prometheus_targets(url: str) -> dict[str, dict[str, int]]:
     return dict(sorted(jobs.items()))
 
 
+def prometheus_query(url: str, query: str, label: str) -> dict[str, float]:
+    """``{label value: value}`` of an instant PromQL query."""
+    data = json.loads(scrape(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"))
+    return {row["metric"].get(label, ""): float(row["value"][1]) for row in data["data"]["result"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check; 0 when every target is met, 1 otherwise."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -267,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     def converged() -> bool:
         counts = docker.replicas()
         running_desired = [(r.split("/")[0], r.split("/")[1].split(" ")[0]) for r in counts.values()]
-        return len(counts) == 5 and all(running == desired != "0" for running, desired in running_desired)
+        return len(counts) == len(SERVICES) and all(running == desired != "0" for running, desired in running_desired)
 
     print("swarm-check: waiting for every service's replicas", flush=True)
     deploy_s = wait_until(converged, args.deploy_timeout_s, "the stack's replicas running")
@@ -277,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                "the router serving through every gateway")
     nodes_before = docker.nodes()
     killed = next(n["hostname"] for n in nodes_before if n["hostname"].endswith(args.kill_node))
+    triton_nodes = [node for node, _ in docker.running_tasks(TRITON)]
+    if killed in triton_nodes:  # the check is about the gateways' tasks moving, with class A's backend up
+        raise SystemExit(f"swarm-check: Triton runs on {killed}, the node to kill; place it elsewhere")
     on_killed = {name: [node for node, _ in docker.running_tasks(name)].count(killed) for name in GATEWAYS}
     if not any(on_killed.values()):
         raise SystemExit(f"swarm-check: no gateway task runs on {killed}; nothing to move")
@@ -340,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         load.stop()
     t_end = load.now()
-    save_logs(docker, ("router", *GATEWAYS), args.out.parent)
+    save_logs(docker, ("router", *GATEWAYS, TRITON), args.out.parent)
 
     outcomes = load.outcomes
     ok = [o for o in outcomes if o.code == "OK"]
@@ -350,13 +367,21 @@ def main(argv: list[str] | None = None) -> int:
         by_code[o.code] = by_code.get(o.code, 0) + 1
     refused = by_code.get("RESOURCE_EXHAUSTED", 0)  # the router's admission said no: not accepted
     per_upstream: dict[str, int] = {}
+    per_class: dict[str, int] = {}
     for o in ok:
         per_upstream[o.upstream] = per_upstream.get(o.upstream, 0) + 1
+        device_class = o.upstream.split("/", 1)[0]  # the router's upstream label: CLASS/ADDRESS
+        per_class[device_class] = per_class.get(device_class, 0) + 1
+    classes = sorted({n["device_class"] for n in nodes_before if n["device_class"]})
     latencies = [o.end_s - o.start_s for o in ok]
     try:
         targets = prometheus_targets(args.prometheus)
     except (OSError, ValueError, KeyError) as exc:
         targets = {"error": str(exc)}  # type: ignore[dict-item]
+    try:
+        triton_requests = prometheus_query(args.prometheus, f"sum by (model) ({TRITON_SUCCESS_METRIC})", "model")
+    except (OSError, ValueError, KeyError) as exc:
+        triton_requests = {"error": str(exc)}  # type: ignore[dict-item]
     failed_during_update = (failed_between(outcomes, t_update, t_update_end)
                             if t_update is not None and t_update_end is not None else None)
     lost = len(outcomes) - len(ok) - refused
@@ -384,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency_s": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
                       "max": max(latencies, default=None)},
         "ok_per_upstream": dict(sorted(per_upstream.items())),
+        "ok_per_class": {name: per_class.get(name, 0) for name in classes},
+        "triton": {"nodes": triton_nodes, "serves": "gateway-a",
+                   f"{TRITON_SUCCESS_METRIC}_by_model": triton_requests},
         "router_requests_by_upstream": router_counts,
         "node_killed": {"node": killed, "at_s": _rounded(t_kill), "gateway_tasks_on_it": on_killed,
                         "how": "kill -9 of its dockerd, then of its containerd, shims and containers",
@@ -404,11 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         "error": error,
     }
     report["targets_met"] = (not error and lost == 0 and failed_during_update == 0 and rolled
-                             and rescheduled_s is not None and len(outcomes) > 0)
+                             and rescheduled_s is not None and len(outcomes) > 0
+                             and all(per_class.get(name, 0) > 0 for name in classes))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("requests", "failed", "lost_accepted", "seconds_until_rescheduled",
-                                             "failed_during_update", "targets_met")}), flush=True)
+                                             "failed_during_update", "ok_per_class", "targets_met")}), flush=True)
     print(f"swarm-check: wrote {args.out}", flush=True)
     return 0 if report["targets_met"] else 1
 
