@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from cli.status import add_state_dir_argument, state_from_args
-from services.stack.control import clear_if_stale, stop_local
 from services.stack.docker_runtime import stack_from_state
+from services.stack.local_runtime import clear_if_stale, stop_local
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from services.stack.control import clear_if_stale, service_health, supervisor_line
 from services.stack.docker_runtime import stack_from_state
+from services.stack.local_runtime import clear_if_stale, service_health, supervisor_line
 from services.stack.state import ENV_STACK_DIR, default_state_dir, read_state
 
 

@@ -16,15 +16,17 @@ from pathlib import Path
 from cli.status import add_state_dir_argument, print_status
 from edgediff.errors import InvalidArgumentError
 from edgediff.variants import get_variant
-from services.stack.control import ENV_DETACHED, refuse_if_running, start_detached
 from services.stack.docker_runtime import ComposeStack, choose_runtime, compose_environment
 from services.stack.local_runtime import (
     DEFAULT_PORTS,
+    ENV_DETACHED,
     REPO_ROOT,
     LocalStackConfig,
     default_variants,
     parse_ports,
+    refuse_if_running,
     run_local,
+    start_detached,
 )
 from services.stack.state import default_state_dir
 

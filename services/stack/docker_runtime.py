@@ -1,11 +1,9 @@
-"""``edgediff up --runtime docker``: compose.yaml run by ``docker compose`` v2, the Docker CLI plugin.
+"""``edgediff up --runtime docker``: compose.yaml run by ``docker compose`` v2 (``up --wait``, ``ps``, ``down``).
 
-``up`` is ``docker compose --profile P up --detach --wait``: compose builds or pulls the images, starts the services in
-``depends_on`` order (a one-shot must complete, a healthcheck must pass) and returns once every service is healthy,
-running or done. ``status`` reads ``docker compose ps --all --format json``; ``down`` is ``docker compose down``.
-What edgediff adds: the variables that carry ``--model/--weights/--variants/--ports`` into compose.yaml, the locally
-built Prometheus image where the registry's is missing, Grafana left out (said) when its image cannot be had, the
-failed service's last log lines in the error, and the state file that ``edgediff status`` and ``down`` read.
+Compose builds or pulls the images, starts the services in ``depends_on`` order and waits until each is healthy,
+running or completed. What edgediff adds: the variables that carry ``--model/--weights/--variants/--ports`` into
+compose.yaml, the locally built Prometheus image where the registry's is missing, Grafana left out (said) when its
+image cannot be had, the failed service's last log lines in the error, and the state file for ``status``/``down``.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,6 @@ LOCAL_IMAGE_DEFAULTS = {"EDGEDIFF_PROMETHEUS_IMAGE": "edgediff-prometheus:bookwo
 """compose.yaml's image variables -> the image ``make images`` builds from Debian packages in its place."""
 PUBLISHED_PORTS = ("gateway", "gateway-metrics", "exporter", "prometheus")
 """``--ports`` names with a host port in compose.yaml, each set by ``EDGEDIFF_<NAME>_PORT`` (Triton publishes none)."""
-CONTAINER_WEIGHTS_DIR = "/weights"
-"""Where compose.yaml mounts ``$EDGEDIFF_WEIGHTS_DIR`` inside the containers."""
 
 
 class DockerUnavailableError(EdgediffError):
@@ -83,14 +78,10 @@ def image_present(image: str) -> bool:
 def compose_environment(*, model: str | None = None, weights_dir: Path | None = None,
                         variants: Sequence[str] | None = None, ports: Mapping[str, int] | None = None,
                         base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """compose.yaml's variables for ``edgediff up``'s ``--model``, ``--weights``, ``--variants`` and ``--ports``.
+    """compose.yaml's variables (over ``base``, default ``os.environ``) for ``edgediff up``'s flags.
 
-    Args:
-        model: Model preset (``EDGEDIFF_MODEL``).
-        weights_dir: Host folder with diffusers-format weights, mounted at ``/weights`` (``EDGEDIFF_WEIGHTS_DIR``).
-        variants: Variants to export and serve (``EDGEDIFF_VARIANTS``); the first is the default one.
-        ports: Host ports by ``--ports`` name; only ``PUBLISHED_PORTS`` are published by compose.yaml.
-        base: Variables to start from (default ``os.environ``).
+    ``--model``, ``--weights`` (a host folder, mounted at ``/weights``), ``--variants`` (the first is the default one)
+    and ``--ports`` (host ports by name; compose.yaml publishes only ``PUBLISHED_PORTS``).
 
     Raises:
         InvalidArgumentError: a port of a service compose.yaml does not publish (Triton's).
@@ -100,7 +91,7 @@ def compose_environment(*, model: str | None = None, weights_dir: Path | None = 
         env["EDGEDIFF_MODEL"] = model
     if weights_dir is not None:
         env["EDGEDIFF_WEIGHTS_DIR"] = str(Path(weights_dir).expanduser().resolve())
-        env[ENV_WEIGHTS] = CONTAINER_WEIGHTS_DIR
+        env[ENV_WEIGHTS] = "/weights"  # where compose.yaml mounts $EDGEDIFF_WEIGHTS_DIR
     if variants:
         env["EDGEDIFF_VARIANTS"], env["EDGEDIFF_VARIANT"] = ",".join(variants), variants[0]
     for name, port in (ports or {}).items():
@@ -115,7 +106,6 @@ class ComposeStack:
     """The services of ``compose.yaml`` for some profiles, as one ``docker compose`` project.
 
     Args:
-        compose_file: The compose file.
         profiles: The profiles to activate (``cpu``, ``rtx``, ``jetson``, plus ``loadtest`` if wanted).
         env: Interpolation variables (default ``os.environ``; see ``compose_environment``).
         project: Compose project name: prefix of the containers, the network and the volumes.
@@ -139,7 +129,7 @@ class ComposeStack:
         self.echo = echo or (lambda _line: None)
 
     def compose(self, *args: str, stream: bool = False) -> str:
-        """Run ``docker compose`` on this project; its stdout. ``stream``: echo its progress lines as they come.
+        """Run ``docker compose`` on this project; its stdout (``stream``: its output, echoed line by line as it comes).
 
         Raises:
             StackError: it failed; the message ends with its last lines.
@@ -151,16 +141,16 @@ class ComposeStack:
             if result.returncode != 0:
                 raise StackError(f"docker compose {args[0]} failed: {_tail(result.stderr)}")
             return result.stdout
-        last: deque[str] = deque(maxlen=3)
+        output = []
         with ChildProcess(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
                           cwd=self.compose_file.parent) as child:  # compose bounds its own waits (--wait-timeout)
             for line in child.popen.stdout or ():
                 self.echo(f"  {line.rstrip()}")
-                last.append(line)
+                output.append(line)
             code = child.wait()
         if code != 0:
-            raise StackError(f"docker compose {args[0]} failed: {_tail(''.join(last))}")
-        return ""
+            raise StackError(f"docker compose {args[0]} failed: {_tail(''.join(output))}")
+        return "".join(output)
 
     def config(self) -> dict[str, Any]:
         """compose.yaml as compose resolves it for the active profiles (``config --format json``)."""
@@ -199,18 +189,12 @@ class ComposeStack:
                           " the rest of the stack does not need it")
                 self.left_out.append(name)
 
-    def up(self, timeout_s: float = 900.0, *, build: bool = False) -> dict[str, Any]:
-        """``docker compose up --detach --wait``; on failure the project is stopped again (volumes kept).
-
-        Args:
-            timeout_s: The longest wait, in seconds, until every service is healthy, running or completed.
-            build: Rebuild the images of services with ``build:``.
-
-        Returns:
-            The state written to the state file.
+    def up(self, timeout_s: float = 900.0) -> dict[str, Any]:
+        """``docker compose up --detach --wait`` (at most ``timeout_s``); the state it writes to the state file.
 
         Raises:
             StackError: compose failed; the message names the failed services and ends with their last log lines.
+                The project was stopped again (volumes kept).
         """
         ok, why = engine_reachable()
         if not ok:
@@ -218,22 +202,23 @@ class ComposeStack:
         self.use_local_images()
         self.leave_out_unavailable()
         services = self.services()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.compose("up", "--detach", "--wait", "--wait-timeout", str(round(timeout_s)), "--remove-orphans",
-                         *(["--build"] if build else []), *services, stream=True)
+                         *services, stream=True)
         except StackError as exc:
-            failed = [f"{name} {entry['status']}: {self.log_tail(name)}" for name, entry in self.status().items()
+            failed = [f"{name} {entry['status']}: {self._log_tail(name)}" for name, entry in self.status().items()
                       if entry["container"] and entry["status"] not in ("healthy", "running", "completed")]
             self.down()
             raise StackError(f"{exc}; {'; '.join(failed) or 'no service failed'} (stack stopped)") from None
-        state = self.write_state(services)
+        state = {"runtime": RUNTIME_NAME, "project": self.project, "profile": ",".join(self.profiles),
+                 "compose_file": str(self.compose_file), "left_out": self.left_out, **self.meta,
+                 "services": self.status()}
+        write_state(self.state_dir, state)  # what `edgediff status` and `down` read
         for name, entry in state["services"].items():
             self.echo(f"  {name:<16} {entry['status']:<10} {entry['container'] or '-':<32} {entry['port'] or ''}")
         return state
 
-    def log_tail(self, service: str, lines: int = 5) -> str:
-        """The last ``lines`` of a service's log, on one line."""
+    def _log_tail(self, service: str, lines: int = 5) -> str:
         try:
             return _tail(self.compose("logs", "--no-log-prefix", "--tail", str(lines), service), lines)
         except StackError:
@@ -241,7 +226,7 @@ class ComposeStack:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Service -> ``status`` (healthy, starting, unhealthy, running, completed, exited, restarting, missing...),
-        ``container(s)``, ``port`` (first published host port), ``ports``, ``restarts``, ``last_exit``, ``log``.
+        ``container(s)``, ``port`` (first published host port), ``ports``, ``restarts``, ``log``.
         """  # noqa: D205
         text = self.compose("ps", "--all", "--format", "json").strip()
         rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines()]
@@ -268,7 +253,6 @@ class ComposeStack:
                 "status": shown(worst) if rows else "missing", "port": next(
                     (int(v.rsplit(":", 1)[1]) for v in ports.values()), None), "ports": ports,
                 "restarts": sum(restarts.get(r["ID"][:12], 0) for r in rows),
-                "last_exit": worst.get("ExitCode") if worst.get("State") == "exited" else None,
                 "log": f"docker compose -p {self.project} logs {service}"}
 
     def down(self, *, volumes: bool = False) -> None:
@@ -277,14 +261,6 @@ class ComposeStack:
         state = read_state(self.state_dir)
         if state is not None and state.get("runtime") == RUNTIME_NAME and state.get("project") == self.project:
             remove_state(self.state_dir)
-
-    def write_state(self, services: Sequence[str]) -> dict[str, Any]:
-        """Record the stack for ``edgediff status``/``down``: runtime, project, profiles, compose file, status."""
-        state = {"runtime": RUNTIME_NAME, "project": self.project, "profile": ",".join(self.profiles),
-                 "compose_file": str(self.compose_file), "order": list(services), "left_out": self.left_out,
-                 **self.meta, "services": self.status()}
-        write_state(self.state_dir, state)
-        return state
 
 
 def choose_runtime(profile: str, compose_file: Path) -> tuple[str, str]:

@@ -19,27 +19,19 @@ def default_state_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edgediff" / "stack"
 
 
-def state_path(state_dir: Path) -> Path:
-    """The state file inside ``state_dir``."""
-    return state_dir / STATE_FILE
-
-
 def read_state(state_dir: Path) -> dict[str, Any] | None:
-    """The state, or None when no stack is recorded there."""
-    path = state_path(state_dir)
+    """The state, or None when no (readable) stack is recorded there."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+        return json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
 
 def write_state(state_dir: Path, state: dict[str, Any]) -> None:
     """Replace the state file atomically."""
-    atomic_write_json(state_path(state_dir), state)
+    atomic_write_json(state_dir / STATE_FILE, state)
 
 
 def remove_state(state_dir: Path) -> None:
     """Delete the state file (no error when it is gone)."""
-    state_path(state_dir).unlink(missing_ok=True)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)

@@ -25,8 +25,7 @@ print("child", child.wait(20), flush=True)
 SUPERVISOR_STOPPED_BY_A_HANDLER = """
 import signal, sys, threading, os
 from pathlib import Path
-from services.stack.health import HealthCheck
-from services.stack.supervisor import ServiceSpec, Supervisor
+from services.stack.supervisor import HealthCheck, ServiceSpec, Supervisor
 spec = ServiceSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], HealthCheck("http", "x"), 1)
 sup = Supervisor([spec], Path(sys.argv[1]))
 sup._start(sup.services[0])

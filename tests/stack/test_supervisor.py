@@ -8,10 +8,9 @@ import pytest
 
 from edgediff.errors import InvalidArgumentError
 from edgediff.processes import pid_alive
-from services.stack.health import HealthCheck
 from services.stack.local_runtime import parse_ports, prometheus_config
 from services.stack.state import read_state
-from services.stack.supervisor import ServiceSpec, StackError, Supervisor, dependency_order
+from services.stack.supervisor import HealthCheck, ServiceSpec, StackError, Supervisor, dependency_order
 
 
 def free_port() -> int:
