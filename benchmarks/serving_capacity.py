@@ -13,11 +13,16 @@ profile they are required. In order, each step a plain ``edgediff`` command (its
    steps as the server's defaults (the load test sends none);
 3. ``edgediff loadtest --sweep users=...``: closed loops of growing concurrency; the saturation throughput (the
    knee);
-4. ``edgediff loadtest --rate`` at ``--rate-fraction`` (80 %) of the saturation: Poisson arrivals, open loop.
+4. the gateway restarted with ``--max-concurrency`` = the knee's users (the way the README sizes a gateway from a
+   sweep; ``--open-loop-concurrency`` overrides it), then ``edgediff loadtest --rate`` at ``--rate-fraction`` (80 %)
+   of the saturation: Poisson arrivals, open loop;
+5. the queueing floor of that open loop (``loadtest.queueing``): the p50/p99 a FIFO queue with the same arrivals,
+   the same concurrency and the knee's median latency as a constant service time would have with no server
+   overhead at all. An open loop's p99/p50 can only be read against it: for one slot at 80 % load it is about 5.
 
-It prints and writes (``serving_capacity.json``) the served / in-process ratio at saturation, p99 / p50 at 80 %,
-the failed requests below saturation, the GPU's name when there is one, and which targets were met (>= 0.95;
-<= 1.5; 0). Every process it starts is stopped before it returns.
+It prints and writes (``serving_capacity.json``) the served / in-process ratio at saturation, p99 / p50 at 80 %
+(and the floor's), the failed requests below saturation, the GPU's name when there is one, and which targets were
+met (>= 0.95; <= 1.5; 0). Every process it starts is stopped before it returns.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from edgediff.processes import ChildProcess  # noqa: E402
+from loadtest.queueing import fifo_sojourn  # noqa: E402
 from loadtest.runner import free_port  # noqa: E402
 
 TARGET_RATIO = 0.95
@@ -133,6 +139,17 @@ def wait_ready(url: str, process: ChildProcess, what: str, timeout_s: float) -> 
     raise SystemExit(f"serving_capacity: {what} not ready after {timeout_s:.0f} s")
 
 
+def queueing_floor(rate: float, service_s: float | None, servers: int) -> dict[str, Any]:
+    """The open loop's latency with no server overhead (``loadtest.queueing``), or why there is none."""
+    if not service_s:
+        return {"why_not": "the knee level has no latency"}
+    try:
+        floor = fifo_sojourn(rate, [service_s], servers=servers)
+    except ValueError as exc:
+        return {"why_not": str(exc)}
+    return {**floor, "service_s": service_s, "servers": servers, "p99_over_p50": floor["p99_s"] / floor["p50_s"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="celebahq-256")
@@ -146,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--level-duration", default="60s", help="duration of each sweep level")
     parser.add_argument("--rate-duration", default="120s", help="duration of the open loop at the rate fraction")
     parser.add_argument("--rate-fraction", type=float, default=0.8)
+    parser.add_argument("--open-loop-concurrency", type=int, default=None, metavar="N",
+                        help="the gateway's --max-concurrency in the open loop (default: the knee's users)")
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline of one Generate call, seconds")
     parser.add_argument("--out", type=Path, default=Path("reports/serving-capacity"))
     args = parser.parse_args(argv)
@@ -178,14 +197,20 @@ def main(argv: list[str] | None = None) -> int:
                                   grace_s=60.0)  # Triton unloads its models before it exits
         processes.append(triton)
         wait_ready(f"http://127.0.0.1:{ports['http']}/v2/health/ready", triton, "triton", 900)
-        with (out / "gateway.log").open("wb") as gateway_log:
-            gateway = ChildProcess([*CLI, "serve", "--backend", "triton", "--model", args.model, "--variant", variant,
-                                    "--scheduler", scheduler, "--steps", str(steps),
-                                    "--triton-url", f"127.0.0.1:{ports['grpc']}", "--port", str(ports["gateway"]),
-                                    "--metrics-port", str(ports["gateway_metrics"]), "--max-queue", "64"],
-                                   name="edgediff serve", stdout=gateway_log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        processes.append(gateway)
-        wait_ready(f"http://127.0.0.1:{ports['gateway_metrics']}/metrics", gateway, "gateway", 300)
+        def start_gateway(max_concurrency: int | None) -> ChildProcess:
+            limit = [] if max_concurrency is None else ["--max-concurrency", str(max_concurrency)]
+            with (out / "gateway.log").open("ab") as gateway_log:
+                gateway = ChildProcess([*CLI, "serve", "--backend", "triton", "--model", args.model, "--variant",
+                                        variant, "--scheduler", scheduler, "--steps", str(steps), "--triton-url",
+                                        f"127.0.0.1:{ports['grpc']}", "--port", str(ports["gateway"]),
+                                        "--metrics-port", str(ports["gateway_metrics"]), "--max-queue", "64", *limit],
+                                       name="edgediff serve", stdout=gateway_log, stderr=subprocess.STDOUT,
+                                       cwd=REPO_ROOT)
+            processes.append(gateway)
+            wait_ready(f"http://127.0.0.1:{ports['gateway_metrics']}/metrics", gateway, "gateway", 300)
+            return gateway
+
+        gateway = start_gateway(None)  # the sweep: the gateway's default concurrency (the backend's capacity)
         target_addr = f"127.0.0.1:{ports['gateway']}"
         common = ["--target", target_addr, "--gateway-metrics", f"127.0.0.1:{ports['gateway_metrics']}",
                   "--timeout", f"{args.timeout:g}"]
@@ -200,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         if not saturation:
             raise SystemExit(f"serving_capacity: the sweep reached no level; see {sweep_dir / 'sweep.md'}")
         rate = round(args.rate_fraction * saturation, 4)
+        knee_row = next(r for r in sweep["levels"] if r["level"] == sweep["knee"]["knee_level"])
+        concurrency = args.open_loop_concurrency or int(knee_row["level"])
+        gateway.stop()
+        processes.remove(gateway)
+        gateway = start_gateway(concurrency)
         rate_dir = out / f"rate-{rate:g}"
         run([*CLI, "loadtest", *common, "--rate", f"{rate:g}", "--duration", args.rate_duration,
              "--out", str(rate_dir)], f"open loop at {args.rate_fraction:.0%} of saturation", 7200)
@@ -215,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     failed_below = sum(int(r.get("failed") or 0) for r in below) + int(open_loop["requests"]["failed"])
     arrivals = open_loop["load"]["arrivals"]
     result.update({
-        "sweep": {"levels": [{k: r.get(k) for k in ("label", "images_per_s", "p50_s", "p90_s", "p99_s", "failed",
-                                                     "reached", "why_not")} for r in sweep["levels"]],
+        "sweep": {"levels": [{k: r.get(k) for k in ("label", "images_per_s", "steady_images_per_s", "p50_s", "p90_s",
+                                                     "p99_s", "failed", "reached", "why_not")}
+                             for r in sweep["levels"]],
                   "knee": sweep["knee"], "report": str(sweep_dir / "sweep.md")},
         "open_loop": {"rate_per_s": rate, "images_per_s": open_loop["requests"]["images_per_s"],
                       "p50_s": lat.get("p50_s"), "p90_s": lat.get("p90_s"), "p99_s": lat.get("p99_s"),
@@ -224,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                       "arrivals": arrivals, "report": str(rate_dir / "loadtest.md")},
         "served_over_in_process": saturation / best,
         "p99_over_p50_at_rate": (lat["p99_s"] / lat["p50_s"]) if lat.get("p50_s") else None,
+        "open_loop_concurrency": concurrency,
+        "queueing_floor": queueing_floor(rate, knee_row.get("p50_s"), concurrency),
         "failed_below_saturation": failed_below,
         "wall_s": time.time() - started,
     })  # fmt: skip
@@ -241,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process batch {batch}: {row['images_per_s']:.4f} images/s (p50 {row['p50_s']:.3f} s/call, "
               f"n={row['n']})")
     for row in result["sweep"]["levels"]:
-        print(f"served {row['label']}: {row['images_per_s'] or 0:.4f} images/s, p50 {row['p50_s'] or 0:.2f} s, "
+        print(f"served {row['label']}: {row['steady_images_per_s'] or 0:.4f} images/s steady "
+              f"({row['images_per_s'] or 0:.4f} over the window), p50 {row['p50_s'] or 0:.2f} s, "
               f"p99 {row['p99_s'] or 0:.2f} s, failed {row['failed']}"
               + ("" if row["reached"] else f" (NOT REACHED: {row['why_not']})"))
     print(f"saturation: {saturation:.4f} images/s (knee {sweep['knee']['knee_label']}); served/in-process "
@@ -251,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{ol['p50_s'] or 0:.2f} s, p90 {ol['p90_s'] or 0:.2f} s, p99 {ol['p99_s'] or 0:.2f} s, p99/p50 "
           f"{result['p99_over_p50_at_rate'] or float('nan'):.2f}, {ol['requests']} requests, failed {ol['failed']}, "
           f"missed arrivals {arrivals['missed']}")
+    floor = result["queueing_floor"]
+    if "p99_over_p50" in floor:
+        print(f"queueing floor (FIFO, {concurrency} slot(s), Poisson {rate:g}/s, constant {floor['service_s']:.2f} s "
+              f"service, no overhead): p50 {floor['p50_s']:.2f} s, p99 {floor['p99_s']:.2f} s, p99/p50 "
+              f"{floor['p99_over_p50']:.2f}")
+    else:
+        print(f"queueing floor: {floor['why_not']}")
     print(f"failed requests below saturation: {failed_below}")
     for name, met in result["targets_met"].items():
         print(f"target {name}: {'met' if met else 'NOT met'}")

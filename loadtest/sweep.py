@@ -6,7 +6,9 @@ in ``<out>/<kind>-<level>/``; the sweep then writes ``sweep.json``, ``sweep.md``
 (p50/p99 against images/s, the curve whose knee is the capacity), the way perf_analyzer's concurrency and
 request-rate ranges and MLPerf's server scenario find it.
 
-* **saturation throughput**: the most images/s any reached level served;
+* **saturation throughput**: the most images/s any reached level served, counted between its first and last
+  completion (``steady_images_per_s``: a closed loop's calls cut short at the end of the window would cost it a
+  few per cent, and a served rate would not compare with an in-process seconds-per-image);
 * **knee**: the lowest level that served at least ``KNEE_FRACTION`` of it (more load past it adds latency, not
   throughput);
 * a level **not reached** says why: a closed loop whose calls never had that many in flight at once, or an open
@@ -98,7 +100,8 @@ def level_row(ladder: Ladder, level: float, outcome: Outcome) -> dict[str, Any]:
     lat = req["latency"] or {}
     arrivals = load.get("arrivals")
     row.update({
-        "images_per_s": req["images_per_s"], "requests_per_s": req["requests_per_s"], "requests": req["requests"],
+        "images_per_s": req["images_per_s"], "steady_images_per_s": req.get("steady_images_per_s"),
+        "requests_per_s": req["requests_per_s"], "requests": req["requests"],
         "failed": req["failed"], "failures_by_status": req["failures_by_status"],
         "p50_s": lat.get("p50_s"), "p90_s": lat.get("p90_s"), "p99_s": lat.get("p99_s"),
         "max_in_flight": load.get("max_in_flight"), "arrivals": arrivals, "report": outcome.paths.get("json"),
@@ -117,17 +120,23 @@ def level_row(ladder: Ladder, level: float, outcome: Outcome) -> dict[str, Any]:
     return row
 
 
+def served_rate(row: dict[str, Any]) -> float | None:
+    """A level's throughput for the saturation: its steady images/s (``summary.Summary``), else its window's."""
+    steady = row.get("steady_images_per_s")
+    return steady if steady is not None else row.get("images_per_s")
+
+
 def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Saturation throughput (the most images/s of a reached level) and the knee (first level within 95 % of it)."""
-    reached = [r for r in rows if r.get("reached") and r.get("images_per_s") is not None]
+    """Saturation throughput (the most steady images/s of a reached level) and the knee (first level within 95 %)."""
+    reached = [r for r in rows if r.get("reached") and served_rate(r) is not None]
     if not reached:
         return {"saturation_images_per_s": None, "knee_level": None, "knee_p99_s": None,
                 "note": "no level was reached"}
-    best = max(r["images_per_s"] for r in reached)
-    first = next(r for r in reached if r["images_per_s"] >= KNEE_FRACTION * best)
+    best = max(served_rate(r) for r in reached)
+    first = next(r for r in reached if served_rate(r) >= KNEE_FRACTION * best)
     top = reached[-1]
     note = None
-    if top["images_per_s"] >= KNEE_FRACTION * best and top is first:
+    if served_rate(top) >= KNEE_FRACTION * best and top is first:
         note = "the highest level is the knee: the server may not be saturated yet (add higher levels)"
     return {"saturation_images_per_s": best, "knee_level": first["level"], "knee_label": first["label"],
             "knee_p50_s": first.get("p50_s"), "knee_p99_s": first.get("p99_s"), "note": note}
@@ -138,7 +147,8 @@ def sweep_line(row: dict[str, Any]) -> str:
     def ms(key: str) -> str:
         return f"{row[key] * 1000:.0f}" if row.get(key) is not None else "-"
 
-    ips = f"{row['images_per_s']:.3f}" if row.get("images_per_s") is not None else "-"
+    rate = served_rate(row)
+    ips = f"{rate:.3f}" if rate is not None else "-"
     state = "" if row.get("reached") else f"  NOT REACHED: {row.get('why_not')}"
     return (f"{row['label']}: {ips} images/s, p50 {ms('p50_s')} ms, p90 {ms('p90_s')} ms, p99 {ms('p99_s')} ms, "
             f"failed {row.get('failed', '-')}{' (saturated)' if row.get('saturated') else ''}{state}")
@@ -156,7 +166,8 @@ def render_markdown(sweep: dict[str, Any]) -> str:
         state = "reached" if r.get("reached") else f"NOT REACHED: {r.get('why_not')}"
         if r.get("saturated"):
             state += " (saturated: served below the offered rate)"
-        rows.append([r["label"], f"{r['images_per_s']:.3f}" if r.get("images_per_s") is not None else "-",
+        rate = served_rate(r)
+        rows.append([r["label"], f"{rate:.3f}" if rate is not None else "-",
                      ms(r.get("p50_s")), ms(r.get("p90_s")), ms(r.get("p99_s")), str(r.get("failed", "-")),
                      str(missed), state])
     k = sweep["knee"]
@@ -164,8 +175,8 @@ def render_markdown(sweep: dict[str, Any]) -> str:
     lines = [
         f"# Load sweep of {sweep['target']} ({sweep['kind']})",
         "",
-        markdown_table(("level", "images/s", "p50 ms", "p90 ms", "p99 ms", "failed", "missed arrivals", "state"),
-                       rows),
+        markdown_table(("level", "images/s (steady)", "p50 ms", "p90 ms", "p99 ms", "failed", "missed arrivals",
+                        "state"), rows),
         "",
         f"- saturation throughput: {f'{sat:.3f} images/s' if sat is not None else 'none (no level reached)'}",
         f"- knee: {k.get('knee_label') or '-'} (p50 {ms(k.get('knee_p50_s'))} ms, p99 {ms(k.get('knee_p99_s'))} ms)",
@@ -181,13 +192,13 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    rows = [r for r in sweep["levels"] if r.get("images_per_s") is not None and r.get("p50_s") is not None]
+    rows = [r for r in sweep["levels"] if served_rate(r) is not None and r.get("p50_s") is not None]
     fig, ax = plt.subplots(figsize=(8, 5))
-    x = [r["images_per_s"] for r in rows]
+    x = [served_rate(r) for r in rows]
     for key, label, style in (("p50_s", "p50", "o-"), ("p99_s", "p99", "s--")):
         ax.plot(x, [r[key] for r in rows], style, label=label)
     for r in rows:
-        ax.annotate(r["label"] + ("" if r.get("reached") else " (not reached)"), (r["images_per_s"], r["p99_s"]),
+        ax.annotate(r["label"] + ("" if r.get("reached") else " (not reached)"), (served_rate(r), r["p99_s"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     sat = sweep["knee"]["saturation_images_per_s"]
     if sat is not None:

@@ -222,6 +222,15 @@ def test_summarize_counts_failures_by_status_and_the_window():
     assert by_name["Generate b"].latency is None
 
 
+def test_steady_rate_counts_neither_start_up_nor_the_call_cut_short_at_the_end():
+    # one user, 2.9 s calls back to back in a 60 s window: 20 complete, the 21st is cancelled at the stop
+    records = [_record(100.0 + 2.9 * k, 2.9) for k in range(20)]
+    s = summarize(records, 100.0, 160.0)
+    assert s.images_per_s == pytest.approx(20 / 60)  # the window's rate pays for the cut call
+    assert s.steady_images_per_s == pytest.approx(1 / 2.9)  # the server's rate
+    assert summarize(records[:1], 100.0, 160.0).steady_images_per_s is None
+
+
 def test_timeline_is_a_rolling_rate_by_completion_time():
     records = [_record(0.0, 0.5), _record(0.2, 0.6), _record(1.1, 0.2, "UNAVAILABLE"), _record(2.5, 0.1, images=4),
                _record(3.0, 0.4), _record(3.6, 0.5)]  # ends 0.5, 0.8, 1.3, 2.6, 3.4 and 4.1 (after the window)
