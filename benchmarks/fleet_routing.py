@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,18 +32,13 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.client import GeneratorClient
+from services.healthcheck import free_port
 
 UPSTREAMS = (  # name, default variant, intra-op threads (which is slower is measured, not assumed)
     ("torch-1t", "torch-fp32", 1),
     ("torch-2t", "torch-fp32", 2),
     ("onnx-2t", "onnx-fp32", 2),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(argv: list[str], log: Path) -> subprocess.Popen:

@@ -23,7 +23,6 @@ from services.stack.local_runtime import (
     REPO_ROOT,
     LocalStackConfig,
     default_variants,
-    parse_ports,
     refuse_if_running,
     run_local,
     start_detached,
@@ -57,6 +56,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds to wait for the stack to be healthy with --detach or Docker "
                              "(default: %(default)s)")
+
+
+def parse_ports(spec: str | None) -> dict[str, int]:
+    """``"gateway=50061,exporter=9410"`` -> the default ports with those replaced.
+
+    Raises:
+        InvalidArgumentError: an unknown name, a port outside 1..65535, or two services on one port.
+    """
+    ports = dict(DEFAULT_PORTS)
+    for item in filter(str.strip, (spec or "").split(",")):
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name not in ports:
+            raise InvalidArgumentError(f"--ports: unknown service {name!r}; choose from {', '.join(ports)}")
+        try:
+            port = int(value)
+        except ValueError:
+            raise InvalidArgumentError(f"--ports: {name}={value!r} is not a port number") from None
+        if not 1 <= port <= 65535:
+            raise InvalidArgumentError(f"--ports: {name}={port} is outside 1..65535")
+        ports[name] = port
+    if len(set(ports.values())) != len(ports):
+        raise InvalidArgumentError(f"--ports: two services share a port: {ports}")
+    return ports
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ from typing import Any
 from edgediff import __version__
 from edgediff.errors import EdgediffError
 from edgediff.io import file_sha256
+from edgediff.models import get_preset
+from edgediff.models.weights import weights_origin
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -170,3 +172,30 @@ def unfinished_export(repo: Path | str) -> str | None:
     if manifest is not None and manifest.get("state") != STATE_COMPLETE:
         return f"{root / MANIFEST_NAME} says state={manifest.get('state')!r}: the export did not finish; re-run it"
     return None
+
+
+def export_mismatch(repo: Path, *, model: str, target: str, variants: list[str], weights: str | None) -> str | None:
+    """Why ``repo`` does not hold a finished export of this model, weights, target and variants, or None if it does.
+
+    Checked in order: a finished export, the preset, the target, the exporter code (``exporter_sha256``), the
+    weights' sha256, every variant, and every artifact's size and sha256 (a damaged one is re-exported, never served).
+    """
+    unfinished = unfinished_export(repo)
+    if unfinished:
+        return unfinished
+    manifest = read_manifest(repo)
+    if manifest is None:
+        return f"{repo} has no {MANIFEST_NAME}"
+    if manifest.get("preset") != model:
+        return f"it holds preset {manifest.get('preset')}, not {model}"
+    if manifest.get("target", {}).get("name") != target:
+        return f"it was exported for target {manifest.get('target', {}).get('name')}, not {target}"
+    if manifest.get("exporter_sha256") != exporter_sha256():
+        return "it was written by other exporter code (another edgediff checkout or release)"
+    if manifest.get("weights", {}).get("sha256") != weights_origin(get_preset(model), weights).sha256:
+        return "its weights differ from the ones asked for"
+    missing = [v for v in variants if v not in manifest.get("variants", {})]
+    if missing:
+        return f"variants {', '.join(missing)} are not exported"
+    damaged = repository_problems(repo)
+    return f"its artifacts are damaged: {damaged[0]}" if damaged else None

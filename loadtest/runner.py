@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from edgediff.constants import DEFAULT_HOST, ENV_LOADTEST_RECORD_DIR
 from edgediff.processes import ChildProcess, Interrupted
+from services.healthcheck import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +101,6 @@ class LocustRun:
     wall_s: float
     logs: list[Path]
     interrupted: Any = None
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def locust_command(plan: LocustPlan, role: str, master_port: int | None = None) -> list[str]:

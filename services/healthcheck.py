@@ -120,6 +120,13 @@ def check_tcp(target: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         raise Unhealthy(f"tcp {host}:{port} unreachable: {exc.strerror or exc}") from None
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``host`` right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def check_grpc(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S, *, tls: Tls | None = None,
                liveness: bool = False) -> None:
     """Raise ``Unhealthy`` unless ``grpc.health.v1.Health/Check(service)`` at ``HOST:PORT`` says ``SERVING``.

@@ -11,13 +11,10 @@ of whose processes is ours any more is stale: it is reported and cleared, nothin
 from __future__ import annotations
 
 import contextlib
-import glob
-import hashlib
 import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,16 +25,22 @@ from typing import Any
 from edgediff import constants
 from edgediff.bench.tune import profile_defaults
 from edgediff.constants import DEFAULT_HOST
-from edgediff.errors import EdgediffError, InvalidArgumentError
+from edgediff.errors import EdgediffError
 from edgediff.io import atomic_write_text
-from edgediff.models import get_preset
-from edgediff.models.weights import weights_origin
 from edgediff.processes import detach_until_ready, is_same_process
-from exporters.manifest import exporter_sha256, read_manifest, repository_problems, unfinished_export
+from exporters.manifest import export_mismatch
 from exporters.repository import export_repository
+from services.healthcheck import free_port
 from services.stack.state import read_state, remove_state
 from services.stack.supervisor import HealthCheck, ServiceSpec, Supervisor
-from services.triton.launcher import TritonServer, is_bundled, server_environment
+from services.triton.launcher import (
+    TritonServer,
+    is_bundled,
+    python_shm_flag,
+    python_shm_prefix,
+    remove_python_shm_regions,
+    server_environment,
+)
 
 logger = logging.getLogger(__name__)
 ENV_DETACHED = "EDGEDIFF_STACK_DETACHED"
@@ -52,29 +55,6 @@ DEFAULT_VARIANTS = {"cpu": "onnx-fp32", "rtx": "trt-fp16", "jetson": "trt-fp16"}
 # Prometheus job name -> the port key whose target it scrapes.
 _JOB_PORTS = {"gateway": "gateway-metrics", "exporter": "exporter", "triton": "triton-metrics",
               "prometheus": "prometheus"}
-
-
-def parse_ports(spec: str | None) -> dict[str, int]:
-    """``"gateway=50061,exporter=9410"`` -> the default ports with those replaced.
-
-    Raises:
-        InvalidArgumentError: an unknown name, a port outside 1..65535, or two services on one port.
-    """
-    ports = dict(DEFAULT_PORTS)
-    for item in filter(str.strip, (spec or "").split(",")):
-        name, _, value = (part.strip() for part in item.partition("="))
-        if name not in ports:
-            raise InvalidArgumentError(f"--ports: unknown service {name!r}; choose from {', '.join(ports)}")
-        try:
-            port = int(value)
-        except ValueError:
-            raise InvalidArgumentError(f"--ports: {name}={value!r} is not a port number") from None
-        if not 1 <= port <= 65535:
-            raise InvalidArgumentError(f"--ports: {name}={port} is outside 1..65535")
-        ports[name] = port
-    if len(set(ports.values())) != len(ports):
-        raise InvalidArgumentError(f"--ports: two services share a port: {ports}")
-    return ports
 
 
 @dataclass
@@ -101,39 +81,11 @@ class LocalStackConfig:
     with_prometheus: bool = True
 
 
-def repository_is_current(config: LocalStackConfig) -> tuple[bool, str]:
-    """Whether ``config.repo`` holds a finished export of the model, weights, target and variants asked for.
-
-    Returns ``(current, why not)``: the reason is shown when the repository is re-exported.
-    """
-    unfinished = unfinished_export(config.repo)
-    if unfinished:
-        return False, unfinished
-    manifest = read_manifest(config.repo)
-    if manifest is None:
-        return False, f"{config.repo} has no manifest.json"
-    if manifest.get("preset") != config.model:
-        return False, f"it holds preset {manifest.get('preset')}, not {config.model}"
-    if manifest.get("target", {}).get("name") != config.profile:
-        return False, f"it was exported for target {manifest.get('target', {}).get('name')}, not {config.profile}"
-    if manifest.get("exporter_sha256") != exporter_sha256():
-        return False, "it was written by other exporter code (another edgediff checkout or release)"
-    wanted = weights_origin(get_preset(config.model), config.weights).sha256
-    if manifest.get("weights", {}).get("sha256") != wanted:
-        return False, "its weights differ from the ones asked for"
-    missing = [v for v in config.variants if v not in manifest.get("variants", {})]
-    if missing:
-        return False, f"variants {', '.join(missing)} are not exported"
-    damaged = repository_problems(config.repo)  # a truncated or altered artifact is re-exported, never served
-    if damaged:
-        return False, f"its artifacts are damaged: {damaged[0]}"
-    return True, ""
-
-
 def ensure_repository(config: LocalStackConfig) -> None:
     """Export the repository when it is missing or stale, saying so on the console."""
-    current, why = repository_is_current(config)
-    if current:
+    why = export_mismatch(config.repo, model=config.model, target=config.profile, variants=config.variants,
+                          weights=config.weights)
+    if why is None:
         print(f"model repository {config.repo} is current", flush=True)
         return
     print(f"exporting {config.model} ({', '.join(config.variants)}) for {config.profile} into {config.repo}: {why}",
@@ -157,31 +109,19 @@ def prometheus_config(ports: dict[str, int], source: Path = PROMETHEUS_CONFIG) -
     return config
 
 
-def shm_prefix(state_dir: Path) -> str:
-    """The prefix of the Python backend's shared-memory regions for this stack (so ``down`` can find leftovers)."""
-    return f"edgediff_{hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]}_"
-
-
-def remove_shm_regions(prefix: str) -> None:
-    """Delete the ``/dev/shm/<prefix>*`` regions a killed Triton left behind."""
-    for path in glob.glob(f"/dev/shm/{prefix}*"):
-        with contextlib.suppress(OSError):  # removed meanwhile
-            os.unlink(path)
-
-
 def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
     """The services of the local stack, with their commands, health checks and dependencies."""
-    ports, prefix, host = config.ports, shm_prefix(config.state_dir), DEFAULT_HOST
+    ports, prefix, host = config.ports, python_shm_prefix(config.state_dir), DEFAULT_HOST
     triton = TritonServer(config.repo, http_port=ports["triton-http"], grpc_port=ports["triton-grpc"],
                           metrics_port=ports["triton-metrics"],
-                          extra_args=[f"--backend-config=python,shm-region-prefix-name={prefix}"])
+                          extra_args=[python_shm_flag(prefix)])
     argv = triton.command()
     assert triton.binary is not None
     edgediff, env = [sys.executable, "-m", "cli"], {"PYTHONPATH": str(REPO_ROOT)}
     specs = [
         ServiceSpec("triton", argv, HealthCheck("http", f"{triton.http_url}/v2/health/ready"), ports["triton-grpc"],
                     env=server_environment(is_bundled(triton.binary)), startup_timeout_s=600.0,
-                    cleanup=lambda: remove_shm_regions(prefix)),
+                    cleanup=lambda: remove_python_shm_regions(prefix)),
         ServiceSpec("gateway", [*edgediff, "serve", "--backend", "triton", "--model", config.model, "--variant",
                                 config.variants[0], "--triton-url", triton.grpc_url, "--host", host, "--port",
                                 str(ports["gateway"]), "--metrics-port", str(ports["gateway-metrics"])],
@@ -197,9 +137,7 @@ def build_specs(config: LocalStackConfig) -> list[ServiceSpec]:
         import yaml
 
         if port_taken(ports["prometheus"]):  # e.g. the distribution's Prometheus service: never stop it, move ours
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                taken, ports["prometheus"] = ports["prometheus"], int(sock.getsockname()[1])
+            taken, ports["prometheus"] = ports["prometheus"], free_port(host)
             logger.warning("port %d is taken (another Prometheus?); this stack's Prometheus uses %d instead",
                            taken, ports["prometheus"])
         config_path, data_dir = config.state_dir / "prometheus.yml", config.state_dir / "prometheus-data"
@@ -238,7 +176,7 @@ def run_local(config: LocalStackConfig, *, detached: bool) -> int:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     ensure_repository(config)
     meta = {"profile": config.profile, "model": config.model, "variants": config.variants, "repo": str(config.repo),
-            "shm_prefix": shm_prefix(config.state_dir), "ports": config.ports}
+            "shm_prefix": python_shm_prefix(config.state_dir), "ports": config.ports}
     supervisor = Supervisor(build_specs(config), config.state_dir, meta=meta, services_outlive_me=detached)
     print(f"starting the {config.profile} stack (local processes; state in {config.state_dir})", flush=True)
     try:  # a stop signal raises Interrupted (cli.main's stop_on_signals), here or in run(): everything is stopped
@@ -353,7 +291,7 @@ def stop_local(state: dict[str, Any], state_dir: Path, timeout_s: float) -> None
                     os.killpg(service["pid"], sig)
                 _wait(lambda s=service: service_alive(s), grace_s)
     if state.get("shm_prefix"):
-        remove_shm_regions(state["shm_prefix"])
+        remove_python_shm_regions(state["shm_prefix"])
     remove_state(state_dir)
 
 

@@ -13,6 +13,9 @@ The server runs in its own process group, binds loopback by default, and is read
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -356,3 +359,23 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# --- the Python backend's shared memory --------------------------------------------------------------------------
+def python_shm_prefix(key: Path) -> str:
+    """A prefix for the Python backend's ``/dev/shm`` regions, one per ``key`` (a stack's state folder), so what a
+    killed Triton left behind can be found and removed (``remove_python_shm_regions``).
+    """  # noqa: D205
+    return f"edgediff_{hashlib.sha256(str(key.resolve()).encode()).hexdigest()[:10]}_"
+
+
+def python_shm_flag(prefix: str) -> str:
+    """The ``tritonserver`` flag that names the Python backend's regions with ``prefix``."""
+    return f"--backend-config=python,shm-region-prefix-name={prefix}"
+
+
+def remove_python_shm_regions(prefix: str) -> None:
+    """Delete the ``/dev/shm/<prefix>*`` regions a killed Triton left behind."""
+    for path in glob.glob(f"/dev/shm/{prefix}*"):
+        with contextlib.suppress(OSError):  # removed meanwhile
+            os.unlink(path)

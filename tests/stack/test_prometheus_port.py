@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.stack.local_runtime import LocalStackConfig, build_specs, parse_ports, port_taken
+from cli.up import parse_ports
+from services.stack.local_runtime import LocalStackConfig, build_specs, port_taken
 
 
 def test_prometheus_moves_off_a_taken_port(tmp_path: Path) -> None:

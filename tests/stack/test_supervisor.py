@@ -6,9 +6,10 @@ import time
 
 import pytest
 
+from cli.up import parse_ports
 from edgediff.errors import InvalidArgumentError
 from edgediff.processes import pid_alive
-from services.stack.local_runtime import parse_ports, prometheus_config
+from services.stack.local_runtime import prometheus_config
 from services.stack.state import read_state
 from services.stack.supervisor import HealthCheck, ServiceSpec, StackError, Supervisor, dependency_order
 
@@ -164,17 +165,15 @@ def test_a_repository_written_by_other_exporter_code_is_re_exported(tmp_path):
     # stateful model), so it is exported again
     import json
 
-    from exporters.manifest import exporter_sha256
+    from exporters.manifest import export_mismatch, exporter_sha256
     from exporters.repository import export_repository
-    from services.stack.local_runtime import LocalStackConfig, repository_is_current
 
     repo = tmp_path / "repo"
     export_repository(model="tiny", target="cpu", variants=["onnx-fp32"], repo=repo, configs_only=True)
-    config = LocalStackConfig(profile="cpu", model="tiny", variants=["onnx-fp32"], repo=repo, state_dir=tmp_path)
-    assert repository_is_current(config) == (True, "")
+    asked = {"model": "tiny", "target": "cpu", "variants": ["onnx-fp32"], "weights": None}
+    assert export_mismatch(repo, **asked) is None
     manifest = json.loads((repo / "manifest.json").read_text())
     assert manifest["exporter_sha256"] == exporter_sha256()
     manifest["exporter_sha256"] = "0" * 64
     (repo / "manifest.json").write_text(json.dumps(manifest))
-    current, why = repository_is_current(config)
-    assert not current and "other exporter code" in why
+    assert "other exporter code" in export_mismatch(repo, **asked)
