@@ -21,6 +21,11 @@ lacks), generates one warm-up image, then ``--images`` timed ones. It prints one
 then one image's calls (``--steps`` UNet calls, or one decode); Triton runs each part model in a process of its own.
 ``--serving local`` measures the backend of ``edgediff serve --backend local`` (``LocalBackend``: start, warm-up, then
 the images), without the gRPC server around it.
+
+``--without-bf16`` compiles as on a CPU without native bf16 (an AVX2-only one): the bf16 probe
+(``edgediff.availability.cpu_supports_bf16``) answers False, so the int8 models' floating-point layers are packed and
+run at fp32, as OpenVINO does there (on a bf16 CPU they are bf16, half the bytes). The kernels stay this CPU's, so
+its memory is the AVX2 path's estimate and its seconds are not an AVX2 CPU's.
 """
 
 from __future__ import annotations
@@ -43,6 +48,19 @@ def status_mb() -> dict[str, float]:
 
 def _rounded(phases: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     return {k: {n: round(v, 1) for n, v in p.items()} for k, p in phases.items()}
+
+
+def pretend_no_bf16() -> None:
+    """Make every loaded ``edgediff`` module's bf16 probe answer False (``--without-bf16``)."""
+    import sys
+
+    import edgediff.availability
+    import edgediff.variants  # every variant module, each with its own reference to the probe
+
+    probe = edgediff.availability.cpu_supports_bf16
+    for module in list(sys.modules.values()):
+        if getattr(module, "cpu_supports_bf16", None) is probe:
+            module.cpu_supports_bf16 = lambda: False
 
 
 def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,12 +119,13 @@ def measure_serving(args: argparse.Namespace) -> dict[str, Any]:
         from edgediff.artifacts.openvino_ir import FILENAME
         from edgediff.models import ModelSpec, get_preset
         from edgediff.models.weights import weights_origin
+        from edgediff.variants import get_variant
         from exporters.part_runtime import PartRunner, PartSpec
 
         phases["imports"] = status_mb()
         t0 = time.perf_counter()
         preset = get_preset(args.model)
-        fmt = "openvino-int8" if "int8" in args.variant else "openvino"
+        fmt = get_variant(args.variant).part_format(args.serving)  # the IR this CPU runs (int8_ir_format)
         spec = ModelSpec(preset, weights_origin(preset, args.weights), preset.scheduler_config, 1.0)  # the cache key
         found = find_artifact(spec, args.serving, fmt)
         if found is None:
@@ -155,9 +174,14 @@ def main() -> None:
     parser.add_argument("--serving", choices=("unet", "vqdec", "local"), default=None,
                         help="measure a serving process instead: a Triton part model, or the local gateway backend")
     parser.add_argument("--label", default="", help="free text copied into the output (e.g. old/new)")
+    parser.add_argument("--without-bf16", action="store_true",
+                        help="compile as on a CPU without native bf16 (AVX2-only): floating-point layers at fp32")
     args = parser.parse_args()
+    if args.without_bf16:
+        pretend_no_bf16()
     out = measure_serving(args) if args.serving else measure_pipeline(args)
-    print(json.dumps({"label": args.label, "variant": args.variant, "model": args.model, "scheduler": args.scheduler,
+    print(json.dumps({"label": args.label, "without_bf16": args.without_bf16, "variant": args.variant,
+                      "model": args.model, "scheduler": args.scheduler,
                       "steps": args.steps, **out}))
 
 

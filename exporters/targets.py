@@ -25,6 +25,7 @@ from edgediff.availability import (
 from edgediff.errors import InvalidArgumentError
 from edgediff.variants import get_variant
 from edgediff.variants.deepcache import DeepCacheVariant
+from edgediff.variants.openvino_runtime import int8_ir_format
 
 KIND_CPU = "KIND_CPU"
 KIND_GPU = "KIND_GPU"
@@ -77,13 +78,18 @@ class Placement:
     decoder_format: str | None = None
 
     def format_of(self, part: str) -> str:
-        """The artifact format of ``part`` (``vqdec`` or a UNet part)."""
-        return (self.decoder_format or self.artifact_format) if part == "vqdec" else self.artifact_format
+        """The artifact format of ``part`` (``vqdec`` or a UNet part).
+
+        An int8 OpenVINO part takes the int8 IR this CPU's variant runs (``int8_ir_format``: its linear weights
+        compressed too where there is no native bf16), so the served part computes what the variant computes.
+        """
+        fmt = (self.decoder_format or self.artifact_format) if part == "vqdec" else self.artifact_format
+        return int8_ir_format() if fmt == "openvino-int8" else fmt
 
     @property
     def formats(self) -> tuple[str, ...]:
         """Every artifact format the placement needs."""
-        return tuple(dict.fromkeys((self.artifact_format, self.decoder_format or self.artifact_format)))
+        return tuple(dict.fromkeys((self.format_of("unet"), self.format_of("vqdec"))))
 
     @property
     def backend_label(self) -> str:
@@ -234,7 +240,7 @@ def build_blocker(artifact_format: str) -> str | None:
         return "needs onnx, onnxsim and onnxruntime: pip install 'edgediff[onnx]'"
     if artifact_format == "openvino" and not (is_openvino_available() and is_onnxruntime_available()):
         return "needs openvino and the ONNX export: pip install 'edgediff[openvino,onnx]'"
-    if artifact_format == "openvino-int8" and not (is_openvino_available() and is_onnxruntime_available()
+    if artifact_format.startswith("openvino-int8") and not (is_openvino_available() and is_onnxruntime_available()
                                                    and is_module_available("nncf")):
         return "needs openvino, nncf and the ONNX export: pip install 'edgediff[openvino,onnx]'"
     if artifact_format == "torchscript-fp16" and not is_cuda_available():

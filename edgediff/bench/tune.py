@@ -43,7 +43,7 @@ from edgediff.bench.plots import plot_speed_memory
 from edgediff.bench.report_writers import write_outputs
 from edgediff.bench.runner import TelemetryOptions
 from edgediff.bench.suite import BenchConfig, run_bench
-from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError
+from edgediff.errors import BackendMissingError, EdgediffError, InvalidArgumentError, UnknownVariantError
 from edgediff.io import atomic_write_json
 from edgediff.quality.bench_hook import make_quality_hook
 from edgediff.schedulers import DDIM, DPMPP, UNIPC, row_name, scheduler_settings, split_row
@@ -169,6 +169,10 @@ def load_profile(model: str, *, root: Path | None = None, here: dict[str, Any] |
     if stale:
         raise ProfileError(f"tune profile {path} was gated with other sampler settings ({stale}); refused: run "
                            "'edgediff tune --revalidate' to re-check its choice with today's (or 'edgediff tune')")
+    stale = variant_mismatch(profile)
+    if stale:
+        raise ProfileError(f"tune profile {path} was gated with other variant settings ({stale}); refused: run "
+                           "'edgediff tune --revalidate' to re-check its choice with today's (or 'edgediff tune')")
     return profile
 
 
@@ -184,6 +188,31 @@ def sampler_mismatch(profile: dict[str, Any]) -> str | None:
     if theirs == ours:
         return None
     return f"{scheduler}: profile {theirs if theirs is not None else 'not recorded'}, now {ours}"
+
+
+def variant_mismatch(profile: dict[str, Any]) -> str | None:
+    """How the settings a profile's variant was gated with (``Variant.gate_settings``) differ from today's, or None.
+
+    A profile written before its choice recorded ``variant_settings`` was gated with none (what every variant
+    computed then).
+    """
+    choice = profile["choice"]
+    ours = gate_settings(choice.get("variant", ""))
+    theirs = choice.get("variant_settings", {})
+    if theirs == ours:
+        return None
+    return f"{choice['variant']}: profile {theirs or 'none'}, now {ours or 'none'}"
+
+
+def gate_settings(variant: str) -> dict[str, Any]:
+    """``Variant.gate_settings`` of ``variant``; none for a name this registry lacks.
+
+    A command that uses such a profile's choice then fails on the unknown variant, with the list of known ones.
+    """
+    try:
+        return get_variant(variant).gate_settings()
+    except UnknownVariantError:
+        return {}
 
 
 def profile_defaults(model: str, *, root: Path | None = None, warn: Callable[[str], None] | None = None,
@@ -457,7 +486,8 @@ def tune(config: TuneConfig, *, say: Callable[[str], None] = print) -> dict[str,
         "machine": here,
         "software": library_versions(),
         "choice": {"variant": variant, "scheduler": scheduler or DDIM, "steps": steps or REFERENCE_STEPS,
-                   "threads": threads, "scheduler_settings": scheduler_settings(scheduler or DDIM)},
+                   "threads": threads, "scheduler_settings": scheduler_settings(scheduler or DDIM),
+                   "variant_settings": gate_settings(variant)},
         "speed": {"total_p50_s": best["latency"]["total"]["p50_s"],
                   "baseline": f"{BASELINE} {DDIM} {REFERENCE_STEPS}",
                   "baseline_total_p50_s": (baseline.get("latency") or {}).get("total", {}).get("p50_s"),

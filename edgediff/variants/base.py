@@ -191,6 +191,14 @@ class Variant(abc.ABC):
         """
         return dict(self.build(model, options).info.get("artifacts", {}))
 
+    def gate_settings(self) -> dict[str, Any]:
+        """What, besides its name and sampler, changes what this variant computes on this machine; empty by default.
+
+        ``edgediff tune`` records it with the row it gated, and refuses a profile gated under other settings (its
+        verdict was about other numbers) until ``--revalidate``.
+        """
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         """The registry's row for this variant (availability included)."""
         avail = self.availability()

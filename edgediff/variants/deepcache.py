@@ -128,6 +128,9 @@ class DeepCacheVariant(Variant):
     def prepare(self, model: ModelSpec, options: BuildOptions) -> dict[str, Any]:  # noqa: D102
         return self.base.prepare(model, self._options(options))
 
+    def gate_settings(self) -> dict[str, Any]:  # noqa: D102
+        return self.base.gate_settings()
+
     def load_model(self, preset: ModelPreset, weights: str | None = None, *, seed: int = 0) -> ModelSpec:  # noqa: D102
         return self.base.load_model(preset, weights, seed=seed)
 

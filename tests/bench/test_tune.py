@@ -65,7 +65,7 @@ def test_tune_picks_the_fastest_passing_row_never_a_failing_one(tmp_path, monkey
                         profile_root=tmp_path)
     profile = tune(config, say=lambda _line: None)
     assert profile["choice"] == {"variant": "fast-a", "scheduler": "ddim", "steps": 20, "threads": 2,
-                                 "scheduler_settings": {}}
+                                 "scheduler_settings": {}, "variant_settings": {}}
     speed_rows = dict(calls)["speed"]
     assert "wrong@ddim:20" not in speed_rows and "wrong@dpmpp:10" not in speed_rows  # never even timed
     assert sorted(speed_rows) == ["fast-a@ddim:20", "fast-b@dpmpp:10", "torch-fp32"]  # cheapest passing row each
@@ -148,6 +148,33 @@ def test_a_profile_gated_with_other_sampler_settings_is_refused(tmp_path, monkey
                                                         {"openvino-fp32-dc3@dpmpp:10": 1.0}, []))
     tune(TuneConfig(model="tiny", out=tmp_path / "r", profile_root=tmp_path, revalidate=True), say=lambda _l: None)
     assert load_profile("tiny", root=tmp_path)["choice"]["scheduler_settings"] == scheduler_settings("dpmpp")
+
+
+def test_a_profile_gated_with_other_variant_settings_is_refused(tmp_path, monkeypatch):
+    # e.g. openvino-int8 gated on a CPU without bf16 before its linear weights were compressed there: the verdict was
+    # about other numbers, so the profile is refused until --revalidate gates the choice again
+    from edgediff.variants import openvino_runtime
+
+    monkeypatch.setattr(openvino_runtime, "cpu_supports_bf16", lambda: False)
+    here = machine_fingerprint()
+    profile = _profile(here)
+    profile["choice"]["variant"] = "openvino-int8"
+    write_profile(profile, profile_path("tiny", tmp_path))  # written before variant_settings were recorded
+    with pytest.raises(ProfileError, match=r"other variant settings \(openvino-int8: profile none, now .*"
+                                           r"int8_linear_weights.*--revalidate"):
+        load_profile("tiny", root=tmp_path)
+    monkeypatch.setattr(tune_mod, "_bench", _fake_bench({"openvino-int8@dpmpp:10": True},
+                                                        {"openvino-int8@dpmpp:10": 1.0}, []))
+    tune(TuneConfig(model="tiny", out=tmp_path / "r", profile_root=tmp_path, revalidate=True), say=lambda _l: None)
+    choice = load_profile("tiny", root=tmp_path)["choice"]
+    assert choice["variant_settings"] == {"int8_linear_weights": openvino_runtime.LINEAR_WEIGHTS}
+
+    monkeypatch.setattr(openvino_runtime, "cpu_supports_bf16", lambda: True)  # a variant without such settings
+    with pytest.raises(ProfileError, match=r"profile \{'int8_linear_weights'.*now none"):
+        load_profile("tiny", root=tmp_path)
+    profile["choice"]["variant"] = "openvino-fp32"  # and an old profile of a variant that never had any: valid
+    write_profile(profile, profile_path("tiny", tmp_path))
+    assert load_profile("tiny", root=tmp_path)["choice"]["variant"] == "openvino-fp32"
 
 
 def test_unreadable_profile_is_a_clear_error(tmp_path):

@@ -28,6 +28,7 @@ from edgediff.constants import (
     UNET_OUTPUT,
 )
 from edgediff.variants import get_variant
+from edgediff.variants.openvino_runtime import int8_ir_format
 from exporters.repository import export_repository, model_names
 from exporters.targets import DEEPCACHE_PART, TARGETS
 from tests.exporters.helpers import assert_same_images, grpc_client, in_process, ldm_inputs, serve_tiny
@@ -49,18 +50,32 @@ def test_cpu_target_serves_the_fast_variants():
     assert placements[DEEPCACHE].deepcache_interval == 3
     assert placements[DEEPCACHE].unet_part == DEEPCACHE_PART and placements[INT8].unet_part == "unet"
     assert placements[INT8].deepcache_interval == 1 and placements[INT8].artifact_format == "openvino-int8"
-    assert placements[INT8].formats == ("openvino-int8",)
+    int8 = int8_ir_format()  # openvino-int8, or its compressed-linear-weights form on a CPU without bf16
+    assert placements[INT8].formats == (int8,)
     mixed = placements[MIXED]
-    assert (mixed.format_of(DEEPCACHE_PART), mixed.format_of("vqdec")) == ("openvino", "openvino-int8")
-    assert mixed.formats == ("openvino", "openvino-int8") and mixed.deepcache_interval == 3
+    assert (mixed.format_of(DEEPCACHE_PART), mixed.format_of("vqdec")) == ("openvino", int8)
+    assert mixed.formats == ("openvino", int8) and mixed.deepcache_interval == 3
+
+
+def test_served_int8_parts_use_the_ir_the_variant_runs_on_this_cpu(monkeypatch):
+    from edgediff.variants import openvino_runtime
+
+    placement = TARGETS["cpu"].placements[INT8]
+    for has_bf16, fmt in ((True, "openvino-int8"), (False, "openvino-int8-wc")):
+        monkeypatch.setattr(openvino_runtime, "cpu_supports_bf16", lambda has=has_bf16: has)
+        variant = get_variant(INT8)
+        assert placement.format_of("unet") == placement.format_of("vqdec") == variant.part_format("unet") == fmt
+        assert get_variant("openvino-int8-dc3").gate_settings() == variant.gate_settings()
+        assert bool(variant.gate_settings()) is (not has_bf16)
+        assert get_variant("openvino-fp32").gate_settings() == {}
 
 
 def test_manifest_records_each_parts_format(tmp_path):
     manifest = export_repository(model="tiny", target="cpu", variants=[MIXED, INT8], repo=tmp_path / "r",
                                  configs_only=True)
     formats = {v: {part: e["format"] for part, e in manifest["variants"][v]["parts"].items()} for v in (MIXED, INT8)}
-    assert formats == {MIXED: {"unet": "openvino", "vqdec": "openvino-int8"},
-                       INT8: {"unet": "openvino-int8", "vqdec": "openvino-int8"}}
+    int8 = int8_ir_format()
+    assert formats == {MIXED: {"unet": "openvino", "vqdec": int8}, INT8: {"unet": int8, "vqdec": int8}}
 
 
 def test_deepcache_configs_and_manifest(tmp_path):

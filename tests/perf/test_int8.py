@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,34 @@ def test_int8_ir_stores_int8_weights(tiny_components):
     int8, report = build_artifact(tiny_components, "unet", "openvino-int8")
     assert report["cached"] is True  # built by the previous test, found by content hash
     assert (int8 / "model.bin").stat().st_size < 0.5 * (fp32 / "model.bin").stat().st_size
+
+
+def test_without_bf16_the_int8_variant_runs_the_ir_with_compressed_linear_weights(tiny_components, baseline_result,
+                                                                                   monkeypatch):
+    # where the CPU has no bf16 the int8 model's linear weights would be packed at fp32: they are int8 there too
+    import openvino as ov
+
+    from edgediff.artifacts.openvino_int8 import float_linear_weights
+    from edgediff.variants import openvino_runtime
+
+    skip_unless_available(NAME)
+    monkeypatch.setattr(openvino_runtime, "cpu_supports_bf16", lambda: False)
+    int8, _ = build_artifact(tiny_components, "unet", "openvino-int8")
+    wc, report = build_artifact(tiny_components, "unet", "openvino-int8-wc")
+    core = ov.Core()
+    before, after = (core.read_model(str(folder / "model.xml")) for folder in (int8, wc))
+    assert report["compressed_layers"] > 0 and report["fake_quantize_nodes"] > 0  # still the int8 convolutions
+    assert float_linear_weights(after) == float_linear_weights(before) - report["compressed_layers"]
+    left = {op.get_friendly_name() for op in after.get_ops() if op.get_type_name() == "MatMul"
+            and any(i.get_source_output().get_node().get_type_name() == "Constant" for i in op.inputs())}
+    assert left and all("time_emb" in name for name in left)  # only the time embedding stays in floating point
+    assert (wc / "model.bin").stat().st_size < (int8 / "model.bin").stat().st_size
+    built = build_variant(NAME, tiny_components)
+    assert built.info["compile_precision"] == "fp32"
+    assert Path(built.info["artifacts"]["unet"]["path"]).parent == wc
+    assert Path(built.info["artifacts"]["vqdec"]["path"]).parent.name.startswith("tiny-vqdec-openvino-int8-wc-")
+    result = built.pipeline(tiny_components)(seed=SEED, steps=STEPS)
+    assert 0 < rel_err(result.latents, baseline_result.latents) <= get_variant(NAME).tolerance
 
 
 def _quantized_consumers(xml) -> list[str]:

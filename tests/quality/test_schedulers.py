@@ -36,6 +36,30 @@ def test_bench_rows():
         split_row("torch-fp32@heun:10")
 
 
+def test_samplers_are_made_without_importing_scipy_and_leave_diffusers_flag_as_it_was():
+    """diffusers' multistep scheduler modules import scipy.stats (54 MB) for beta sigmas no sampler here uses."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from diffusers.utils import import_utils\n"
+        "before = import_utils.is_scipy_available()\n"
+        "from edgediff.schedulers import SCHEDULERS, make_scheduler\n"
+        "timesteps = {}\n"
+        "for name in SCHEDULERS:\n"
+        "    s = make_scheduler(name, {'num_train_timesteps': 1000}); s.set_timesteps(5)\n"
+        "    timesteps[name] = s.timesteps.tolist()\n"
+        "print('scipy.stats' in sys.modules, import_utils.is_scipy_available() == before, timesteps)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported, restored, timesteps = proc.stdout.strip().split(" ", 2)
+    assert (imported, restored) == ("False", "True")
+    assert timesteps == str({DDIM: [800, 600, 400, 200, 0], DPMPP: [999, 843, 593, 142, 0],
+                             UNIPC: [999, 843, 593, 142, 0]})  # Karras sigmas, as before
+
+
 def test_pipeline_records_the_sampler_and_rejects_eta(tiny_components):
     pipeline = build_variant(BASELINE, tiny_components).pipeline(tiny_components)
     result = pipeline(seed=SEED, steps=4, scheduler=DPMPP)
@@ -90,15 +114,23 @@ def test_dpmpp_at_10_steps_passes_the_digits_gate_against_ddim_20(tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_at_5_unipc_steps_passes_the_digits_gate_against_ddim_20(tmp_path):
-    """The fast row of AVX2-only CPUs (openvino-int8, skip readers in floating point, UniPC 5 steps) is gated."""
+@pytest.mark.parametrize("bf16", ["as this CPU", "without"])
+def test_int8_at_5_unipc_steps_passes_the_digits_gate_against_ddim_20(tmp_path, monkeypatch, bf16):
+    """The fast default row (openvino-int8, UniPC 5 steps) is gated; ``without`` bf16 it compiles at fp32 and runs
+    the IR with compressed linear weights (what an AVX2-only CPU runs), whatever this CPU has."""
+    from edgediff.availability import cpu_supports_bf16
     from edgediff.bench.runner import TelemetryOptions
     from edgediff.bench.suite import BenchConfig, run_bench
     from edgediff.quality.bench_hook import make_quality_hook
+    from edgediff.variants import openvino_runtime
 
     avail = get_variant("openvino-int8").availability()
     if not avail.ok:
         pytest.skip(f"openvino-int8: {avail.reason}")
+    if bf16 == "without":
+        if not cpu_supports_bf16():
+            pytest.skip("this CPU has no bf16: the 'as this CPU' case ran this path")
+        monkeypatch.setattr(openvino_runtime, "cpu_supports_bf16", lambda: False)
     row = "openvino-int8@unipc:5"
     config = BenchConfig(model="digits", variants=[row], steps=20, runs=1, warmup=0, threads=2, isolate=False,
                          telemetry=TelemetryOptions(enabled=False), out=tmp_path)
@@ -106,3 +138,5 @@ def test_int8_at_5_unipc_steps_passes_the_digits_gate_against_ddim_20(tmp_path):
     entry = {e["name"]: e for e in report["variants"]}[row]
     assert entry["quality"]["gate"]["status"] == "PASSED", entry["quality"]["summary"]
     assert entry["info"]["steps"] == 5
+    assert entry["info"]["compile_precision"] == ("bf16" if openvino_runtime.cpu_supports_bf16() else "fp32")
+    assert (openvino_runtime.int8_ir_format() in entry["info"]["artifacts"]["unet"]["path"]) is True
