@@ -12,6 +12,7 @@ from edgediff.bench.tune import (
     ProfileError,
     TuneConfig,
     budget_profile_defaults,
+    gate_settings,
     load_profile,
     machine_fingerprint,
     profile_defaults,
@@ -238,8 +239,8 @@ def test_max_memory_refuses_when_no_row_fits(tmp_path, monkeypatch):
 def test_budget_defaults_use_the_largest_budget_that_fits(tmp_path):
     here = machine_fingerprint()
     for mb, variant in ((600, "torch-int8-lowmem"), (3500, "openvino-int8")):
-        write_profile({**_profile(here), "choice": {**_profile(here)["choice"], "variant": variant}},
-                      profile_path("tiny", tmp_path, mb))
+        choice = {**_profile(here)["choice"], "variant": variant, "variant_settings": gate_settings(variant)}
+        write_profile({**_profile(here), "choice": choice}, profile_path("tiny", tmp_path, mb))
     assert budget_profile_defaults("tiny", 500 * 2**20, root=tmp_path) is None
     assert budget_profile_defaults("tiny", 1024**3, root=tmp_path)["variant"] == "torch-int8-lowmem"
     found = budget_profile_defaults("tiny", 4 * 1024**3, root=tmp_path)

@@ -10,7 +10,7 @@ import argparse
 import pytest
 
 from cli.serve import sampler_defaults
-from edgediff.bench.tune import machine_fingerprint, profile_path, write_profile
+from edgediff.bench.tune import gate_settings, machine_fingerprint, profile_path, write_profile
 from edgediff.schedulers import scheduler_settings
 from edgediff.variants import BASELINE
 from services.gateway.backends.local import PHONE_SAMPLER, PHONE_VARIANT, choose_default_variant, low_memory_defaults
@@ -25,7 +25,7 @@ def profiles(tmp_path, monkeypatch):
 
     def write(mb: int, variant: str, scheduler: str, steps: int) -> None:
         choice = {"variant": variant, "scheduler": scheduler, "steps": steps, "threads": 2,
-                  "scheduler_settings": scheduler_settings(scheduler)}
+                  "scheduler_settings": scheduler_settings(scheduler), "variant_settings": gate_settings(variant)}
         write_profile({"schema": 1, "model": "tiny", "machine": machine_fingerprint(), "choice": choice},
                       profile_path("tiny", max_memory_mb=mb))
 

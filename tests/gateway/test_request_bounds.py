@@ -109,14 +109,14 @@ def test_errors_to_clients_carry_no_internal_address() -> None:
 def test_the_local_backend_builds_only_allowed_variants() -> None:
     backend = LocalBackend("tiny", default_variant="torch-fp32", preload=False)
     assert backend.variant_status("torch-fp32").available
-    refused = backend.variant_status("torch-bf16")  # installed and runnable here, but not allowed
+    refused = backend.variant_status("jit-fp32")  # runnable on every CPU, but not allowed
     assert not refused.available and "--allow-variants" in refused.reason
     assert not backend.variant_status("trt-fp16").available  # not runnable: its own reason comes first
     assert "--allow-variants" not in backend.variant_status("trt-fp16").reason
     wide = LocalBackend("tiny", default_variant="torch-fp32", preload=False, allowed_variants=["all"])
-    assert wide.variant_status("torch-bf16").available
-    listed = LocalBackend("tiny", default_variant="torch-fp32", preload=False, allowed_variants=["torch-bf16"])
-    assert listed.variant_status("torch-bf16").available and listed.variant_status("torch-fp32").available
+    assert wide.variant_status("jit-fp32").available
+    listed = LocalBackend("tiny", default_variant="torch-fp32", preload=False, allowed_variants=["jit-fp32"])
+    assert listed.variant_status("jit-fp32").available and listed.variant_status("torch-fp32").available
     with pytest.raises(InvalidArgumentError, match="--allow-variants"):
         LocalBackend("tiny", preload=False, allowed_variants=["no-such-variant"])
 
@@ -124,13 +124,13 @@ def test_the_local_backend_builds_only_allowed_variants() -> None:
 @pytest.mark.slow
 def test_the_pipeline_cache_is_bounded(_isolated_cache: object) -> None:
     backend = LocalBackend("tiny", default_variant="torch-fp32", preload=False,
-                           allowed_variants=["torch-fp32", "torch-bf16", "jit-fp32"], max_pipelines=2)
+                           allowed_variants=["torch-fp32", "jit-fp32", "onnx-fp32"], max_pipelines=2)
     backend.start()
     args = {"seed": 0, "steps": 1, "eta": 0.0, "batch": 1, "format": "png", "scheduler": "ddim"}
     try:
-        for variant in ("torch-fp32", "torch-bf16", "torch-fp32", "jit-fp32"):
+        for variant in ("torch-fp32", "jit-fp32", "torch-fp32", "onnx-fp32"):
             backend.generate(GenerateArgs(variant=variant, **args), lambda: False)  # type: ignore[arg-type]
-        assert backend.cached_variants() == ["torch-fp32", "jit-fp32"]  # bf16 was the least recently used
+        assert backend.cached_variants() == ["torch-fp32", "onnx-fp32"]  # jit was the least recently used
     finally:
         backend.close()
 
