@@ -45,7 +45,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from edgediff.processes import ChildProcess  # noqa: E402
 from loadtest.queueing import fifo_sojourn  # noqa: E402
-from loadtest.runner import free_port  # noqa: E402
+from services.healthcheck import free_port  # noqa: E402
 
 TARGET_RATIO = 0.95
 TARGET_TAIL = 1.5

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (bind to 0, read, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from services.healthcheck import free_port
 
 
 def serve_tiny(repo: Path, variants: list[str]) -> Iterator[Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.runner import free_port
+from services.healthcheck import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_POWER_W = 40.0

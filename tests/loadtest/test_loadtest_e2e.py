@@ -118,7 +118,7 @@ def _wait_scraped(base_url: str, timeout_s: float = 60.0) -> None:
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary (make system-deps installs it)")
 def test_energy_from_a_real_prometheus(gateway, exporter, tmp_path):
-    from loadtest.runner import free_port
+    from services.healthcheck import free_port
 
     port = free_port()
     config = tmp_path / "prometheus.yml"

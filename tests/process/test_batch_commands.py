@@ -91,8 +91,8 @@ def _bench_folders(started: Started) -> list[str]:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local-backend gateway on the tiny preset (not a child of the load test)."""
-    from loadtest.runner import free_port
     from services.gateway.client import GeneratorClient
+    from services.healthcheck import free_port
 
     folder = tmp_path_factory.mktemp("gateway")
     port = free_port()

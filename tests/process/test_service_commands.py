@@ -84,7 +84,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ports(names: list[str]) -> list[str]:
-    from loadtest.runner import free_port
+    from services.healthcheck import free_port
 
     chosen: set[int] = set()
     while len(chosen) < len(names):
