@@ -27,10 +27,11 @@ UNET_FULL = "unet-full"
 UNET_SHALLOW = "unet-shallow"
 """DeepCache: the shallow branch over a cached deep feature."""
 PARTS = ("unet", "vqdec", UNET_FULL, UNET_SHALLOW)
+OPENVINO_INT8_WC = "openvino-int8-wc"
+"""``openvino-int8`` with its floating-point linear weights compressed to int8 (``openvino_int8.LINEAR_WEIGHTS``),
+for CPUs without native bf16."""
 FORMATS = ("torchscript-fp32", "torchscript-fp16", "onnx-fp32", "onnx-fp16", "openvino", "openvino-int8",
-           "openvino-int8-wc", "tensorrt-fp16")
-"""``openvino-int8-wc``: ``openvino-int8`` with its floating-point linear weights compressed to int8
-(``openvino_int8.LINEAR_WEIGHTS``), for CPUs without native bf16."""
+           OPENVINO_INT8_WC, "tensorrt-fp16")
 IO_NAMES = {
     "unet": ([UNET_INPUT_SAMPLE, UNET_INPUT_TIMESTEP], [UNET_OUTPUT]),
     "vqdec": ([VQDEC_INPUT], [VQDEC_OUTPUT]),
@@ -68,11 +69,11 @@ def artifact_request(model: ModelSpec, part: str, fmt: str) -> tuple[str, dict[s
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     extra: dict[str, Any] = {"opset": onnx_export.OPSET}
-    if fmt in ("openvino-int8", "openvino-int8-wc"):
+    if fmt in ("openvino-int8", OPENVINO_INT8_WC):
         config = (calibration.decoder_calibration_config(model) if part == "vqdec"
                   else calibration.calibration_config(model))
         extra.update(quantization=openvino_int8.QUANTIZATION, calibration=config)
-    if fmt == "openvino-int8-wc":
+    if fmt == OPENVINO_INT8_WC:
         extra.update(linear_weights=openvino_int8.LINEAR_WEIGHTS)
     return f"{model.preset.name}-{part}-{fmt}", extra
 
@@ -107,7 +108,7 @@ def build_artifact(components: ModelSpec, part: str, fmt: str, *, root: Path | N
             return torchscript.export_torchscript(module, tuple(t.cuda() for t in inputs), folder)
         if fmt == "onnx-fp32":
             return onnx_export.export_onnx(part_module(components, part), inputs, in_names, out_names, folder)
-        if fmt == "openvino-int8-wc":
+        if fmt == OPENVINO_INT8_WC:
             int8, int8_report = build_artifact(components, part, "openvino-int8", root=root)
             quantized = {k: int8_report[k] for k in ("quantize_s", "samples", "fake_quantize_nodes", "quantization")
                          if k in int8_report}

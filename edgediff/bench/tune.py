@@ -165,14 +165,11 @@ def load_profile(model: str, *, root: Path | None = None, here: dict[str, Any] |
     if diff:
         raise ProfileError(f"tune profile {path} was written on another machine ({'; '.join(diff)}); refused: run "
                            "'edgediff tune' (or 'edgediff tune --revalidate' to re-check its choice here)")
-    stale = sampler_mismatch(profile)
-    if stale:
-        raise ProfileError(f"tune profile {path} was gated with other sampler settings ({stale}); refused: run "
-                           "'edgediff tune --revalidate' to re-check its choice with today's (or 'edgediff tune')")
-    stale = variant_mismatch(profile)
-    if stale:
-        raise ProfileError(f"tune profile {path} was gated with other variant settings ({stale}); refused: run "
-                           "'edgediff tune --revalidate' to re-check its choice with today's (or 'edgediff tune')")
+    for what, mismatch_of in (("sampler", sampler_mismatch), ("variant", variant_mismatch)):
+        stale = mismatch_of(profile)
+        if stale:
+            raise ProfileError(f"tune profile {path} was gated with other {what} settings ({stale}); refused: run "
+                               "'edgediff tune --revalidate' to re-check its choice with today's (or 'edgediff tune')")
     return profile
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgediff.artifacts import prepare
-from edgediff.artifacts.build import UNET_FULL, UNET_SHALLOW, build_artifact, find_artifact
+from edgediff.artifacts.build import OPENVINO_INT8_WC, UNET_FULL, UNET_SHALLOW, build_artifact, find_artifact
 from edgediff.artifacts.openvino_int8 import LINEAR_WEIGHTS
 from edgediff.artifacts.openvino_ir import FILENAME
 from edgediff.availability import (
@@ -41,9 +41,6 @@ INT8_TOLERANCE = 2e-1
 """Relative L2 error of the final latents vs torch-fp32 allowed to ``openvino-int8`` (measured on the tiny preset)."""
 
 
-INT8_WC_FORMAT = "openvino-int8-wc"
-
-
 def int8_ir_format() -> str:
     """The int8 IR this CPU runs (in-process and in Triton's part models alike).
 
@@ -51,7 +48,7 @@ def int8_ir_format() -> str:
     that part compiles at fp32, ``openvino-int8-wc``: the same IR with its linear weights compressed to int8 too
     (124 MB less on celebahq-256's UNet and no slower; ``edgediff.artifacts.openvino_int8.LINEAR_WEIGHTS``).
     """
-    return "openvino-int8" if cpu_supports_bf16() else INT8_WC_FORMAT
+    return "openvino-int8" if cpu_supports_bf16() else OPENVINO_INT8_WC
 
 
 STATIC_BATCH = 1
@@ -202,8 +199,8 @@ class OpenVinoVariant(Variant):
         return int8_ir_format() if self.part_precision(part) == "int8" else "openvino"
 
     def gate_settings(self) -> dict[str, Any]:
-        """The int8 linear weights' compression, where this CPU's int8 parts use it (``int8_ir_format``)."""
-        if "int8" in (self.precision, self.decoder_precision) and int8_ir_format() == INT8_WC_FORMAT:
+        """The int8 linear weights' compression, where one of this variant's parts uses it (``part_format``)."""
+        if OPENVINO_INT8_WC in (self.part_format("unet"), self.part_format("vqdec")):
             return {"int8_linear_weights": LINEAR_WEIGHTS}
         return {}
 
