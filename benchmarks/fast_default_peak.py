@@ -63,6 +63,26 @@ def pretend_no_bf16() -> None:
             module.cpu_supports_bf16 = lambda: False
 
 
+def prepare_without_bf16(args: argparse.Namespace) -> None:
+    """Build what the cache lacks as a CPU without bf16 would, in a child process, before measuring.
+
+    The variant's own export child (``edgediff.artifacts.prepare_worker``) asks this CPU's real probe and would build
+    a bf16 CPU's artifacts; this child runs the same worker with the probe answering False. Nothing to build: seconds.
+    """
+    import sys
+    from pathlib import Path
+
+    from edgediff.processes import run_child
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import fast_default_peak as peak; peak.pretend_no_bf16(); "
+            "from edgediff.artifacts.prepare_worker import main; sys.exit(main(sys.argv[2:]))")
+    worker = ["--model", args.model, "--variant", args.variant] + (["--weights", args.weights] if args.weights else [])
+    proc = run_child([sys.executable, "-c", code, str(Path(__file__).resolve().parent), *worker], timeout_s=7200,
+                     capture=True, name=f"prepare {args.variant} without bf16")
+    if proc.returncode != 0:
+        raise SystemExit(f"preparing {args.variant} without bf16 failed: {proc.stderr.strip()[-500:]}")
+
+
 def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """The in-process pipeline (``edgediff generate``/``bench``): load, build, warm-up, timed images."""
     phases = {"start": status_mb()}
@@ -178,6 +198,7 @@ def main() -> None:
                         help="compile as on a CPU without native bf16 (AVX2-only): floating-point layers at fp32")
     args = parser.parse_args()
     if args.without_bf16:
+        prepare_without_bf16(args)
         pretend_no_bf16()
     out = measure_serving(args) if args.serving else measure_pipeline(args)
     print(json.dumps({"label": args.label, "without_bf16": args.without_bf16, "variant": args.variant,

@@ -64,7 +64,9 @@ def test_without_bf16_the_int8_variant_runs_the_ir_with_compressed_linear_weight
     assert float_linear_weights(after) == float_linear_weights(before) - report["compressed_layers"]
     left = {op.get_friendly_name() for op in after.get_ops() if op.get_type_name() == "MatMul"
             and any(i.get_source_output().get_node().get_type_name() == "Constant" for i in op.inputs())}
-    assert left and all("time_emb" in name for name in left)  # only the time embedding stays in floating point
+    assert left and all("time_embedding" in name for name in left)  # only the time-embedding MLP stays in fp
+    compressed = {op.get_friendly_name() for op in after.get_ops() if op.get_type_name() == "MatMul"} - left
+    assert any("time_emb_proj" in name for name in compressed)  # the blocks' projections of it are int8
     assert (wc / "model.bin").stat().st_size < (int8 / "model.bin").stat().st_size
     built = build_variant(NAME, tiny_components)
     assert built.info["compile_precision"] == "fp32"
