@@ -51,9 +51,10 @@ def _last(unet: dict[str, Any]) -> int:
 
 
 def _overrides(recipe: dict[str, Any]) -> dict[str, Any]:
-    import nncf
-
     from edgediff.artifacts.openvino_int8 import advanced_parameters
+    from edgediff.availability import require
+
+    nncf = require("nncf")
 
     overrides = dict(recipe.get("overrides", {}))
     if "overflow_fix" in recipe:  # NNCF's fix for int8 saturation on CPUs without VNNI: 7-bit weights

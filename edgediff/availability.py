@@ -12,6 +12,7 @@ import importlib.util
 from types import ModuleType
 
 from edgediff.errors import BackendMissingError
+from edgediff.usage_reporting import decline_unasked_usage_reporting
 
 _INSTALL_HINTS = {
     "onnx": "pip install 'edgediff[onnx]'",
@@ -29,6 +30,8 @@ _INSTALL_HINTS = {
     "docker": "pip install 'edgediff[deploy]'",
     "sklearn": "pip install 'edgediff[quality]'",
 }
+_REPORTING_USAGE = frozenset({"openvino", "nncf"})
+"""Backends whose tools report usage to their vendor unless the user opted out (``edgediff.usage_reporting``)."""
 
 
 @functools.cache
@@ -43,9 +46,13 @@ def is_module_available(name: str) -> bool:
 def require(name: str) -> ModuleType:
     """Import an optional backend, or raise ``BackendMissingError`` with the install hint.
 
+    OpenVINO's tools are imported with their unasked usage reporting declined (``edgediff.usage_reporting``).
+
     Args:
         name: The module to import, e.g. ``"onnxruntime"``.
     """
+    if name.split(".")[0] in _REPORTING_USAGE:
+        decline_unasked_usage_reporting()
     try:
         return importlib.import_module(name)
     except ImportError as exc:
