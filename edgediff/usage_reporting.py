@@ -15,31 +15,25 @@ tools (workers, the prepare child, Triton's part models) declines too.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any
 
-_MARK = "_edgediff_declines_unasked"
 
+@functools.cache
+def decline_unasked_usage_reporting() -> None:
+    """Treat a missing ``openvino_telemetry`` consent file as "declined" in this process (once).
 
-def decline_unasked_usage_reporting() -> bool:
-    """Treat a missing ``openvino_telemetry`` consent file as "declined" in this process (idempotent).
-
-    Returns:
-        True when ``openvino_telemetry`` is installed (and now declines unasked reporting), False when it is not
-        (nothing can report).
+    A no-op where ``openvino_telemetry`` is not installed: nothing can report.
     """
     if importlib.util.find_spec("openvino_telemetry") is None:
-        return False
+        return
     from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
 
     original = OptInChecker.check
-    if getattr(original, _MARK, False):
-        return True
 
     def check(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
         return ConsentCheckResult.DECLINED if result == ConsentCheckResult.NO_FILE else result
 
-    setattr(check, _MARK, True)
     OptInChecker.check = check
-    return True
